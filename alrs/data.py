@@ -1,0 +1,199 @@
+"""Datasets as in-memory tensors, split as the paper does.
+
+Xu et al. (2019), Sec. 4: Fashion-MNIST is split 50k/10k/10k and CIFAR10 40k/10k/10k
+(train/validation/test). Both splits carve the validation set out of the official training
+set, so one rule gives both: validation = 10,000 examples of the official training set drawn
+with a fixed seed, training = the rest, test = the official test set. Pixels are scaled to
+[0, 1] as torchvision's ``ToTensor`` does; no normalization and no augmentation (paper Sec. 4).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+NUM_VAL = 10_000
+"""Validation examples carved out of the official training set (paper: 50k/10k and 40k/10k)."""
+
+SPLIT_SEED = 0
+"""Seed of the train/validation split; fixed so every run sees the same split."""
+
+SYSTEM_DIRS: dict[str, tuple[str, ...]] = {
+    "mnist": ("/usr/share/datasets/mnist",),
+    "fa-mnist": ("/usr/share/datasets/fashion-mnist",),  # Debian's dataset-fashion-mnist
+    "cifar10": (),
+}
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST = ("test_batch",)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about one dataset: its torchvision class and image shape."""
+
+    torchvision_class: str
+    image_shape: tuple[int, int, int]
+    num_classes: int = 10
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo("MNIST", (1, 28, 28)),
+    "fa-mnist": DatasetInfo("FashionMNIST", (1, 28, 28)),
+    "cifar10": DatasetInfo("CIFAR10", (3, 32, 32)),
+}
+
+
+class DatasetError(RuntimeError):
+    """A dataset could not be found, downloaded or parsed; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train, validation and test tensors: images float32 in [0, 1] (N, C, H, W), labels int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Splits:
+        """The same splits on ``device`` (no copy when already there)."""
+        return Splits(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def check_dataset(name: str) -> DatasetInfo:
+    """The dataset's info, or a one-line error listing the valid names."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike = "./data", device: torch.device | str = "cpu", download: bool = True
+) -> Splits:
+    """Load ``name`` once per process and return its train/validation/test splits on ``device``.
+
+    Args:
+        name: ``mnist``, ``fa-mnist`` or ``cifar10``.
+        data_dir: folder in torchvision's layout (``<data_dir>/FashionMNIST/raw``,
+            ``<data_dir>/cifar-10-batches-py``); looked at first, then the system dataset
+            folders, then a torchvision download into it.
+        device: where the tensors live; loaded once and shared by every environment.
+        download: allow the torchvision download as the last resort.
+    """
+    check_dataset(name)
+    return _load_cached(name, str(Path(data_dir).expanduser().resolve()), str(torch.device(device)), download)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, data_dir: str, device: str, download: bool) -> Splits:
+    if device != "cpu":
+        return _load_cached(name, data_dir, "cpu", download).to(device)
+    train_x, train_y, test_x, test_y = _read_official(name, Path(data_dir), download)
+    if len(train_x) <= NUM_VAL:
+        raise DatasetError(f"{name}: the training set has {len(train_x)} examples, fewer than the {NUM_VAL} validation examples plus one")
+    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_idx, train_idx = perm[:NUM_VAL], perm[NUM_VAL:]
+    return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx], test_x, test_y)
+
+
+def _read_official(name: str, data_dir: Path, download: bool) -> tuple[torch.Tensor, ...]:
+    """Official (train_x, train_y, test_x, test_y), from the first place that has the files."""
+    info = DATASETS[name]
+    if name == "cifar10":
+        folders = [data_dir / _CIFAR_FOLDER]
+        wanted = _CIFAR_TRAIN + _CIFAR_TEST
+    else:
+        folders = [data_dir / info.torchvision_class / "raw", *map(Path, SYSTEM_DIRS[name])]
+        wanted = _IDX_FILES["train"] + _IDX_FILES["test"]
+    for folder in folders:
+        if _has_files(folder, wanted):
+            return _read_folder(name, folder)
+    if download:
+        import torchvision
+
+        try:
+            getattr(torchvision.datasets, info.torchvision_class)(root=str(data_dir), download=True)
+        except Exception as exc:  # noqa: BLE001 - any download failure becomes one clear message
+            reason = f"the download into {data_dir} failed ({type(exc).__name__}: {exc})"
+        else:
+            return _read_folder(name, folders[0])
+    else:
+        reason = "downloading is off"
+    tried = ", ".join(str(f) for f in folders)
+    hint = " or install Debian's dataset-fashion-mnist" if name == "fa-mnist" else ""
+    raise DatasetError(
+        f"{name}: no dataset files in {tried}, and {reason}; "
+        f"put the official files there{hint}, or rerun with network access to download them"
+    )
+
+
+def _has_files(folder: Path, names: tuple[str, ...]) -> bool:
+    return all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in names)
+
+
+def _read_folder(name: str, folder: Path) -> tuple[torch.Tensor, ...]:
+    if name == "cifar10":
+        train_x, train_y = _read_cifar_batches([folder / f for f in _CIFAR_TRAIN])
+        test_x, test_y = _read_cifar_batches([folder / f for f in _CIFAR_TEST])
+        return train_x, train_y, test_x, test_y
+    return (*_read_idx_pair(folder, *_IDX_FILES["train"]), *_read_idx_pair(folder, *_IDX_FILES["test"]))
+
+
+def _read_idx_pair(folder: Path, images: str, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, 28, 28) in [0, 1] and labels (N,) from IDX files, raw or gzip-compressed."""
+    x = _read_idx(folder, images).unsqueeze(1).float().div_(255.0)
+    y = _read_idx(folder, labels).long()
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise DatasetError(f"{folder / images} and {folder / labels}: shapes {tuple(x.shape)} and {tuple(y.shape)} do not match")
+    return x, y
+
+
+def _read_idx(folder: Path, name: str) -> torch.Tensor:
+    """Parse one IDX file with torchvision's reader; a .gz is read through gzip."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    path = folder / name if (folder / name).is_file() else folder / f"{name}.gz"
+    try:
+        if path.suffix != ".gz":
+            return read_sn3_pascalvincent_tensor(str(path))
+        with gzip.open(path, "rb") as f, tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
+            tmp.write(f.read())
+            tmp.flush()
+            return read_sn3_pascalvincent_tensor(tmp.name)
+    except (OSError, EOFError, AssertionError, RuntimeError, ValueError, KeyError) as exc:
+        raise DatasetError(f"{path}: not a valid IDX file ({type(exc).__name__}: {exc}); delete it and fetch it again") from exc
+
+
+def _read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) in [0, 1] and labels (N,) from CIFAR10's python pickle batches."""
+    xs, ys = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch["labels"], dtype=np.int64)
+            if len(data) != len(labels):
+                raise ValueError(f"{len(data)} images but {len(labels)} labels")
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"{path}: not a valid CIFAR10 batch ({type(exc).__name__}: {exc}); delete it and fetch it again") from exc
+        xs.append(torch.from_numpy(data))
+        ys.append(torch.from_numpy(labels))
+    return torch.cat(xs).float().div_(255.0), torch.cat(ys)

@@ -1,0 +1,345 @@
+"""The learning-rate environment: a controller sets the LR of a child network while it trains.
+
+One episode trains a fresh child network with Adam for ``num_train_steps`` steps. Every
+``update_freq`` Adam steps the controller observes the child (7 features, paper Sec. 3.1),
+scales the learning rate, and is rewarded with minus the validation loss at that step
+(per-step reward, paper Sec. 3.2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from alrs.data import Splits, check_dataset, load_dataset
+from alrs.models import build_model, check_architecture
+
+FEATURES: tuple[str, ...] = (
+    "train_loss",  # mean minibatch loss over the last update_freq Adam steps
+    "val_loss",  # loss on the validation split (or its fixed val_size subset)
+    "pred_var",  # variance of the validation predictions (softmax probabilities)
+    "pred_change_var",  # variance of their change since the previous observation
+    "output_weight_mean",  # mean of the output layer's weights
+    "output_weight_var",  # variance of the output layer's weights
+    "lr",  # the current learning rate
+)
+"""The observation, in order: the paper's 7 state features (Sec. 3.1); the one place that fixes them."""
+
+RANDOM_INITIAL_LRS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+"""Initial LRs drawn per episode when ``initial_lr="random"`` (paper Sec. 4)."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Every setting of an :class:`LREnv`; checked on construction, saved with controllers.
+
+    Args:
+        dataset: ``mnist``, ``fa-mnist`` or ``cifar10``.
+        architecture: ``mlp``, ``cnn`` (LeNet-5), ``resnet`` (ResNet-18) or ``paper-cnn``.
+        batch_size: Adam minibatch size (paper: 1000).
+        update_freq: Adam steps per controller step (paper: K = 10).
+        num_train_steps: Adam steps per episode (paper: 1000).
+        initial_lr: first LR of an episode, or ``"random"`` for a draw from {1e-2, 1e-3, 1e-4}.
+        discrete: True: actions 0/1/2 = multiply by ``action_range`` / divide by it / keep;
+            False: one scale factor in [1/action_range, action_range].
+        action_range: largest factor of one LR update (seed: 1.05, i.e. 5%).
+        lr_noise: std of Gaussian noise on log(LR) after each update (seed's option; 0 = off).
+        initial_lr_noise: std of Gaussian noise on log(initial LR) (0 = off).
+        lr_min, lr_max: bounds of the LR the controller can set (seed: [1e-5, 1e-1]).
+        val_size: use a fixed subset of this many validation examples for the features and
+            reward (cheaper, noisier features than the paper's full split); None = all 10k.
+        divergence_loss: loss charged for every remaining controller step when the child
+            diverges, so that diverging never pays compared with training on.
+        eval_batch_size: chunk size of evaluation passes (speed only).
+        data_dir: where the dataset files are, in torchvision's layout.
+        device: ``cpu``, ``cuda`` or ``auto``.
+    """
+
+    dataset: str = "fa-mnist"
+    architecture: str = "cnn"
+    batch_size: int = 1000
+    update_freq: int = 10
+    num_train_steps: int = 1000
+    initial_lr: float | str = 1e-3
+    discrete: bool = True
+    action_range: float = 1.05
+    lr_noise: float = 0.0
+    initial_lr_noise: float = 0.0
+    lr_min: float = 1e-5
+    lr_max: float = 1e-1
+    val_size: int | None = None
+    divergence_loss: float = 5.0
+    eval_batch_size: int = 2500
+    data_dir: str = "./data"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_dataset(self.dataset)
+        check_architecture(self.architecture)
+        for name in ("batch_size", "update_freq", "num_train_steps", "eval_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.num_train_steps % self.update_freq:
+            raise ValueError(
+                f"update_freq={self.update_freq} must divide num_train_steps={self.num_train_steps}; "
+                f"e.g. num_train_steps={self.update_freq * max(1, round(self.num_train_steps / self.update_freq))}"
+            )
+        if self.initial_lr != "random" and not (isinstance(self.initial_lr, (int, float)) and 0 < self.initial_lr <= 1):
+            raise ValueError(f"initial_lr must be a number in (0, 1] or 'random', got {self.initial_lr!r}")
+        if not self.action_range > 1:
+            raise ValueError(f"action_range must be > 1 (a factor such as 1.05), got {self.action_range!r}")
+        if self.lr_noise < 0 or self.initial_lr_noise < 0:
+            raise ValueError("lr_noise and initial_lr_noise must be >= 0 (0 turns the noise off)")
+        if not 0 < self.lr_min < self.lr_max:
+            raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
+        if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
+            raise ValueError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
+
+    @property
+    def num_controller_steps(self) -> int:
+        """Controller decisions per episode (paper: 1000 / 10 = 100)."""
+        return self.num_train_steps // self.update_freq
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` means CUDA when available, else the CPU; asking for absent CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+class LREnv(gym.Env):
+    """A Gymnasium environment in which the action scales the learning rate of a training child.
+
+    ``reset`` builds a fresh child network and Adam optimizer; ``step`` applies the action to
+    the LR, runs ``update_freq`` Adam steps and observes. Same seed, same child initialization,
+    batch order, observations and rewards. The weights with the best validation loss so far are
+    kept so the paper's protocol (test the best-validation checkpoint) can be followed.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig | None = None, **options: Any):
+        self.config = config if config is not None else EnvConfig(**options)
+        if config is not None and options:
+            raise ValueError("pass either an EnvConfig or keyword options, not both")
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        data: Splits = load_dataset(cfg.dataset, cfg.data_dir, self.device)
+        if cfg.batch_size > len(data.train_x):
+            raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(data.train_x)} training examples")
+        if cfg.val_size is not None and cfg.val_size > len(data.val_x):
+            raise ValueError(f"val_size={cfg.val_size} exceeds the {len(data.val_x)} validation examples")
+        self.data = data
+        self.val_x, self.val_y = data.val_x[: cfg.val_size], data.val_y[: cfg.val_size]
+
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(len(FEATURES),), dtype=np.float32)
+        if cfg.discrete:
+            self.action_space: spaces.Space = spaces.Discrete(3)
+        else:
+            r = cfg.action_range
+            self.action_space = spaces.Box(np.float32(1 / r), np.float32(r), shape=(1,), dtype=np.float32)
+
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr = math.nan
+        self.num_steps = 0
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start a fresh child network. ``options={"initial_lr": x}`` overrides the initial LR
+        (hand-made schedules use it); it changes nothing else, so runs stay paired by seed."""
+        super().reset(seed=seed)
+        cfg = self.config
+        # The draws happen in a fixed order whatever the options, so a seed fixes the child's
+        # initialization and batch order for every schedule run on it.
+        child_seed = int(self.np_random.integers(2**62))
+        drawn_lr = RANDOM_INITIAL_LRS[int(self.np_random.integers(len(RANDOM_INITIAL_LRS)))]
+        lr_noise = float(self.np_random.normal())
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(child_seed)
+            model = build_model(cfg.architecture, cfg.dataset)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0)
+        self._batch_generator = torch.Generator().manual_seed(child_seed)
+        self._epoch_order = torch.empty(0, dtype=torch.long)
+        self._batch_cursor = 0
+
+        if options and "initial_lr" in options:
+            lr = float(options["initial_lr"])
+            if not lr > 0:
+                raise ValueError(f"initial_lr must be positive, got {lr}")
+        else:
+            lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
+            if cfg.initial_lr_noise:
+                lr = float(np.clip(lr * math.exp(cfg.initial_lr_noise * lr_noise), cfg.lr_min, cfg.lr_max))
+        self._set_lr(lr)
+        self.num_steps = 0
+        self.diverged = False
+
+        val_loss, val_acc, probs = self._evaluate(self.model, self.val_x, self.val_y, keep_probs=True)
+        self._prev_probs = probs
+        self.best_val_loss = math.inf
+        self.best_step = 0
+        self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        # Before any Adam step there is no train loss yet; the untrained net's validation loss stands in.
+        features = torch.stack([val_loss, val_loss, probs.var(), torch.zeros_like(val_loss), *self._weight_stats()])
+        obs, info = self._observe(features, val_acc)
+        self.best_val_loss = info["val_loss"]
+        return obs, info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Scale the LR by ``action``, train ``update_freq`` Adam steps, observe."""
+        cfg = self.config
+        if cfg.discrete:
+            if not self.action_space.contains(action) and not (np.ndim(action) == 0 and int(action) in (0, 1, 2)):
+                raise ValueError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
+            factor = (cfg.action_range, 1 / cfg.action_range, 1.0)[int(action)]
+        else:
+            factor = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 1 / cfg.action_range, cfg.action_range))
+        lr = self.lr * factor
+        if cfg.lr_noise:
+            lr *= math.exp(cfg.lr_noise * float(self.np_random.normal()))
+        return self.step_lr(float(np.clip(lr, cfg.lr_min, cfg.lr_max)))
+
+    def step_lr(self, lr: float) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Train ``update_freq`` Adam steps at exactly ``lr``, then observe.
+
+        Hand-made schedules (step decay, constant) call this: they set the LR themselves and are
+        not held to the controller's bounds, as the paper's baseline was not.
+        """
+        if self.model is None:
+            raise RuntimeError("call reset() before step()")
+        if self.num_steps >= self.config.num_train_steps or self.diverged:
+            raise RuntimeError("the episode has ended; call reset()")
+        self._set_lr(lr)
+        model, optimizer, cfg = self.model, self.optimizer, self.config
+        steps_left_before = (cfg.num_train_steps - self.num_steps) // cfg.update_freq
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(cfg.update_freq):
+            idx = self._next_batch()
+            loss = F.cross_entropy(model(self.data.train_x[idx]), self.data.train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()  # stays on the device: no host sync inside the Adam steps
+        self.num_steps += cfg.update_freq
+
+        val_loss, val_acc, probs = self._evaluate(model, self.val_x, self.val_y, keep_probs=True)
+        change_var = (probs - self._prev_probs).var()
+        self._prev_probs = probs
+        features = torch.stack([loss_sum / cfg.update_freq, val_loss, probs.var(), change_var, *self._weight_stats()])
+        obs, info = self._observe(features, val_acc)
+
+        if not np.all(np.isfinite(obs)):
+            # A diverged child (e.g. at LR 0.1) ends the episode: the reward charges
+            # divergence_loss for every step left, and the observation stays finite.
+            self.diverged = True
+            obs = np.where(np.isfinite(obs), obs, self._last_obs).astype(np.float32)
+            obs[[0, 1]] = cfg.divergence_loss
+            self._last_obs = obs
+            info.update(train_loss=math.inf, val_loss=math.inf, diverged=True)
+            return obs, -cfg.divergence_loss * steps_left_before, True, False, info
+
+        if info["val_loss"] < self.best_val_loss:
+            self.best_val_loss, self.best_step = info["val_loss"], self.num_steps
+            for name, value in model.state_dict().items():
+                self._best_state[name].copy_(value)
+        terminated = self.num_steps >= cfg.num_train_steps
+        return obs, -info["val_loss"], terminated, False, info
+
+    # ------------------------------------------------------------------ test set
+    def evaluate_test(self, which: str = "best") -> tuple[float, float]:
+        """(loss, accuracy) on the test set of the ``best``-validation or the ``current`` child."""
+        if self.model is None:
+            raise RuntimeError("call reset() before evaluate_test()")
+        if which not in ("best", "current"):
+            raise ValueError(f"which must be 'best' or 'current', got {which!r}")
+        model = self.model
+        if which == "best":
+            model = build_model(self.config.architecture, self.config.dataset).to(self.device)
+            model.load_state_dict(self._best_state)
+        loss, acc, _ = self._evaluate(model, self.data.test_x, self.data.test_y, keep_probs=False)
+        return float(loss), float(acc)
+
+    # ------------------------------------------------------------------ internals
+    def _set_lr(self, lr: float) -> None:
+        self.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _next_batch(self) -> torch.Tensor:
+        """Indices of the next minibatch: a fresh permutation each epoch, the last partial batch dropped."""
+        bs = self.config.batch_size
+        if self._batch_cursor + bs > len(self._epoch_order):
+            order = torch.randperm(len(self.data.train_x), generator=self._batch_generator)
+            self._epoch_order = order.to(self.device)
+            self._batch_cursor = 0
+        idx = self._epoch_order[self._batch_cursor : self._batch_cursor + bs]
+        self._batch_cursor += bs
+        return idx
+
+    @torch.inference_mode()
+    def _evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, keep_probs: bool) -> tuple[torch.Tensor, ...]:
+        """Mean loss, accuracy and (optionally) softmax predictions, as device tensors, in chunks."""
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        probs = []
+        for start in range(0, len(x), self.config.eval_batch_size):
+            xb, yb = x[start : start + self.config.eval_batch_size], y[start : start + self.config.eval_batch_size]
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(1) == yb).sum()
+            if keep_probs:
+                probs.append(logits.softmax(1))
+        model.train()
+        return loss_sum / len(x), correct.float() / len(x), torch.cat(probs) if keep_probs else None
+
+    def _weight_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.model.output_layer.weight.detach()
+        return w.mean(), w.var()
+
+    def _observe(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
+        """One host sync: the six child features and the accuracy come back together; the LR is appended."""
+        *child, acc = torch.cat([features.double(), val_acc.double().reshape(1)]).tolist()
+        obs = np.asarray([*child, self.lr], dtype=np.float32)
+        info = {
+            "train_loss": child[0],
+            "val_loss": child[1],
+            "val_acc": acc,
+            "lr": self.lr,
+            "step": self.num_steps,
+            "best_val_loss": min(child[1], getattr(self, "best_val_loss", math.inf)),
+            "diverged": False,
+        }
+        if np.all(np.isfinite(obs)):
+            self._last_obs = obs
+        return obs, info
+
+
+def make_env(dataset: str = "fa-mnist", architecture: str = "cnn", **options: Any) -> LREnv:
+    """Build an :class:`LREnv`; ``options`` are the fields of :class:`EnvConfig`."""
+    return LREnv(EnvConfig(dataset=dataset, architecture=architecture, **options))
+
+
+def env_config_from_dict(settings: dict[str, Any]) -> EnvConfig:
+    """An :class:`EnvConfig` from a dict that may hold other keys (a run's config.json)."""
+    return EnvConfig(**{k: settings[k] for k in EnvConfig.__dataclass_fields__ if k in settings})
+
+
+__all__ = ["FEATURES", "RANDOM_INITIAL_LRS", "EnvConfig", "LREnv", "env_config_from_dict", "make_env", "resolve_device"]

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from alrs.env import FEATURES, RANDOM_INITIAL_LRS, EnvConfig, make_env
+
+
+def test_observation_shape_dtype_order_and_reward(small_env_options: dict) -> None:
+    env = make_env(**small_env_options)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (7,) and obs.dtype == np.float32 and env.observation_space.contains(obs)
+    assert FEATURES == ("train_loss", "val_loss", "pred_var", "pred_change_var", "output_weight_mean", "output_weight_var", "lr")
+    assert obs[FEATURES.index("pred_change_var")] == 0.0  # nothing has changed yet
+    for _ in range(4):
+        obs, reward, terminated, truncated, info = env.step(2)
+        assert np.all(np.isfinite(obs)) and obs.dtype == np.float32
+        assert reward == -info["val_loss"]
+        assert obs[0] == pytest.approx(info["train_loss"]) and obs[1] == pytest.approx(info["val_loss"])
+        assert obs[6] == pytest.approx(info["lr"])
+        w = env.model.output_layer.weight
+        assert obs[4] == pytest.approx(float(w.detach().mean()), abs=1e-7) and obs[5] == pytest.approx(float(w.detach().var()), rel=1e-5)
+        assert obs[2] > 0 and obs[3] > 0
+    assert terminated and not truncated and info["step"] == 20
+    assert set(info) >= {"train_loss", "val_loss", "val_acc", "lr", "step"}
+
+
+def test_validation_loss_matches_an_independent_pass(small_env_options: dict) -> None:
+    env = make_env(**small_env_options)
+    env.reset(seed=3)
+    _, _, _, _, info = env.step(2)
+    with torch.no_grad():
+        env.model.eval()
+        logits = env.model(env.data.val_x[:500])
+    probs = logits.softmax(1)
+    assert info["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, env.data.val_y[:500])), rel=1e-5)
+    assert info["val_acc"] == pytest.approx(float((logits.argmax(1) == env.data.val_y[:500]).float().mean()))
+    assert env._prev_probs.var().item() == pytest.approx(float(probs.var()), rel=1e-5)
+
+
+@pytest.mark.parametrize("action,factor", [(0, 1.05), (1, 1 / 1.05), (2, 1.0)])
+def test_discrete_actions_scale_the_lr_exactly(small_env_options: dict, action: int, factor: float) -> None:
+    env = make_env(**small_env_options, initial_lr=1e-3)
+    env.reset(seed=0)
+    env.step(action)
+    assert env.lr == pytest.approx(1e-3 * factor, rel=1e-12)
+
+
+@pytest.mark.parametrize("action,factor", [(1.02, 1.02), (5.0, 1.1), (0.1, 1 / 1.1), (1.0, 1.0)])
+def test_continuous_actions_are_clipped_to_the_range(small_env_options: dict, action: float, factor: float) -> None:
+    env = make_env(**small_env_options, discrete=False, action_range=1.1, initial_lr=1e-3)
+    env.reset(seed=0)
+    env.step(np.array([action], dtype=np.float32))
+    assert env.lr == pytest.approx(1e-3 * factor, rel=1e-6)
+
+
+def test_lr_stays_within_bounds(small_env_options: dict) -> None:
+    env = make_env(**small_env_options, initial_lr=0.095, action_range=1.5)
+    env.reset(seed=0)
+    env.step(0)
+    assert env.lr == 0.1
+    env = make_env(**small_env_options, initial_lr=1.2e-5, action_range=1.5)
+    env.reset(seed=0)
+    env.step(1)
+    assert env.lr == 1e-5
+
+
+def test_random_initial_lr_draws_from_the_paper_set(small_env_options: dict) -> None:
+    env = make_env(**small_env_options, initial_lr="random")
+    seen = {env.reset(seed=s)[1]["lr"] for s in range(30)}
+    assert seen == set(RANDOM_INITIAL_LRS)
+
+
+def test_same_seed_same_everything(small_env_options: dict) -> None:
+    def rollout(seed: int) -> tuple[list, list]:
+        env = make_env(**small_env_options, lr_noise=0.1)
+        obs, _ = env.reset(seed=seed)
+        observations, rewards = [obs], []
+        for a in (0, 1, 0, 2):
+            obs, r, *_ = env.step(a)
+            observations.append(obs)
+            rewards.append(r)
+        return observations, rewards
+
+    a, b, c = rollout(5), rollout(5), rollout(6)
+    assert all(np.array_equal(x, y) for x, y in zip(a[0], b[0])) and a[1] == b[1]
+    assert not np.array_equal(a[0][-1], c[0][-1])
+
+
+def test_initial_lr_option_keeps_child_and_batches_paired(small_env_options: dict) -> None:
+    env = make_env(**small_env_options)
+    env.reset(seed=9)
+    weights = [p.clone() for p in env.model.parameters()]
+    env.reset(seed=9, options={"initial_lr": 0.05})
+    assert env.lr == 0.05
+    assert all(torch.equal(p, q) for p, q in zip(weights, env.model.parameters()))
+
+
+def test_divergence_ends_the_episode_with_a_finite_penalty(small_env_options: dict) -> None:
+    options = {**small_env_options, "num_train_steps": 40}
+    env = make_env(**options)
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step_lr(1e30)  # absurd LR: the weights overflow float32
+    assert terminated and not truncated and info["diverged"]
+    assert np.all(np.isfinite(obs)) and math.isfinite(reward)
+    assert reward == pytest.approx(-5.0 * 8)  # divergence_loss for each of the 8 controller steps left
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(2)
+    loss, acc = env.evaluate_test("best")
+    assert math.isfinite(loss) and 0.0 <= acc <= 1.0
+
+
+def test_best_checkpoint_is_the_lowest_validation_loss(small_env_options: dict) -> None:
+    env = make_env(**small_env_options, initial_lr=0.01)
+    env.reset(seed=1)
+    losses = [env.step(2)[4]["val_loss"] for _ in range(4)]
+    assert env.best_val_loss == pytest.approx(min(losses))
+    model = env.model
+    model.load_state_dict(env._best_state)
+    with torch.no_grad():
+        logits = model.eval()(env.data.val_x[:500])
+    assert float(torch.nn.functional.cross_entropy(logits, env.data.val_y[:500])) == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_test_set_evaluation(small_env_options: dict) -> None:
+    env = make_env(**small_env_options, initial_lr=0.01)
+    env.reset(seed=1)
+    for _ in range(4):
+        env.step(2)
+    (best_loss, best_acc), (loss, acc) = env.evaluate_test("best"), env.evaluate_test("current")
+    assert 0 < best_loss < math.log(10) and 0.1 < best_acc <= 1.0
+    assert 0 < loss and 0 <= acc <= 1
+
+
+def test_gymnasium_env_checker_passes(small_env_options: dict) -> None:
+    check_env(make_env(**small_env_options), skip_render_check=True)
+    check_env(make_env(**small_env_options, discrete=False), skip_render_check=True)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"dataset": "svhn"}, "mnist, fa-mnist, cifar10"),
+        ({"architecture": "vgg"}, "mlp, cnn, resnet, paper-cnn"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"update_freq": 7}, "update_freq=7 must divide num_train_steps=1000"),
+        ({"initial_lr": 2.0}, r"initial_lr must be a number in \(0, 1\] or 'random'"),
+        ({"initial_lr": "fast"}, "initial_lr must be"),
+        ({"action_range": 0.9}, "action_range must be > 1"),
+        ({"val_size": -1}, "val_size must be a positive integer"),
+        ({"device": "tpu"}, "device must be cpu, cuda or auto"),
+    ],
+)
+def test_bad_options_fail_at_construction_in_one_line(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        EnvConfig(**options)
+    assert "\n" not in str(err.value)
+
+
+def test_batch_larger_than_training_set_is_refused(small_env_options: dict) -> None:
+    with pytest.raises(ValueError, match="batch_size=100000 exceeds"):
+        make_env(**{**small_env_options, "batch_size": 100_000})
+
+
+def test_pinned_observations_for_a_fixed_seed(small_env_options: dict) -> None:
+    """Guards speed work: the features of LeNet-5 on the fake data must not change."""
+    env = make_env(**{**small_env_options, "architecture": "cnn"})
+    env.reset(seed=123)
+    env.step(0)
+    obs, *_ = env.step(1)
+    np.testing.assert_allclose(obs, PINNED_CNN_OBS, rtol=1e-4, atol=1e-7)
+
+
+# Recorded with the first, unoptimized environment (plain NCHW, evaluation in chunks of 2500).
+PINNED_CNN_OBS = np.array(
+    [2.299298048019409, 2.295926809310913, 2.992954796354752e-05, 1.1471458492451347e-05,
+     -0.0013617126969620585, 0.004276981111615896, 0.0010000000474974513],
+    dtype=np.float32,
+)
