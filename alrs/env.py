@@ -77,7 +77,7 @@ class EnvConfig:
     lr_max: float = 1e-1
     val_size: int | None = None
     divergence_loss: float = 5.0
-    eval_batch_size: int = 2500
+    eval_batch_size: int = 500
     data_dir: str = "./data"
     device: str = "auto"
 
@@ -152,6 +152,7 @@ class LREnv(gym.Env):
             r = cfg.action_range
             self.action_space = spaces.Box(np.float32(1 / r), np.float32(r), shape=(1,), dtype=np.float32)
 
+        self._channels_last = self.device.type == "cpu" and cfg.architecture != "mlp"
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr = math.nan
@@ -172,7 +173,9 @@ class LREnv(gym.Env):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(child_seed)
             model = build_model(cfg.architecture, cfg.dataset)
-        self.model = model.to(self.device)
+        # channels_last roughly halves the cost of the convolutions on the CPU (benchmarks/env_speed.py).
+        self._memory_format = torch.channels_last if self._channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self._memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0)
         self._batch_generator = torch.Generator().manual_seed(child_seed)
         self._epoch_order = torch.empty(0, dtype=torch.long)
@@ -232,7 +235,8 @@ class LREnv(gym.Env):
         loss_sum = torch.zeros((), device=self.device)
         for _ in range(cfg.update_freq):
             idx = self._next_batch()
-            loss = F.cross_entropy(model(self.data.train_x[idx]), self.data.train_y[idx])
+            xb = self.data.train_x[idx].contiguous(memory_format=self._memory_format)
+            loss = F.cross_entropy(model(xb), self.data.train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -271,7 +275,8 @@ class LREnv(gym.Env):
             raise ValueError(f"which must be 'best' or 'current', got {which!r}")
         model = self.model
         if which == "best":
-            model = build_model(self.config.architecture, self.config.dataset).to(self.device)
+            model = build_model(self.config.architecture, self.config.dataset)
+            model = model.to(self.device, memory_format=self._memory_format)
             model.load_state_dict(self._best_state)
         loss, acc, _ = self._evaluate(model, self.data.test_x, self.data.test_y, keep_probs=False)
         return float(loss), float(acc)
@@ -302,7 +307,7 @@ class LREnv(gym.Env):
         probs = []
         for start in range(0, len(x), self.config.eval_batch_size):
             xb, yb = x[start : start + self.config.eval_batch_size], y[start : start + self.config.eval_batch_size]
-            logits = model(xb)
+            logits = model(xb.contiguous(memory_format=self._memory_format))
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
             correct += (logits.argmax(1) == yb).sum()
             if keep_probs:
