@@ -1,0 +1,424 @@
+"""Proximal Policy Optimization (Schulman et al., 2017) for any Gymnasium vector env.
+
+Knows only the Gymnasium API: a Box observation and a Discrete or 1-D Box action. Every
+implementation detail of the well-known implementations (CleanRL, Stable-Baselines3) is
+visible below with a comment saying what it is for. The paper trains its controller with PPO
+and the clipped surrogate objective, epsilon 0.2 in the authors' code (Xu et al., 2019, Sec. 3.2).
+
+Rollouts run on ``gymnasium.vector.SyncVectorEnv``; an ``AsyncVectorEnv`` (one process per
+env) or a batched env with the same ``VectorEnv`` interface can replace it without changes here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+CHECKPOINT_FORMAT = "alrs-controller/1"
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyper-parameters.
+
+    Args:
+        hidden_sizes: hidden layers of the actor and of the critic (seed: two of 32; paper: one of 32).
+        learning_rate: Adam step size for actor and critic.
+        num_steps: steps per env per rollout (100 = one whole episode of the LR env).
+        gamma: discount factor.
+        gae_lambda: lambda of generalized advantage estimation.
+        num_minibatches: minibatches per epoch over the rollout.
+        update_epochs: passes over the rollout per update.
+        clip_coef: epsilon of the clipped surrogate objective (paper authors' code: 0.2).
+        clip_vloss: clip the value loss around the old values as well.
+        ent_coef: weight of the entropy bonus.
+        vf_coef: weight of the value loss.
+        max_grad_norm: global gradient-norm clip.
+        target_kl: stop the epochs of an update early past this approximate KL (None: never).
+        norm_obs: normalize observations by running mean and variance.
+        norm_reward: scale rewards by the running std of the discounted return.
+        clip_obs: clip normalized observations to [-clip_obs, clip_obs].
+        clip_reward: clip scaled rewards to [-clip_reward, clip_reward].
+        init_log_std: initial log std of the Gaussian policy (continuous actions); -1 (std 0.37 of
+            the half-range) keeps early samples mostly inside the action range, not at its clipped ends.
+    """
+
+    hidden_sizes: tuple[int, ...] = (32, 32)
+    learning_rate: float = 3e-4
+    num_steps: int = 100
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    num_minibatches: int = 4
+    update_epochs: int = 4
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    norm_obs: bool = True
+    norm_reward: bool = True
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+    init_log_std: float = -1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        for name in ("num_steps", "num_minibatches", "update_epochs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
+            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance (parallel algorithm of Chan et al.); buffers, so they are checkpointed."""
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    def update(self, x: torch.Tensor) -> None:
+        """Merge a batch (first dimension) into the statistics."""
+        x = x.double()
+        batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.mean += delta * batch_count / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+
+def _layer(in_features: int, out_features: int, gain: float) -> nn.Linear:
+    """Orthogonal weights and zero bias: keeps activations well scaled at the start (PPO's usual init)."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int, out_gain: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden_sizes:
+        layers += [_layer(in_features, width, math.sqrt(2)), nn.Tanh()]
+        in_features = width
+    return nn.Sequential(*layers, _layer(in_features, out_features, out_gain))
+
+
+def _describe_space(space: spaces.Space) -> dict[str, Any]:
+    if isinstance(space, spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n)}
+    if isinstance(space, spaces.Box) and space.shape == (1,) and np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
+        return {"type": "box", "low": float(space.low[0]), "high": float(space.high[0])}
+    raise ValueError(f"PPO here supports a Discrete or a bounded 1-D Box action space, got {space}")
+
+
+class Controller(nn.Module):
+    """Actor, critic and the normalization statistics: everything needed to act, in one module.
+
+    Args:
+        obs_dim: length of the observation vector.
+        action_space: ``{"type": "discrete", "n": N}`` or ``{"type": "box", "low": l, "high": h}``.
+        hidden_sizes: hidden layers of actor and critic.
+        init_log_std: initial log std of the Gaussian policy (box actions).
+        clip_obs: clip of the normalized observations.
+    """
+
+    def __init__(self, obs_dim: int, action_space: dict[str, Any], hidden_sizes: tuple[int, ...] = (32, 32),
+                 init_log_std: float = -1.0, clip_obs: float = 10.0):
+        super().__init__()
+        self.obs_dim, self.action_spec, self.hidden_sizes, self.clip_obs = obs_dim, dict(action_space), tuple(hidden_sizes), clip_obs
+        self.discrete = action_space["type"] == "discrete"
+        out = action_space["n"] if self.discrete else 1
+        self.actor = _mlp(obs_dim, self.hidden_sizes, out, out_gain=0.01)  # small: near-uniform first policy
+        self.critic = _mlp(obs_dim, self.hidden_sizes, 1, out_gain=1.0)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((1,), float(init_log_std)))  # state-independent
+        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.return_rms = RunningMeanStd(())
+        self.normalize = True
+
+    def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Standardize by the running statistics and clip (identity when normalization is off)."""
+        if not self.normalize:
+            return obs.float()
+        return ((obs.double() - self.obs_rms.mean) / torch.sqrt(self.obs_rms.var + 1e-8)).clamp(-self.clip_obs, self.clip_obs).float()
+
+    def value(self, norm_obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(norm_obs).squeeze(-1)
+
+    def distribution(self, norm_obs: torch.Tensor) -> torch.distributions.Distribution:
+        out = self.actor(norm_obs)
+        if self.discrete:
+            return torch.distributions.Categorical(logits=out)
+        return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
+
+    def to_env_action(self, raw: torch.Tensor) -> np.ndarray:
+        """Policy output to env action: the index, or the Gaussian sample clipped to [-1, 1] and mapped
+        linearly onto [low, high] (the log-probability stays that of the unclipped sample)."""
+        if self.discrete:
+            return raw.cpu().numpy()
+        low, high = self.action_spec["low"], self.action_spec["high"]
+        return (low + (raw.clamp(-1, 1) + 1) * 0.5 * (high - low)).cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
+        """The env action for one observation, with frozen statistics: the policy's mode by default."""
+        dist = self.distribution(self.normalize_obs(torch.as_tensor(obs).reshape(1, -1)))
+        if deterministic:
+            raw = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            raw = dist.sample()
+        action = self.to_env_action(raw)[0]
+        return int(action) if self.discrete else action
+
+    def checkpoint(self, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A self-describing dict: architecture, action space, weights, normalizers, and ``metadata``."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "obs_dim": self.obs_dim,
+            "action_space": self.action_spec,
+            "hidden_sizes": list(self.hidden_sizes),
+            "clip_obs": self.clip_obs,
+            "normalize": self.normalize,
+            "state_dict": self.state_dict(),
+            "metadata": metadata or {},
+        }
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Controller:
+        """Rebuild a controller saved by :meth:`checkpoint`."""
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not an alrs controller checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+        controller = cls(checkpoint["obs_dim"], checkpoint["action_space"], tuple(checkpoint["hidden_sizes"]), clip_obs=checkpoint["clip_obs"])
+        controller.load_state_dict(checkpoint["state_dict"])
+        controller.normalize = checkpoint["normalize"]
+        return controller
+
+
+@dataclass
+class Episode:
+    """One finished episode: its env index, undiscounted raw return, length and per-step infos."""
+
+    env_index: int
+    episode_return: float
+    length: int
+    infos: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _info_at(infos: dict[str, Any], i: int) -> dict[str, Any]:
+    """Env ``i``'s scalar entries of a batched vector-env info dict (each key ``k`` has a mask ``_k``)."""
+    out = {}
+    for key, values in infos.items():
+        if key.startswith("_") or isinstance(values, dict) or key == "final_obs" or not infos[f"_{key}"][i]:
+            continue
+        out[key] = values[i].item() if isinstance(values[i], np.generic) else values[i]
+    return out
+
+
+class PPO:
+    """PPO over a Gymnasium vector env.
+
+    Each iteration resets every env with seeds ``seed, seed + 1, ...``, collects
+    ``num_steps`` steps per env (envs that finish early restart at once), then updates. Starting
+    each iteration from seeded resets makes the state between iterations small (controller,
+    optimizer, RNG, counters), so a checkpoint taken there resumes exactly.
+
+    Args:
+        envs: a ``gymnasium.vector.VectorEnv`` with autoreset mode ``SAME_STEP``.
+        config: the hyper-parameters.
+        seed: seeds the controller's initialization and the sampling of actions and minibatches.
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, config: PPOConfig = PPOConfig(), seed: int = 0):
+        if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
+            raise ValueError("PPO needs a vector env created with autoreset_mode=gym.vector.AutoresetMode.SAME_STEP")
+        if not isinstance(envs.single_observation_space, spaces.Box) or len(envs.single_observation_space.shape) != 1:
+            raise ValueError(f"PPO here needs a flat Box observation space, got {envs.single_observation_space}")
+        self.envs, self.config = envs, config
+        self.generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.controller = Controller(
+                envs.single_observation_space.shape[0], _describe_space(envs.single_action_space),
+                config.hidden_sizes, config.init_log_std, config.clip_obs,
+            )
+        self.controller.normalize = config.norm_obs
+        # eps=1e-5 instead of Adam's 1e-8: the PPO implementations' choice, steadier early updates.
+        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.iteration = 0
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ rollout
+    def _sample(self, dist: torch.distributions.Distribution) -> torch.Tensor:
+        """Draw actions from our own generator, so sampling is reproducible and checkpointed."""
+        if self.controller.discrete:
+            return torch.multinomial(dist.probs, 1, generator=self.generator).squeeze(-1)
+        return dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
+
+    def collect_rollout(self, seed: int) -> tuple[dict[str, torch.Tensor], list[Episode]]:
+        """``num_steps`` steps of every env from seeded resets; returns the batch and finished episodes."""
+        cfg, ctrl, n = self.config, self.controller, self.envs.num_envs
+        obs_np, _ = self.envs.reset(seed=seed)
+        obs = torch.as_tensor(obs_np)
+        discounted = np.zeros(n)  # running discounted return per env, for reward scaling
+        ep_return, ep_len = np.zeros(n), np.zeros(n, dtype=int)
+        ep_infos: list[list[dict]] = [[] for _ in range(n)]
+        episodes: list[Episode] = []
+        buf: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "dones")}
+
+        for _ in range(cfg.num_steps):
+            if cfg.norm_obs:
+                ctrl.obs_rms.update(obs)  # statistics follow the observations the policy sees
+            norm_obs = ctrl.normalize_obs(obs)
+            with torch.no_grad():
+                dist = ctrl.distribution(norm_obs)
+                raw = self._sample(dist)
+                logprob = dist.log_prob(raw) if ctrl.discrete else dist.log_prob(raw).sum(-1)
+                value = ctrl.value(norm_obs)
+            obs_np, reward, terminated, truncated, infos = self.envs.step(ctrl.to_env_action(raw))
+            done = terminated | truncated
+            self.global_step += n
+
+            ep_return += reward
+            ep_len += 1
+            final_infos = infos.get("final_info", {})
+            for i in range(n):
+                ep_infos[i].append(_info_at(final_infos, i) if done[i] else _info_at(infos, i))
+                if done[i]:
+                    episodes.append(Episode(i, float(ep_return[i]), int(ep_len[i]), ep_infos[i]))
+                    ep_return[i], ep_len[i], ep_infos[i] = 0.0, 0, []
+
+            reward_t = torch.as_tensor(reward, dtype=torch.float64)
+            if cfg.norm_reward:
+                # Scale by the running std of the discounted return (not the reward): keeps value
+                # targets near unit scale without shifting the reward's sign.
+                discounted = discounted * cfg.gamma + reward
+                ctrl.return_rms.update(torch.as_tensor(discounted))
+                reward_t = (reward_t / torch.sqrt(ctrl.return_rms.var + 1e-8)).clamp(-cfg.clip_reward, cfg.clip_reward)
+                discounted[done] = 0.0
+            if truncated.any():
+                # A time-limit cut is not a real end: bootstrap with the value of the final observation.
+                final_obs = torch.as_tensor(np.stack([infos["final_obs"][i] for i in np.flatnonzero(truncated)]))
+                with torch.no_grad():
+                    reward_t[truncated] += cfg.gamma * ctrl.value(ctrl.normalize_obs(final_obs)).double()
+
+            for key, value_ in zip(buf, (norm_obs, raw, logprob, value, reward_t.float(), torch.as_tensor(done, dtype=torch.float32))):
+                buf[key].append(value_)
+            obs = torch.as_tensor(obs_np)
+
+        with torch.no_grad():
+            last_value = ctrl.value(ctrl.normalize_obs(obs))
+        batch = {k: torch.stack(v) for k, v in buf.items()}
+        batch["advantages"], batch["returns"] = self._gae(batch, last_value)
+        return batch, episodes
+
+    def _gae(self, batch: dict[str, torch.Tensor], last_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generalized advantage estimation: an exponentially weighted mix of n-step advantages."""
+        cfg = self.config
+        values, rewards, dones = batch["values"], batch["rewards"], batch["dones"]
+        advantages = torch.zeros_like(rewards)
+        running = torch.zeros_like(last_value)
+        for t in reversed(range(len(rewards))):
+            next_value = last_value if t == len(rewards) - 1 else values[t + 1]
+            not_done = 1.0 - dones[t]  # no bootstrapping across an episode's end
+            delta = rewards[t] + cfg.gamma * next_value * not_done - values[t]
+            running = delta + cfg.gamma * cfg.gae_lambda * not_done * running
+            advantages[t] = running
+        return advantages, advantages + values
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Several epochs of clipped-surrogate minibatch updates; returns the last epoch's statistics."""
+        cfg, ctrl = self.config, self.controller
+        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
+        size = len(flat["values"])
+        minibatch = max(1, size // cfg.num_minibatches)
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")}
+        for _ in range(cfg.update_epochs):
+            order = torch.randperm(size, generator=self.generator)
+            for start in range(0, size, minibatch):
+                mb = order[start : start + minibatch]
+                dist = ctrl.distribution(flat["obs"][mb])
+                logprob = dist.log_prob(flat["actions"][mb])
+                entropy = dist.entropy()
+                if not ctrl.discrete:
+                    logprob, entropy = logprob.sum(-1), entropy.sum(-1)
+                log_ratio = logprob - flat["logprobs"][mb]
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()  # unbiased, low-variance KL estimate
+                    clip_fraction = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
+
+                adv = flat["advantages"][mb]
+                if len(mb) > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # per-minibatch normalization: scale-free steps
+                # Clipped surrogate: no incentive to move the ratio outside [1 - eps, 1 + eps].
+                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+
+                new_value = ctrl.value(flat["obs"][mb])
+                if cfg.clip_vloss:
+                    # Keep the critic, too, near its old predictions.
+                    clipped = flat["values"][mb] + (new_value - flat["values"][mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
+                    value_loss = 0.5 * torch.max((new_value - flat["returns"][mb]) ** 2, (clipped - flat["returns"][mb]) ** 2).mean()
+                else:
+                    value_loss = 0.5 * ((new_value - flat["returns"][mb]) ** 2).mean()
+
+                loss = policy_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * value_loss  # entropy bonus: keep exploring
+                self.optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(ctrl.parameters(), cfg.max_grad_norm)  # global norm clip: no huge steps
+                self.optimizer.step()
+                for key, value_ in zip(stats, (policy_loss, value_loss, entropy.mean(), approx_kl, clip_fraction)):
+                    stats[key].append(float(value_.detach()))
+            if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
+                break  # the policy moved too far from the one that collected the data
+        returns, values = flat["returns"], flat["values"]
+        explained = 1 - float((returns - values).var() / returns.var()) if returns.var() > 0 else math.nan
+        return {**{k: float(np.mean(v)) for k, v in stats.items()}, "explained_variance": explained}
+
+    def train_iteration(self, seed: int) -> tuple[list[Episode], dict[str, float]]:
+        """One rollout from seeded resets and one update; returns finished episodes and update stats."""
+        batch, episodes = self.collect_rollout(seed)
+        stats = self.update(batch)
+        self.iteration += 1
+        return episodes, stats
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Controller, optimizer, RNG state and counters: enough to resume exactly."""
+        return {
+            "controller": self.controller.checkpoint(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; the controller's spaces must match the env's."""
+        saved = state["controller"]
+        if saved["action_space"] != self.controller.action_spec or saved["obs_dim"] != self.controller.obs_dim:
+            raise ValueError(
+                f"checkpoint controller acts on {saved['action_space']} with {saved['obs_dim']} features, "
+                f"but this env has {self.controller.action_spec} with {self.controller.obs_dim}"
+            )
+        self.controller.load_state_dict(saved["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.iteration, self.global_step = state["iteration"], state["global_step"]
+
+
+def make_vector_env(env_fns: list, **kwargs: Any) -> gym.vector.SyncVectorEnv:
+    """The sequential backend: envs stepped one after another in this process."""
+    return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, **kwargs)

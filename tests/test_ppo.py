@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from alrs.ppo import PPO, Controller, PPOConfig, make_vector_env
+
+
+class SignEnv(gym.Env):
+    """Observation: a random sign s (and a constant). Best discrete policy: action 0 if s > 0,
+    1 if s < 0 (reward 1), never 2 (reward 0.2). Best continuous action: 1 + 0.4 s."""
+
+    def __init__(self, discrete: bool, length: int = 8):
+        self.discrete, self.length = discrete, length
+        self.observation_space = spaces.Box(-2.0, 2.0, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Discrete(3) if discrete else spaces.Box(0.5, 1.5, shape=(1,), dtype=np.float32)
+
+    def _obs(self) -> np.ndarray:
+        self.sign = float(self.np_random.choice([-1.0, 1.0]))
+        return np.array([self.sign, 1.0], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        if self.discrete:
+            reward = 0.2 if action == 2 else float(action == (0 if self.sign > 0 else 1))
+        else:
+            reward = -10 * float((np.asarray(action).item() - (1 + 0.4 * self.sign)) ** 2)
+        self.t += 1
+        return self._obs(), reward, self.t >= self.length, False, {"sign": self.sign}
+
+
+def _train(discrete: bool, iterations: int, seed: int = 0, **overrides) -> PPO:
+    envs = make_vector_env([lambda: SignEnv(discrete)] * 4)
+    config = PPOConfig(num_steps=32, learning_rate=3e-3, ent_coef=0.0 if not discrete else 0.01, **overrides)
+    ppo = PPO(envs, config, seed=seed)
+    for i in range(iterations):
+        ppo.train_iteration(seed=1000 * i)
+    return ppo
+
+
+def test_learns_the_best_discrete_policy() -> None:
+    ctrl = _train(discrete=True, iterations=25).controller
+    assert ctrl.act(np.array([1.0, 1.0], np.float32)) == 0
+    assert ctrl.act(np.array([-1.0, 1.0], np.float32)) == 1
+
+
+def test_learns_the_best_continuous_policy() -> None:
+    ctrl = _train(discrete=False, iterations=60).controller
+    for sign in (1.0, -1.0):
+        action = ctrl.act(np.array([sign, 1.0], np.float32))
+        assert action.shape == (1,) and abs(float(action[0]) - (1 + 0.4 * sign)) < 0.08
+
+
+def test_first_policy_is_near_uniform_and_untrained_runs_are_seeded() -> None:
+    a, b = _train(True, 0, seed=3), _train(True, 0, seed=3)
+    probs = a.controller.distribution(torch.zeros(1, 2)).probs
+    assert torch.allclose(probs, torch.full((1, 3), 1 / 3), atol=0.02)
+    assert all(torch.equal(p, q) for p, q in zip(a.controller.parameters(), b.controller.parameters()))
+
+
+def test_rollout_reports_finished_episodes_with_their_infos() -> None:
+    ppo = _train(True, 0)
+    batch, episodes = ppo.collect_rollout(seed=0)
+    assert batch["obs"].shape == (32, 4, 2) and batch["advantages"].shape == (32, 4)
+    assert len(episodes) == 4 * 32 // 8 and all(e.length == 8 and len(e.infos) == 8 for e in episodes)
+    assert all(set(info) == {"sign"} for e in episodes for info in e.infos)
+
+
+def test_normalization_statistics_round_trip_through_a_checkpoint() -> None:
+    ppo = _train(False, 2)
+    saved = ppo.controller.checkpoint({"note": "x"})
+    restored = Controller.from_checkpoint(saved)
+    assert torch.equal(restored.obs_rms.mean, ppo.controller.obs_rms.mean) and restored.obs_rms.count > 1
+    assert torch.equal(restored.return_rms.var, ppo.controller.return_rms.var)
+    obs = np.array([0.3, 1.0], np.float32)
+    assert np.array_equal(restored.act(obs), ppo.controller.act(obs))
+    before = restored.obs_rms.mean.clone()
+    restored.act(obs)
+    assert torch.equal(before, restored.obs_rms.mean)  # acting never updates the statistics
+
+
+def test_resumed_training_equals_uninterrupted_training() -> None:
+    straight = _train(True, 3)
+    first = _train(True, 2)
+    resumed = PPO(make_vector_env([lambda: SignEnv(True)] * 4), first.config, seed=99)
+    resumed.load_state_dict(first.state_dict())
+    resumed.train_iteration(seed=2000)
+    assert all(torch.equal(p, q) for p, q in zip(straight.controller.state_dict().values(), resumed.controller.state_dict().values()))
+
+
+def test_wrong_action_space_checkpoint_is_refused() -> None:
+    continuous = _train(False, 0)
+    discrete = _train(True, 0)
+    with pytest.raises(ValueError, match="acts on"):
+        discrete.load_state_dict(continuous.state_dict())
+    with pytest.raises(ValueError, match="not an alrs controller checkpoint"):
+        Controller.from_checkpoint({"weights": 1})
+
+
+def test_gae_on_known_numbers() -> None:
+    ppo = _train(True, 0, gamma=0.5, gae_lambda=1.0)
+    batch = {"values": torch.zeros(3, 1), "rewards": torch.ones(3, 1), "dones": torch.tensor([[0.0], [1.0], [0.0]])}
+    adv, ret = ppo._gae(batch, last_value=torch.tensor([4.0]))
+    assert torch.allclose(adv.squeeze(), torch.tensor([1.5, 1.0, 3.0]))  # episode ends at t=1; t=2 bootstraps 0.5*4
+    assert torch.equal(adv, ret)
