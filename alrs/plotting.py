@@ -1,0 +1,64 @@
+"""Figures: one episode's curves, and schedules compared over seeds in the style of the paper."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from alrs.io import atomic_write  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_episode(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, title: str = "") -> None:
+    """Train loss, validation loss (log scale) and LR (log scale) against Adam steps.
+
+    Args:
+        curves: ``step``, ``train_loss``, ``val_loss`` and ``lr`` sequences of equal length.
+        path: where the PNG goes.
+        title: figure title.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    steps = np.asarray(curves["step"])
+    for ax, key, label in zip(axes, ("train_loss", "val_loss", "lr"), ("train loss", "validation loss", "learning rate")):
+        ax.plot(steps, np.asarray(curves[key], dtype=float))
+        ax.set(xlabel="Adam step", ylabel=label, yscale="log")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: str | os.PathLike, title: str = "") -> None:
+    """Mean and min-max band over seeds, one line per schedule: log validation loss, train loss, LR.
+
+    Args:
+        runs: schedule name -> one curves mapping per seed (``step``, ``train_loss``, ``val_loss``, ``lr``).
+        path: where the PNG goes.
+        title: figure title.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = (("val_loss", "validation loss (log)"), ("train_loss", "train loss (log)"), ("lr", "learning rate (log)"))
+    for name, seeds in runs.items():
+        steps = np.asarray(seeds[0]["step"])
+        for ax, (key, label) in zip(axes, panels):
+            values = np.array([np.asarray(s[key], dtype=float) for s in seeds])
+            values = np.where(np.isfinite(values), values, np.nan)
+            mean = np.nanmean(values, axis=0)
+            (line,) = ax.plot(steps, mean, label=name)
+            if len(seeds) > 1:
+                ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2)
+            ax.set(xlabel="Adam step", ylabel=label, yscale="log")
+            ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    _save(fig, path)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alrs.env import EnvConfig
+from alrs.io import load_torch
+from alrs.ppo import PPO, PPOConfig
+from alrs.training import train_controller
+from utils import parse_args
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _small_flags(data_dir: Path) -> list[str]:
+    return ["--data-dir", str(data_dir), "--architecture", "mlp", "--batch-size", "50", "--update-freq", "5",
+            "--num-train-steps", "20", "--val-size", "500", "--device", "cpu", "--no-progress"]
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_config_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"seed": 3, "batch_size": 77, "initial_lr": "random"}))
+    args = parse_args("train", ["--config", str(config), "--seed", "5"])
+    assert (args.seed, args.batch_size, args.initial_lr, args.update_freq) == (5, 77, "random", 10)
+
+
+@pytest.mark.parametrize("content,message", [('{"lr": 0.1}', "unknown setting 'lr'"), ('{"seed": 1,}', "not valid JSON"),
+                                             ("[1]", "expected a JSON object")])
+def test_bad_config_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, content: str, message: str) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(content)
+    with pytest.raises(SystemExit):
+        parse_args("train", ["--config", str(config)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and str(config) in err[-1]
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"settings": {"seed": 1}}))
+    assert parse_args("train", ["--resume", str(run), "--episodes", "9"]).seed == 1
+    with pytest.raises(SystemExit):
+        parse_args("train", ["--resume", str(run), "--batch-size", "9"])
+    assert "drop --batch-size" in capsys.readouterr().err
+
+
+def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> None:
+    result = _run("train.py", *_small_flags(data_dir), "--num-envs", "2", "--episodes", "2", "--out-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (run,) = tmp_path.iterdir()
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.csv", "last.pt", "best.pt", "episode.png"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["settings"]["batch_size"] == 50 and len(config["git_commit"]) >= 7 and "torch" in config["versions"]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["episode"] for r in rows] == ["1", "2"]
+    assert all(float(r["final_val_loss"]) > 0 and float(r["final_lr"]) > 0 for r in rows)
+    best = load_torch(run / "best.pt")
+    assert best["metadata"]["env"]["discrete"] is True and best["metadata"]["features"][0] == "train_loss"
+    assert (run / "episode.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
+                    val_size=500, data_dir=str(data_dir), device="cpu", lr_noise=0.05)
+    ppo = PPOConfig(num_steps=4)
+    kwargs = dict(env_config=env, ppo_config=ppo, num_envs=2, episodes=6, seed=7, progress=False)
+    train_controller(tmp_path / "straight", **kwargs)
+
+    real_update, calls = PPO.update, []
+
+    def interrupt_on_second_update(self, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the second iteration
+        return real_update(self, batch)
+
+    monkeypatch.setattr(PPO, "update", interrupt_on_second_update)
+    with pytest.raises(KeyboardInterrupt):
+        train_controller(tmp_path / "resumed", **kwargs)
+    monkeypatch.setattr(PPO, "update", real_update)
+    assert load_torch(tmp_path / "resumed" / "last.pt")["progress"]["episodes_done"] == 2
+    train_controller(tmp_path / "resumed", resume=True, **kwargs)
+
+    a, b = (load_torch(tmp_path / name / "last.pt") for name in ("straight", "resumed"))
+    for key, value in a["ppo"]["controller"]["state_dict"].items():
+        assert torch.equal(value, b["ppo"]["controller"]["state_dict"][key]), key
+    rows = [[r[:7] for r in csv.reader(open(tmp_path / name / "metrics.csv"))] for name in ("straight", "resumed")]
+    assert rows[0] == rows[1] and len(rows[0]) == 7
+
+
+def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
+    result = _run("train.py", "--resume", str(tmp_path / "nope"))
+    assert result.returncode == 2 and "no such run folder" in result.stderr
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"settings": {"architecture": "mlp"}}))
+    (run / "last.pt").write_bytes(b"\x00" * 10)
+    result = _run("train.py", "--resume", str(run), "--device", "cpu", "--data-dir", str(tmp_path), "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "last.pt: not a readable checkpoint" in result.stderr.strip().splitlines()[-1]

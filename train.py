@@ -1,0 +1,43 @@
+"""Learn an adaptive learning-rate schedule: train a PPO controller on the LR environment.
+
+    python train.py --config configs/quick.json
+    python train.py --dataset fa-mnist --architecture cnn --episodes 1000
+    python train.py --resume runs/<id>
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from alrs.io import save_json
+from alrs.training import CONFIG_FILE, train_controller
+from utils import env_config, new_run_dir, parse_args, ppo_config, provenance, run_script, set_threads, settings_of
+
+
+def main() -> int:
+    args = parse_args("train")
+    set_threads(args.threads)
+    env_cfg = env_config(args)
+    ppo_cfg = ppo_config(args, num_steps=env_cfg.num_controller_steps)
+    if args.num_envs <= 0 or args.episodes <= 0:
+        raise ValueError("--num-envs and --episodes must be positive")
+    resume = hasattr(args, "resume")
+    run_dir = Path(args.resume) if resume else new_run_dir(args.out_dir, args)
+    if not resume:
+        save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
+    print(f"{'resuming' if resume else 'run'} {run_dir}", file=sys.stderr)
+    try:
+        summary = train_controller(run_dir, env_cfg, ppo_cfg, num_envs=args.num_envs, episodes=args.episodes,
+                                   seed=args.seed, resume=resume, progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {run_dir / 'last.pt'} holds the last finished iteration. "
+              f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)
+        return 130
+    print(f"done: {summary['episodes']} episodes, best final validation loss {summary['best_final_val_loss']:.4f} "
+          f"(episode {summary['best_episode']}); controller: {summary['best']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -1,0 +1,214 @@
+"""What the three scripts share: arguments and config files, run folders, threads, provenance."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alrs.data import DatasetError
+from alrs.env import EnvConfig
+from alrs.io import load_json
+from alrs.ppo import PPOConfig
+from alrs.training import CONFIG_FILE
+
+ENV_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EnvConfig)}
+PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.learning_rate
+    "hidden_sizes": list(PPOConfig.hidden_sizes), "ppo_lr": PPOConfig.learning_rate, "gamma": PPOConfig.gamma,
+    "gae_lambda": PPOConfig.gae_lambda, "clip_coef": PPOConfig.clip_coef, "clip_vloss": PPOConfig.clip_vloss,
+    "ent_coef": PPOConfig.ent_coef, "vf_coef": PPOConfig.vf_coef, "max_grad_norm": PPOConfig.max_grad_norm,
+    "update_epochs": PPOConfig.update_epochs, "num_minibatches": PPOConfig.num_minibatches, "target_kl": PPOConfig.target_kl,
+    "norm_obs": PPOConfig.norm_obs, "norm_reward": PPOConfig.norm_reward, "init_log_std": PPOConfig.init_log_std,
+}
+RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
+                "num_seeds": 10, "progress": True}
+DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
+"""Every setting a config file may hold, with its built-in default."""
+
+RUNTIME_KEYS = {"episodes", "device", "threads", "data_dir", "progress", "out_dir", "results_dir"}
+"""Settings a resumed run may change: where and how fast it runs, and how long it goes on."""
+
+
+def _lr(text: str) -> float | str:
+    return text if text == "random" else float(text)
+
+
+def _add(group: argparse._ArgumentGroup, flag: str, help: str, **kwargs: Any) -> None:
+    dest = flag.lstrip("-").replace("-", "_")
+    default = DEFAULTS.get(dest)
+    group.add_argument(flag, help=f"{help} (default: {default})" if dest in DEFAULTS else help, **kwargs)
+
+
+def build_parser(script: str) -> argparse.ArgumentParser:
+    """The argument parser of ``script`` (``train``, ``baselines`` or ``test``); no defaults are set
+    on it, so the parsed namespace holds exactly the flags given on the command line."""
+    p = argparse.ArgumentParser(prog=f"{script}.py", argument_default=argparse.SUPPRESS,
+                                description={"train": "Learn an LR controller with PPO.",
+                                             "baselines": "Grid-search the paper's step-decay baseline.",
+                                             "test": "Compare a learned schedule with the baselines over seeds."}[script])
+    g = p.add_argument_group("child network and environment")
+    _add(g, "--dataset", "mnist, fa-mnist or cifar10")
+    _add(g, "--architecture", "mlp, cnn (LeNet-5), resnet (ResNet-18) or paper-cnn")
+    _add(g, "--batch-size", "Adam minibatch size", type=int)
+    _add(g, "--update-freq", "Adam steps per controller step", type=int)
+    _add(g, "--num-train-steps", "Adam steps per episode", type=int)
+    _add(g, "--initial-lr", "initial LR, or 'random' for a draw from {1e-2, 1e-3, 1e-4}", type=_lr)
+    _add(g, "--discrete", "discrete up/down/keep actions (--no-discrete: a continuous factor)", action=argparse.BooleanOptionalAction)
+    _add(g, "--action-range", "largest LR factor of one controller step", type=float)
+    _add(g, "--val-size", "validation examples used for features and reward (default: all 10k)", type=int)
+    _add(g, "--data-dir", "dataset folder, torchvision layout")
+    _add(g, "--device", "cpu, cuda or auto")
+    _add(g, "--threads", "torch CPU threads (default: torch's choice)", type=int)
+    _add(g, "--seed", "random seed", type=int)
+    _add(g, "--config", "JSON file of settings; flags override it")
+    _add(g, "--progress", "show progress bars", action=argparse.BooleanOptionalAction)
+    if script == "train":
+        g.title = "child network, environment and run"
+        _add(g, "--lr-noise", "std of Gaussian noise on log LR after each update", type=float)
+        _add(g, "--initial-lr-noise", "std of Gaussian noise on log initial LR", type=float)
+        _add(g, "--num-envs", "child trainings per PPO iteration", type=int)
+        _add(g, "--episodes", "episodes to train for", type=int)
+        _add(g, "--out-dir", "folder of run folders")
+        _add(g, "--resume", "continue the run in this folder")
+        h = p.add_argument_group("PPO")
+        _add(h, "--hidden-sizes", "hidden layer widths of actor and critic", type=int, nargs="+")
+        _add(h, "--ppo-lr", "Adam step size of the controller", type=float)
+        for flag, kind, text in (("--gamma", float, "discount"), ("--gae-lambda", float, "GAE lambda"),
+                                 ("--clip-coef", float, "surrogate clip epsilon"), ("--ent-coef", float, "entropy bonus weight"),
+                                 ("--vf-coef", float, "value loss weight"), ("--max-grad-norm", float, "gradient-norm clip"),
+                                 ("--update-epochs", int, "epochs per update"), ("--num-minibatches", int, "minibatches per epoch"),
+                                 ("--target-kl", float, "early-stop KL (default: none)"), ("--init-log-std", float, "initial log std (continuous)")):
+            _add(h, flag, text, type=kind)
+        for flag, text in (("--clip-vloss", "clip the value loss"), ("--norm-obs", "normalize observations"),
+                           ("--norm-reward", "scale rewards by the return's std")):
+            _add(h, flag, text, action=argparse.BooleanOptionalAction)
+    if script in ("baselines", "test"):
+        _add(g, "--results-dir", "where results are written")
+    if script == "test":
+        t = p.add_argument_group("test")
+        _add(t, "--test-id", "run to test: an id under --out-dir, or a run folder", required=True)
+        _add(t, "--out-dir", "folder of run folders")
+        _add(t, "--num-seeds", "seeds per schedule (paper: 10)", type=int)
+        _add(t, "--run-baselines", "run baselines.py first when its results are missing", action="store_true")
+    return p
+
+
+def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Settings for ``script``: built-in defaults < the resumed or tested run's config.json <
+    ``--config`` file < command-line flags. Unknown or malformed config files are one-line errors."""
+    parser = build_parser(script)
+    given = vars(parser.parse_args(argv))
+    settings = dict(DEFAULTS)
+    try:
+        if "resume" in given:
+            settings.update(read_run_config(given["resume"]))
+            changed = sorted(set(given) - RUNTIME_KEYS - {"resume"})
+            if changed:
+                parser.error(f"--resume continues a run with its own settings; drop --{changed[0].replace('_', '-')}")
+        if "config" in given:
+            settings.update(read_config_file(given["config"]))
+    except ValueError as exc:
+        parser.error(str(exc))
+    settings.update(given)
+    return argparse.Namespace(**settings)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object of settings; a key that no script knows is an error naming it."""
+    config = load_json(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings")
+    for key in config:
+        if key not in DEFAULTS:
+            raise ValueError(f"{path}: unknown setting {key!r}; known settings: {', '.join(sorted(DEFAULTS))}")
+    return config
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The settings saved in a run folder's config.json."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"{run_dir}: no such run folder")
+    return {k: v for k, v in load_json(path).get("settings", {}).items() if k in DEFAULTS}
+
+
+def env_config(args: argparse.Namespace) -> EnvConfig:
+    """The environment settings in ``args``."""
+    return EnvConfig(**{k: getattr(args, k) for k in ENV_DEFAULTS})
+
+
+def ppo_config(args: argparse.Namespace, num_steps: int) -> PPOConfig:
+    """The PPO settings in ``args``; a rollout is one episode of ``num_steps`` controller steps."""
+    values = {k: getattr(args, k) for k in PPO_DEFAULTS if k != "ppo_lr"}
+    return PPOConfig(learning_rate=args.ppo_lr, num_steps=num_steps, **values)
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """Every known setting in ``args``, for config.json."""
+    return {k: getattr(args, k) for k in DEFAULTS}
+
+
+def provenance() -> dict[str, Any]:
+    """Git commit, library versions and machine, for the record of a run."""
+    import gymnasium
+    import numpy
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                                    cwd=Path(__file__).parent).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", False
+    return {
+        "git_commit": commit + ("-dirty" if dirty else ""),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "gymnasium": gymnasium.__version__,
+                     "numpy": numpy.__version__},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+def new_run_dir(out_dir: str | os.PathLike, args: argparse.Namespace) -> Path:
+    """A fresh folder ``<out_dir>/<dataset>_<architecture>_s<seed>_<time>``."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(out_dir) / f"{args.dataset}_{args.architecture}_s{args.seed}_{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads; None keeps torch's choice (one per physical core)."""
+    if threads is not None:
+        if threads <= 0:
+            raise ValueError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """Run a script's main: our one-line errors print as ``error: ...``; Ctrl-C exits with 130.
+    Set ALRS_DEBUG=1 to see the traceback instead."""
+    try:
+        sys.exit(main())
+    except (ValueError, DatasetError) as exc:
+        if os.environ.get("ALRS_DEBUG"):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
