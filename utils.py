@@ -30,7 +30,7 @@ PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.le
     "norm_obs": PPOConfig.norm_obs, "norm_reward": PPOConfig.norm_reward, "init_log_std": PPOConfig.init_log_std,
 }
 RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
-                "num_seeds": 10, "progress": True}
+                "num_seeds": 10, "progress": True, "run_baselines": False}
 DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
 """Every setting a config file may hold, with its built-in default."""
 
@@ -114,6 +114,9 @@ def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Names
             changed = sorted(set(given) - RUNTIME_KEYS - {"resume"})
             if changed:
                 parser.error(f"--resume continues a run with its own settings; drop --{changed[0].replace('_', '-')}")
+        if "test_id" in given:
+            run = resolve_run(given["test_id"], given.get("out_dir", DEFAULTS["out_dir"]))
+            settings.update({k: v for k, v in read_run_config(run).items() if k in ENV_DEFAULTS and k not in RUNTIME_KEYS})
         if "config" in given:
             settings.update(read_config_file(given["config"]))
     except ValueError as exc:
@@ -139,6 +142,16 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not Path(run_dir).is_dir():
         raise ValueError(f"{run_dir}: no such run folder")
     return {k: v for k, v in load_json(path).get("settings", {}).items() if k in DEFAULTS}
+
+
+def resolve_run(test_id: str, out_dir: str | os.PathLike) -> Path:
+    """The run folder named by ``test_id``: a path, or an id under ``out_dir``; else an error listing the runs."""
+    for candidate in (Path(test_id), Path(out_dir) / test_id):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    runs = sorted(p.parent.name for p in Path(out_dir).glob(f"*/{CONFIG_FILE}"))
+    listing = ", ".join(runs) if runs else "none"
+    raise ValueError(f"no run {test_id!r} (looked for {test_id} and {Path(out_dir) / test_id}); runs in {out_dir}: {listing}")
 
 
 def env_config(args: argparse.Namespace) -> EnvConfig:

@@ -31,7 +31,7 @@ def plot_episode(curves: Mapping[str, Sequence[float]], path: str | os.PathLike,
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     steps = np.asarray(curves["step"])
     for ax, key, label in zip(axes, ("train_loss", "val_loss", "lr"), ("train loss", "validation loss", "learning rate")):
-        ax.plot(steps, np.asarray(curves[key], dtype=float))
+        ax.plot(steps, np.asarray(curves[key], dtype=float), drawstyle="steps-pre" if key == "lr" else "default")
         ax.set(xlabel="Adam step", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
@@ -54,9 +54,10 @@ def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
             values = np.array([np.asarray(s[key], dtype=float) for s in seeds])
             values = np.where(np.isfinite(values), values, np.nan)
             mean = np.nanmean(values, axis=0)
-            (line,) = ax.plot(steps, mean, label=name)
+            (line,) = ax.plot(steps, mean, label=name, drawstyle="steps-pre" if key == "lr" else "default")
             if len(seeds) > 1:
-                ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2)
+                ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2,
+                                step="pre" if key == "lr" else None)
             ax.set(xlabel="Adam step", ylabel=label, yscale="log")
             ax.grid(alpha=0.3)
     axes[0].legend()

@@ -114,7 +114,8 @@ def _mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int, out
     return nn.Sequential(*layers, _layer(in_features, out_features, out_gain))
 
 
-def _describe_space(space: spaces.Space) -> dict[str, Any]:
+def describe_action_space(space: spaces.Space) -> dict[str, Any]:
+    """A plain-data description of a Discrete or bounded 1-D Box action space (saved with controllers)."""
     if isinstance(space, spaces.Discrete):
         return {"type": "discrete", "n": int(space.n)}
     if isinstance(space, spaces.Box) and space.shape == (1,) and np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
@@ -249,7 +250,7 @@ class PPO:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.controller = Controller(
-                envs.single_observation_space.shape[0], _describe_space(envs.single_action_space),
+                envs.single_observation_space.shape[0], describe_action_space(envs.single_action_space),
                 config.hidden_sizes, config.init_log_std, config.clip_obs,
             )
         self.controller.normalize = config.norm_obs

@@ -1,0 +1,199 @@
+"""Running schedules on the LR environment: episodes, the baseline grid, paired comparisons, tables.
+
+The paper's protocol (Xu et al., 2019, Sec. 4): each schedule trains the child for the full
+episode; the checkpoint with the best validation loss is evaluated once on the test set;
+schedules are compared over 10 runs with an independent two-sample t-test (Welch's here).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from tqdm.auto import tqdm
+
+from alrs.env import EnvConfig, LREnv
+from alrs.io import load_json, save_json
+from alrs.schedules import Constant, Schedule, StepDecay, paper_grid
+
+
+@dataclass
+class EpisodeResult:
+    """One child training under one schedule and seed."""
+
+    schedule: dict[str, Any]
+    seed: int
+    final_val_loss: float
+    best_val_loss: float
+    best_step: int
+    diverged: bool
+    test_loss_best: float
+    test_acc_best: float
+    test_loss_final: float
+    test_acc_final: float
+    curves: dict[str, list[float]] = field(default_factory=dict)
+
+
+def run_episode(env: LREnv, schedule: Schedule, seed: int, test: bool = True) -> EpisodeResult:
+    """Train one child under ``schedule`` from the env's reset with ``seed``; optionally test it.
+
+    The seed alone fixes the child's initialization and batch order, so runs of different
+    schedules on one seed are paired.
+    """
+    schedule.check(env)
+    options = {"initial_lr": schedule.initial_lr} if schedule.initial_lr is not None else None
+    obs, info = env.reset(seed=seed, options=options)
+    infos = [info]
+    terminated = truncated = False
+    while not (terminated or truncated):
+        obs, _, terminated, truncated, info = schedule.step(env, obs, info)
+        infos.append(info)
+    curves = {key: [i[key] for i in infos] for key in ("step", "train_loss", "val_loss", "lr")}
+    test_best = env.evaluate_test("best") if test else (math.nan, math.nan)
+    test_final = env.evaluate_test("current") if test and not info["diverged"] else (math.nan, math.nan)
+    return EpisodeResult(schedule.describe(), seed, info["val_loss"], env.best_val_loss, env.best_step, info["diverged"],
+                         *test_best, *test_final, curves)
+
+
+class ResultStore:
+    """Episode results kept in a JSON file as they finish, so an interrupted evaluation resumes.
+
+    The file also records the env settings; reusing it with other settings is refused.
+    """
+
+    def __init__(self, path: str | Path, settings: dict[str, Any]):
+        self.path, self.settings = Path(path), settings
+        self.data: dict[str, Any] = {"settings": settings, "results": {}}
+        if self.path.exists():
+            data = load_json(self.path)
+            if data.get("settings") != settings:
+                diff = sorted(k for k in set(settings) | set(data.get("settings", {})) if settings.get(k) != data.get("settings", {}).get(k))
+                raise ValueError(f"{self.path} was made with other settings ({', '.join(diff)}); delete it or write elsewhere")
+            self.data = data
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data["results"]
+
+    def __getitem__(self, key: str) -> EpisodeResult:
+        return EpisodeResult(**self.data["results"][key])
+
+    def add(self, key: str, result: EpisodeResult, **extra: Any) -> None:
+        self.data["results"][key] = asdict(result)
+        self.data.update(extra)
+        save_json(self.data, self.path)
+
+    def update(self, **extra: Any) -> None:
+        self.data.update(extra)
+        save_json(self.data, self.path)
+
+
+def run_jobs(env: LREnv, jobs: Sequence[tuple[str, Schedule, int]], store: ResultStore, test: bool = True,
+             progress: bool = True, desc: str = "") -> dict[str, EpisodeResult]:
+    """Run each ``(key, schedule, seed)`` not yet in ``store``, saving after each; return all results."""
+    todo = [job for job in jobs if job[0] not in store]
+    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not progress, dynamic_ncols=True) as bar:
+        for key, schedule, seed in todo:
+            bar.set_postfix_str(schedule.name, refresh=True)
+            store.add(key, run_episode(env, schedule, seed, test=test))
+            bar.update()
+    return {key: store[key] for key, _, _ in jobs}
+
+
+BASELINE_KEYS = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "val_size")
+"""The env settings that decide a hand-made schedule's results (the rest concern the controller)."""
+
+
+def evaluation_settings(config: EnvConfig, keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """The env settings that decide a result: ``keys``, or all but where the data are and what ran it."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("data_dir", "device", "eval_batch_size")}
+    return settings if keys is None else {k: settings[k] for k in keys}
+
+
+def baseline_file(results_dir: str | Path, config: EnvConfig) -> Path:
+    """``<results>/baselines/<dataset>_<architecture>.json``; settings other than the paper's
+    (batch 1000, 1000 steps, K = 10, full validation) are added to the name, e.g. ``_steps200_val2000``."""
+    tag = ""
+    for key, short, paper in (("batch_size", "bs", 1000), ("num_train_steps", "steps", 1000), ("update_freq", "k", 10),
+                              ("val_size", "val", None)):
+        if getattr(config, key) != paper:
+            tag += f"_{short}{getattr(config, key)}"
+    return Path(results_dir) / "baselines" / f"{config.dataset}_{config.architecture}{tag}.json"
+
+
+def baseline_grid_search(env: LREnv, seed: int, path: str | Path, progress: bool = True) -> dict[str, Any]:
+    """The paper's 48 step-decay points and a constant schedule at each initial LR, one seed each.
+
+    Picks the best point of each kind by final validation loss (as the seed does), records each
+    point's best validation loss too, and keeps everything in ``path`` (resumable).
+    """
+    store = ResultStore(path, {**evaluation_settings(env.config, BASELINE_KEYS), "seed": seed})
+    grid = paper_grid()
+    constants = [Constant(lr) for lr in sorted({s.initial_lr for s in grid}, reverse=True)]
+    jobs = [(s.name, s, seed) for s in [*grid, *constants]]
+    results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid")
+
+    def best(kind: type) -> str:
+        keys = [key for key, schedule, _ in jobs if isinstance(schedule, kind)]
+        return min(keys, key=lambda k: _finite(results[k].final_val_loss))
+
+    store.update(best_step_decay=best(StepDecay), best_constant=best(Constant))
+    return store.data
+
+
+def schedule_from_record(record: dict[str, Any]) -> StepDecay | Constant:
+    """Rebuild a hand-made schedule from its ``describe()`` record."""
+    if "discount_step" in record:
+        return StepDecay(record["initial_lr"], record["discount_step"], record["factor"])
+    return Constant(record["initial_lr"])
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else math.inf
+
+
+METRICS = (("test_loss_best", "test loss"), ("test_acc_best", "test acc"), ("test_loss_final", "final-net test loss"),
+           ("test_acc_final", "final-net test acc"))
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of Welch's two-sample t-test (NaN when either side has < 2 finite values)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return math.nan  # undefined: too few values, or no spread at all
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def summarize(results: dict[str, list[EpisodeResult]], learned: str, reference: str) -> dict[str, Any]:
+    """Mean, std (ddof=1) of every metric per schedule, and Welch p-values ``learned`` vs ``reference``."""
+    table: dict[str, Any] = {"schedules": {}, "p_values": {}}
+    for name, runs in results.items():
+        table["schedules"][name] = {
+            key: {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0}
+            for key, _ in METRICS for v in [np.array([getattr(r, key) for r in runs], float)]
+        }
+        table["schedules"][name]["diverged"] = sum(r.diverged for r in runs)
+    for key, _ in METRICS:
+        table["p_values"][key] = welch_p([getattr(r, key) for r in results[learned]], [getattr(r, key) for r in results[reference]])
+    return table
+
+
+def format_table(summary: dict[str, Any], learned: str, reference: str, title: str = "") -> str:
+    """A Markdown table in the style of the paper's Table 1: mean (std); * marks p < 0.05 vs ``reference``."""
+    header = "| schedule | " + " | ".join(label for _, label in METRICS) + " | diverged |"
+    lines = [f"### {title}" if title else "", "", header, "|" + "---|" * (len(METRICS) + 2)]
+    for name, row in summary["schedules"].items():
+        cells = []
+        for key, _ in METRICS:
+            star = "*" if name == learned and summary["p_values"][key] < 0.05 else ""
+            cells.append(f"{row[key]['mean']:.4f}{star} ({row[key]['std']:.4f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['diverged']} |")
+    p = ", ".join(f"{label} p = {summary['p_values'][key]:.3g}" for key, label in METRICS)
+    lines += ["", f"Welch's t-test, {learned} vs {reference}: {p}. Test figures of the best-validation checkpoint "
+                  "(the paper's protocol) and of the final network; mean (std) over seeds."]
+    return "\n".join(lines).strip() + "\n"

@@ -1,0 +1,139 @@
+"""Schedules: anything that sets the child network's LR one controller step at a time.
+
+Hand-made schedules (constant, step decay, cosine) set the LR directly through
+``LREnv.step_lr``; the learned schedule is a trained controller acting through ``LREnv.step``.
+Evaluation code runs them all through :meth:`Schedule.step`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from alrs.env import FEATURES, LREnv
+from alrs.ppo import Controller, describe_action_space
+
+StepResult = tuple[np.ndarray, float, bool, bool, dict[str, Any]]
+
+PAPER_GRID: dict[str, tuple[float, ...]] = {
+    "initial_lr": (1e-1, 1e-2, 1e-3, 1e-4),
+    "discount_step": (10, 20, 50, 100),
+    "factor": (0.99, 0.9, 0.88),
+}
+"""The paper's step-decay grid, 4 x 4 x 3 = 48 points (Xu et al., 2019, Sec. 4)."""
+
+
+class Schedule(ABC):
+    """Sets the LR of a training child, one controller step (``update_freq`` Adam steps) at a time."""
+
+    name: str = "schedule"
+    initial_lr: float | None = None
+    """The LR an episode starts from; None keeps the env's own setting."""
+
+    def check(self, env: LREnv) -> None:
+        """Raise a one-line ``ValueError`` if this schedule cannot run on ``env``."""
+
+    @abstractmethod
+    def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
+        """Advance ``env`` by one controller step and return what ``env.step`` returns."""
+
+    def describe(self) -> dict[str, Any]:
+        """The schedule's parameters, for result files."""
+        return {"name": self.name, "initial_lr": self.initial_lr}
+
+
+class HandMadeSchedule(Schedule):
+    """A schedule given as a function of the Adam step; not held to the controller's LR bounds."""
+
+    initial_lr: float
+
+    @abstractmethod
+    def lr_at(self, step: int) -> float:
+        """The LR for the Adam steps starting at ``step``."""
+
+    def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
+        return env.step_lr(self.lr_at(env.num_steps))
+
+
+class Constant(HandMadeSchedule):
+    """The same LR throughout."""
+
+    def __init__(self, initial_lr: float):
+        self.initial_lr, self.name = float(initial_lr), f"constant lr={initial_lr:g}"
+
+    def lr_at(self, step: int) -> float:
+        return self.initial_lr
+
+
+class StepDecay(HandMadeSchedule):
+    """The paper's baseline: the LR is multiplied by ``factor`` every ``discount_step`` Adam steps."""
+
+    def __init__(self, initial_lr: float, discount_step: int, factor: float):
+        self.initial_lr, self.discount_step, self.factor = float(initial_lr), int(discount_step), float(factor)
+        self.name = f"step decay lr={initial_lr:g} every {discount_step} x{factor:g}"
+
+    def lr_at(self, step: int) -> float:
+        return self.initial_lr * self.factor ** (step // self.discount_step)
+
+    def check(self, env: LREnv) -> None:
+        if self.discount_step % env.config.update_freq:
+            raise ValueError(f"discount_step={self.discount_step} must be a multiple of update_freq={env.config.update_freq}: "
+                             "the LR can only change between controller steps")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "discount_step": self.discount_step, "factor": self.factor}
+
+
+class Cosine(HandMadeSchedule):
+    """Cosine decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps (a common modern reference)."""
+
+    def __init__(self, initial_lr: float, total_steps: int):
+        self.initial_lr, self.total_steps = float(initial_lr), int(total_steps)
+        self.name = f"cosine lr={initial_lr:g}"
+
+    def lr_at(self, step: int) -> float:
+        return self.initial_lr * 0.5 * (1 + math.cos(math.pi * step / self.total_steps))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "total_steps": self.total_steps}
+
+
+class Learned(Schedule):
+    """A trained controller, acting deterministically (its policy's mode) with frozen statistics.
+
+    Args:
+        checkpoint: a dict written by ``Controller.checkpoint`` (``best.pt``, or ``last.pt``'s ``controller``).
+        name: label in tables and figures.
+    """
+
+    def __init__(self, checkpoint: dict[str, Any], name: str = "learned"):
+        self.controller = Controller.from_checkpoint(checkpoint)
+        self.metadata = checkpoint.get("metadata", {})
+        self.name = name
+
+    def check(self, env: LREnv) -> None:
+        features = self.metadata.get("features")
+        if features is not None and tuple(features) != FEATURES:
+            raise ValueError(f"the controller was trained on features {features}, this env observes {list(FEATURES)}")
+        if self.controller.obs_dim != len(FEATURES):
+            raise ValueError(f"the controller takes {self.controller.obs_dim} features, this env gives {len(FEATURES)}")
+        wanted = describe_action_space(env.action_space)
+        if self.controller.action_spec != wanted:
+            raise ValueError(f"the controller's actions are {self.controller.action_spec} but this env takes {wanted}; "
+                             "use the controller's own --discrete/--action-range settings")
+
+    def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
+        return env.step(self.controller.act(obs, deterministic=True))
+
+    def describe(self) -> dict[str, Any]:
+        trained_on = self.metadata.get("env", {})
+        return {**super().describe(), "trained_on": {k: trained_on.get(k) for k in ("dataset", "architecture")}}
+
+
+def paper_grid() -> list[StepDecay]:
+    """The 48 step-decay schedules of the paper's grid search."""
+    return [StepDecay(lr, step, factor) for lr, step, factor in product(*PAPER_GRID.values())]

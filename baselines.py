@@ -1,0 +1,37 @@
+"""Grid-search the paper's step-decay baseline (48 points) and constant LRs, resumably.
+
+    python baselines.py --dataset fa-mnist --architecture cnn
+    python baselines.py --config configs/quick.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from alrs.env import LREnv
+from alrs.evaluation import baseline_file, baseline_grid_search
+from alrs.plotting import plot_episode
+from utils import env_config, parse_args, run_script, set_threads
+
+
+def main() -> int:
+    args = parse_args("baselines")
+    set_threads(args.threads)
+    config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)  # hand-made schedules: no LR noise
+    path = baseline_file(args.results_dir, config)
+    print(f"grid search on {config.dataset}/{config.architecture}; results in {path}")
+    data = baseline_grid_search(LREnv(config), args.seed, path, progress=args.progress)
+
+    results = data["results"]
+    best = results[data["best_step_decay"]]
+    plot_episode(best["curves"], path.with_suffix(".png"), title=f"best step decay: {data['best_step_decay']}")
+    ranked = sorted(results, key=lambda k: results[k]["final_val_loss"])
+    print(f"\n{'schedule':<42} {'final val loss':>14} {'best val loss':>14}")
+    for key in ranked[:5] + [k for k in ranked[5:] if k == data["best_constant"]]:
+        print(f"{key:<42} {results[key]['final_val_loss']:>14.4f} {results[key]['best_val_loss']:>14.4f}")
+    print(f"\nbest step decay: {data['best_step_decay']}; best constant: {data['best_constant']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -1,0 +1,68 @@
+"""baselines.py and test.py end to end on small data, and their answers to bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_train import _run, _small_flags
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    result = _run("train.py", *_small_flags(data_dir), "--num-envs", "2", "--episodes", "4", "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    (run,) = out.iterdir()
+    return run
+
+
+def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    flags = [*_small_flags(data_dir), "--results-dir", str(tmp_path)]
+    result = _run("baselines.py", *flags)
+    assert result.returncode == 0, result.stderr
+    grid = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
+    data = json.loads(grid.read_text())
+    assert len(data["results"]) == 52 and data["best_step_decay"].startswith("step decay")
+    assert grid.with_suffix(".png").exists()
+
+    result = _run("test.py", "--test-id", str(trained_run), "--num-seeds", "3", "--data-dir", str(data_dir),
+                  "--device", "cpu", "--results-dir", str(tmp_path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "fa-mnist_mlp" / trained_run.name
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["results"]) == 9 and summary["transfer"] is False
+    assert set(summary["summary"]["schedules"]) == {"learned", f"step decay ({data['best_step_decay'][11:]})",
+                                                     f"constant ({data['best_constant'][9:]})"}
+    seeds = {r["seed"] for r in summary["results"].values()}
+    assert seeds == {1000, 1001, 1002}
+    table = (out / "table.md").read_text()
+    assert table.count("\n| ") == 4 and "Welch" in table and "| learned |" in table
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    transfer = _run("test.py", "--test-id", str(trained_run), "--num-seeds", "2", "--data-dir", str(data_dir), "--device", "cpu",
+                    "--results-dir", str(tmp_path), "--no-progress", "--dataset", "mnist", "--run-baselines")
+    assert transfer.returncode == 0, transfer.stderr
+    assert "transfer from fa-mnist/mlp" in transfer.stdout
+
+
+def test_unknown_test_id_lists_the_runs(trained_run: Path) -> None:
+    result = _run("test.py", "--test-id", "nope", "--out-dir", str(trained_run.parent))
+    assert result.returncode == 2 and trained_run.name in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    result = _run("test.py", "--test-id", str(trained_run), "--data-dir", str(data_dir), "--device", "cpu",
+                  "--results-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert ("python baselines.py --dataset fa-mnist --architecture mlp --batch-size 50 --update-freq 5 "
+            "--num-train-steps 20 --val-size 500 --seed 0") in result.stderr and "--run-baselines" in result.stderr
+
+
+def test_controller_of_another_action_mode_is_refused(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    result = _run("test.py", "--test-id", str(trained_run), "--no-discrete", "--data-dir", str(data_dir), "--device", "cpu",
+                  "--results-dir", str(tmp_path))
+    assert result.returncode == 2 and "the controller's actions are" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
