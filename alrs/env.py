@@ -131,13 +131,18 @@ class LREnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, config: EnvConfig | None = None, **options: Any):
+    def __init__(self, config: EnvConfig | None = None, data: Splits | None = None, **options: Any):
+        """Args:
+            config: the settings (or pass them as keyword ``options``).
+            data: preloaded splits of ``config.dataset``'s shape, e.g. generated ones in a
+                benchmark; by default the dataset is loaded (once per process) from ``data_dir``.
+        """
         self.config = config if config is not None else EnvConfig(**options)
         if config is not None and options:
             raise ValueError("pass either an EnvConfig or keyword options, not both")
         cfg = self.config
         self.device = resolve_device(cfg.device)
-        data: Splits = load_dataset(cfg.dataset, cfg.data_dir, self.device)
+        data = load_dataset(cfg.dataset, cfg.data_dir, self.device) if data is None else data.to(self.device)
         if cfg.batch_size > len(data.train_x):
             raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(data.train_x)} training examples")
         if cfg.val_size is not None and cfg.val_size > len(data.val_x):
