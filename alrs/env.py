@@ -157,7 +157,9 @@ class LREnv(gym.Env):
             r = cfg.action_range
             self.action_space = spaces.Box(np.float32(1 / r), np.float32(r), shape=(1,), dtype=np.float32)
 
-        self._channels_last = self.device.type == "cpu" and cfg.architecture != "mlp"
+        # channels_last roughly halves the cost of the convolutions on the CPU (benchmarks/env_speed.py).
+        conv_on_cpu = self.device.type == "cpu" and cfg.architecture != "mlp"
+        self._memory_format = torch.channels_last if conv_on_cpu else torch.contiguous_format
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr = math.nan
@@ -178,8 +180,6 @@ class LREnv(gym.Env):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(child_seed)
             model = build_model(cfg.architecture, cfg.dataset)
-        # channels_last roughly halves the cost of the convolutions on the CPU (benchmarks/env_speed.py).
-        self._memory_format = torch.channels_last if self._channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self._memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0)
         self._batch_generator = torch.Generator().manual_seed(child_seed)
