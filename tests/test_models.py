@@ -40,3 +40,14 @@ def test_paper_cnn_dense_sizes() -> None:
 def test_unknown_architecture_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="mlp, cnn, resnet, paper-cnn"):
         build_model("vgg", "fa-mnist")
+
+
+@pytest.mark.parametrize("architecture", ["cnn", "paper-cnn"])
+def test_pooling_before_relu_is_the_same_function(architecture: str) -> None:
+    """The speed reordering (pool, then ReLU) must equal the textbook conv - ReLU - pool order."""
+    model = build_model(architecture, "fa-mnist")
+    f = list(model.features)
+    assert isinstance(f[1], nn.MaxPool2d) and isinstance(f[2], nn.ReLU)
+    textbook = nn.Sequential(f[0], f[2], f[1], f[3], f[5], f[4], *f[6:], model.output_layer)
+    x = torch.rand(16, 1, 28, 28)
+    assert torch.equal(model(x), textbook(x))

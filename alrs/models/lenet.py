@@ -10,7 +10,9 @@ class LeNet5(nn.Module):
     """conv 6@5x5 - pool - conv 16@5x5 - pool - conv 120@5x5 - fc 84 - fc classes.
 
     28x28 inputs are padded by 2 in the first convolution, as in the original paper, so both
-    28x28 and 32x32 images reach the 120-channel convolution as 5x5 maps.
+    28x28 and 32x32 images reach the 120-channel convolution as 5x5 maps. Pooling comes before
+    the ReLU: the same function (ReLU is monotonic, so the two commute) on a quarter of the
+    elements, which makes a training step 25% faster on the CPU (benchmarks/env_speed.py).
     """
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int = 10):
@@ -18,11 +20,11 @@ class LeNet5(nn.Module):
         channels, height, _ = image_shape
         self.features = nn.Sequential(
             nn.Conv2d(channels, 6, 5, padding=(32 - height) // 2),
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(6, 16, 5),
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(16, 120, 5),
             nn.ReLU(inplace=True),
             nn.Flatten(),
