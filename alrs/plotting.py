@@ -63,3 +63,30 @@ def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
     axes[0].legend()
     fig.suptitle(title)
     _save(fig, path)
+
+
+def plot_training(final_val_losses: Sequence[float], final_lrs: Sequence[float], path: str | os.PathLike, title: str = "",
+                  window: int = 20) -> None:
+    """The controller's learning curve: final validation loss and final LR of every episode, with a moving mean.
+
+    Args:
+        final_val_losses: one per episode, in order.
+        final_lrs: one per episode, in order.
+        path: where the PNG goes.
+        title: figure title.
+        window: episodes in the moving mean.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    episodes = np.arange(1, len(final_val_losses) + 1)
+    for ax, values, label in zip(axes, (final_val_losses, final_lrs), ("final validation loss", "final learning rate")):
+        values = np.asarray(values, dtype=float)
+        ax.plot(episodes, values, ".", alpha=0.35, label="episode")
+        if len(values) >= window:
+            finite = np.where(np.isfinite(values), values, np.nan)
+            mean = np.convolve(np.nan_to_num(finite, nan=np.nanmax(finite)), np.ones(window) / window, mode="valid")
+            ax.plot(episodes[window - 1 :], mean, label=f"mean of {window}")
+        ax.set(xlabel="episode", ylabel=label, yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)

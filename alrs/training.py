@@ -6,6 +6,7 @@ A run folder holds (the one place that fixes this layout):
     last.pt       PPO state, counters and best-so-far: enough to resume exactly
     best.pt       the controller after whose rollout an episode reached the lowest final validation loss
     episode.png   curves of the latest episode, refreshed every iteration
+    training.png  final validation loss and LR of every episode so far: the controller's learning curve
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from tqdm.auto import tqdm
 
 from alrs.env import FEATURES, EnvConfig, LREnv
 from alrs.io import load_torch, save_torch
-from alrs.plotting import plot_episode
+from alrs.plotting import plot_episode, plot_training
 from alrs.ppo import PPO, Episode, PPOConfig, make_vector_env
 
-CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE, EPISODE_PLOT = "config.json", "metrics.csv", "last.pt", "best.pt", "episode.png"
+CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE = "config.json", "metrics.csv", "last.pt", "best.pt"
+EPISODE_PLOT, TRAINING_PLOT = "episode.png", "training.png"
 METRICS_COLUMNS = (
     "episode", "iteration", "env", "return", "final_val_loss", "best_val_loss", "final_lr", "wall_time",
     "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
@@ -118,8 +120,10 @@ def train_controller(
                         "controller": ppo.controller.checkpoint(controller_metadata(env_config, ppo_config, seed=seed))},
                        run_dir / LAST_FILE)
             if finished:
+                name = f"{env_config.dataset} / {env_config.architecture}"
                 plot_episode(episode_curves(finished[0].infos), run_dir / EPISODE_PLOT,
-                             title=f"{env_config.dataset} / {env_config.architecture}, episode {state['episodes_done'] - len(finished) + 1}")
+                             title=f"{name}, episode {state['episodes_done'] - len(finished) + 1}")
+                plot_training(*_metrics_columns(metrics_path, "final_val_loss", "final_lr"), run_dir / TRAINING_PLOT, title=name)
                 bar.set_postfix(ret=f"{np.mean([e.episode_return for e in finished]):.2f}",
                                 val_loss=f"{np.mean([e.infos[-1]['val_loss'] for e in finished]):.4f}", refresh=False)
             bar.update(len(rows))
@@ -128,6 +132,13 @@ def train_controller(
         envs.close()
     return {"episodes": state["episodes_done"], "best_final_val_loss": state["best_final_val_loss"],
             "best_episode": state["best_episode"], "last": str(run_dir / LAST_FILE), "best": str(run_dir / BEST_FILE)}
+
+
+def _metrics_columns(path: Path, *columns: str) -> list[list[float]]:
+    """Columns of metrics.csv as floats."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [[float(row[c]) for row in rows] for c in columns]
 
 
 def _truncate_metrics(path: Path, episodes_done: int) -> None:

@@ -59,7 +59,7 @@ def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> No
     result = _run("train.py", *_small_flags(data_dir), "--num-envs", "2", "--episodes", "2", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     (run,) = tmp_path.iterdir()
-    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.csv", "last.pt", "best.pt", "episode.png"}
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.csv", "last.pt", "best.pt", "episode.png", "training.png"}
     config = json.loads((run / "config.json").read_text())
     assert config["settings"]["batch_size"] == 50 and len(config["git_commit"]) >= 7 and "torch" in config["versions"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
@@ -67,7 +67,7 @@ def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> No
     assert all(float(r["final_val_loss"]) > 0 and float(r["final_lr"]) > 0 for r in rows)
     best = load_torch(run / "best.pt")
     assert best["metadata"]["env"]["discrete"] is True and best["metadata"]["features"][0] == "train_loss"
-    assert (run / "episode.png").read_bytes()[:4] == b"\x89PNG"
+    assert all((run / png).read_bytes()[:4] == b"\x89PNG" for png in ("episode.png", "training.png"))
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
