@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from alrs.io import load_json, load_torch
 from alrs.plotting import plot_comparison
 from alrs.schedules import Learned
 from alrs.training import BEST_FILE
-from utils import env_config, parse_args, resolve_run, run_script, set_threads
+from utils import env_config, parse_args, run_script, set_threads
 
 EVAL_SEED_OFFSET = 1000
 """Evaluation seeds are seed + 1000 + i: apart from the seed the baseline grid was chosen on."""
@@ -27,12 +28,13 @@ def main() -> int:
     set_threads(args.threads)
     if args.num_seeds <= 0:
         raise ValueError("--num-seeds must be positive")
-    run = resolve_run(args.test_id, args.out_dir)
+    run = Path(args.run_dir)
     if args.initial_lr == "random":
         args.initial_lr = 1e-3
         print("the controller was trained from random initial LRs; testing it from 1e-3 (set --initial-lr to change)", file=sys.stderr)
     config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)  # evaluation: no LR noise
-    learned = Learned(load_torch(run / BEST_FILE))
+    controller_file = run / BEST_FILE
+    learned = Learned(load_torch(controller_file))
     trained_on = learned.metadata.get("env", {})
     transfer = (trained_on.get("dataset"), trained_on.get("architecture")) != (config.dataset, config.architecture)
     if transfer:
@@ -53,11 +55,15 @@ def main() -> int:
         raise ValueError(f"{path} is unfinished or was made with other settings; rerun baselines.py with this test's settings")
     step_decay = schedule_from_record(baselines["results"][baselines["best_step_decay"]]["schedule"])
     constant = schedule_from_record(baselines["results"][baselines["best_constant"]]["schedule"])
-    step_decay.name, constant.name = f"step decay ({step_decay.name[11:]})", f"constant ({constant.name[9:]})"
+    step_decay.name = f"step decay (lr={step_decay.initial_lr:g} every {step_decay.discount_step} x{step_decay.factor:g})"
+    constant.name = f"constant (lr={constant.initial_lr:g})"
 
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / run.name
     seeds = [args.seed + EVAL_SEED_OFFSET + i for i in range(args.num_seeds)]
-    store = ResultStore(out / "summary.json", {**evaluation_settings(config), "controller": str(run / BEST_FILE), "seeds": seeds})
+    # The controller's hash is part of the settings: results of an older best.pt are never reused.
+    digest = hashlib.sha256(controller_file.read_bytes()).hexdigest()[:16]
+    store = ResultStore(out / "summary.json", {**evaluation_settings(config), "controller": str(controller_file),
+                                               "controller_sha256": digest, "seeds": seeds})
     schedules = [constant, step_decay, learned]
     jobs = [(f"{s.name} | seed {seed}", s, seed) for seed in seeds for s in schedules]
     results = run_jobs(env, jobs, store, progress=args.progress, desc="test")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from alrs.data import load_dataset
+from alrs.env import resolve_device
 from alrs.io import save_json
 from alrs.training import CONFIG_FILE, train_controller
 from utils import env_config, new_run_dir, parse_args, ppo_config, provenance, run_script, set_threads, settings_of
@@ -23,6 +25,7 @@ def main() -> int:
     if args.num_envs <= 0 or args.episodes <= 0:
         raise ValueError("--num-envs and --episodes must be positive")
     resume = hasattr(args, "resume")
+    load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))  # fail before making a run folder
     run_dir = Path(args.resume) if resume else new_run_dir(args.out_dir, args)
     if not resume:
         save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)

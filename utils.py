@@ -114,11 +114,12 @@ def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Names
             changed = sorted(set(given) - RUNTIME_KEYS - {"resume"})
             if changed:
                 parser.error(f"--resume continues a run with its own settings; drop --{changed[0].replace('_', '-')}")
+        config_file = read_config_file(given["config"]) if "config" in given else {}
         if "test_id" in given:
-            run = resolve_run(given["test_id"], given.get("out_dir", DEFAULTS["out_dir"]))
+            run = resolve_run(given["test_id"], given.get("out_dir", config_file.get("out_dir", DEFAULTS["out_dir"])))
             settings.update({k: v for k, v in read_run_config(run).items() if k in ENV_DEFAULTS and k not in RUNTIME_KEYS})
-        if "config" in given:
-            settings.update(read_config_file(given["config"]))
+            settings["run_dir"] = str(run)
+        settings.update(config_file)
     except ValueError as exc:
         parser.error(str(exc))
     settings.update(given)
@@ -130,10 +131,37 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     config = load_json(path)
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object of settings")
-    for key in config:
+    for key, value in config.items():
         if key not in DEFAULTS:
             raise ValueError(f"{path}: unknown setting {key!r}; known settings: {', '.join(sorted(DEFAULTS))}")
+        if not _type_ok(key, value):
+            raise ValueError(f"{path}: {key} = {value!r} should be {_TYPE_NAMES.get(key, type(DEFAULTS[key]).__name__)}")
     return config
+
+
+_TYPE_NAMES = {"initial_lr": "a number or 'random'", "hidden_sizes": "a list of integers", "val_size": "an integer or null",
+               "target_kl": "a number or null", "threads": "an integer or null"}
+
+
+def _type_ok(key: str, value: Any) -> bool:
+    """Whether a config-file value has the type of its setting (ints pass for floats, bools for nothing else)."""
+    number = (int, float)
+    if key == "initial_lr":
+        return value == "random" or (isinstance(value, number) and not isinstance(value, bool))
+    if key == "hidden_sizes":
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if key in ("val_size", "threads"):
+        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+    if key == "target_kl":
+        return value is None or (isinstance(value, number) and not isinstance(value, bool))
+    default = DEFAULTS[key]
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, number) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(default))
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -141,7 +169,10 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     if not Path(run_dir).is_dir():
         raise ValueError(f"{run_dir}: no such run folder")
-    return {k: v for k, v in load_json(path).get("settings", {}).items() if k in DEFAULTS}
+    config = load_json(path)
+    if not isinstance(config, dict) or not isinstance(config.get("settings"), dict):
+        raise ValueError(f"{path}: not a run's config.json (no \"settings\" object)")
+    return {k: v for k, v in config["settings"].items() if k in DEFAULTS}
 
 
 def resolve_run(test_id: str, out_dir: str | os.PathLike) -> Path:

@@ -100,6 +100,8 @@ class EnvConfig:
             raise ValueError("lr_noise and initial_lr_noise must be >= 0 (0 turns the noise off)")
         if not 0 < self.lr_min < self.lr_max:
             raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
+        if self.initial_lr != "random" and not self.lr_min <= self.initial_lr <= self.lr_max:
+            raise ValueError(f"initial_lr={self.initial_lr} is outside the controller's LR bounds [{self.lr_min}, {self.lr_max}]")
         if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
             raise ValueError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
@@ -261,7 +263,7 @@ class LREnv(gym.Env):
             obs = np.where(np.isfinite(obs), obs, self._last_obs).astype(np.float32)
             obs[[0, 1]] = cfg.divergence_loss
             self._last_obs = obs
-            info.update(train_loss=math.inf, val_loss=math.inf, diverged=True)
+            info.update(train_loss=math.inf, val_loss=math.inf, best_val_loss=self.best_val_loss, diverged=True)
             return obs, -cfg.divergence_loss * steps_left_before, True, False, info
 
         if info["val_loss"] < self.best_val_loss:
@@ -347,9 +349,4 @@ def make_env(dataset: str = "fa-mnist", architecture: str = "cnn", **options: An
     return LREnv(EnvConfig(dataset=dataset, architecture=architecture, **options))
 
 
-def env_config_from_dict(settings: dict[str, Any]) -> EnvConfig:
-    """An :class:`EnvConfig` from a dict that may hold other keys (a run's config.json)."""
-    return EnvConfig(**{k: settings[k] for k in EnvConfig.__dataclass_fields__ if k in settings})
-
-
-__all__ = ["FEATURES", "RANDOM_INITIAL_LRS", "EnvConfig", "LREnv", "env_config_from_dict", "make_env", "resolve_device"]
+__all__ = ["FEATURES", "RANDOM_INITIAL_LRS", "EnvConfig", "LREnv", "make_env", "resolve_device"]

@@ -169,14 +169,18 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample std (ddof=1) of the finite values; NaN where they are too few."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return {"mean": float(v.mean()) if len(v) else math.nan, "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan}
+
+
 def summarize(results: dict[str, list[EpisodeResult]], learned: str, reference: str) -> dict[str, Any]:
     """Mean, std (ddof=1) of every metric per schedule, and Welch p-values ``learned`` vs ``reference``."""
     table: dict[str, Any] = {"schedules": {}, "p_values": {}}
     for name, runs in results.items():
-        table["schedules"][name] = {
-            key: {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0}
-            for key, _ in METRICS for v in [np.array([getattr(r, key) for r in runs], float)]
-        }
+        table["schedules"][name] = {key: _mean_std([getattr(r, key) for r in runs]) for key, _ in METRICS}
         table["schedules"][name]["diverged"] = sum(r.diverged for r in runs)
     for key, _ in METRICS:
         table["p_values"][key] = welch_p([getattr(r, key) for r in results[learned]], [getattr(r, key) for r in results[reference]])

@@ -165,11 +165,15 @@ class Controller(nn.Module):
 
     def to_env_action(self, raw: torch.Tensor) -> np.ndarray:
         """Policy output to env action: the index, or the Gaussian sample clipped to [-1, 1] and mapped
-        linearly onto [low, high] (the log-probability stays that of the unclipped sample)."""
+        onto [low, high] (the log-probability stays that of the unclipped sample). A strictly positive
+        range (a scale factor) is interpolated geometrically, so 0 maps to sqrt(low * high), which is
+        "keep" for [1/r, r]; a linear map would centre on (r + 1/r) / 2 and drift the LR upwards."""
         if self.discrete:
             return raw.cpu().numpy()
         low, high = self.action_spec["low"], self.action_spec["high"]
-        return (low + (raw.clamp(-1, 1) + 1) * 0.5 * (high - low)).cpu().numpy().astype(np.float32)
+        t = (raw.clamp(-1, 1) + 1) * 0.5
+        action = low * (high / low) ** t if low > 0 else low + t * (high - low)
+        return action.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
@@ -191,7 +195,7 @@ class Controller(nn.Module):
             "hidden_sizes": list(self.hidden_sizes),
             "clip_obs": self.clip_obs,
             "normalize": self.normalize,
-            "state_dict": self.state_dict(),
+            "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},  # a snapshot, not live tensors
             "metadata": metadata or {},
         }
 
@@ -200,9 +204,13 @@ class Controller(nn.Module):
         """Rebuild a controller saved by :meth:`checkpoint`."""
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not an alrs controller checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-        controller = cls(checkpoint["obs_dim"], checkpoint["action_space"], tuple(checkpoint["hidden_sizes"]), clip_obs=checkpoint["clip_obs"])
-        controller.load_state_dict(checkpoint["state_dict"])
-        controller.normalize = checkpoint["normalize"]
+        try:
+            controller = cls(checkpoint["obs_dim"], checkpoint["action_space"], tuple(checkpoint["hidden_sizes"]),
+                             clip_obs=checkpoint["clip_obs"])
+            controller.load_state_dict(checkpoint["state_dict"])
+            controller.normalize = checkpoint["normalize"]
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"a damaged alrs controller checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
         return controller
 
 
@@ -307,11 +315,12 @@ class PPO:
                 ctrl.return_rms.update(torch.as_tensor(discounted))
                 reward_t = (reward_t / torch.sqrt(ctrl.return_rms.var + 1e-8)).clamp(-cfg.clip_reward, cfg.clip_reward)
                 discounted[done] = 0.0
-            if truncated.any():
+            cut = truncated & ~terminated
+            if cut.any():
                 # A time-limit cut is not a real end: bootstrap with the value of the final observation.
-                final_obs = torch.as_tensor(np.stack([infos["final_obs"][i] for i in np.flatnonzero(truncated)]))
+                final_obs = torch.as_tensor(np.stack([infos["final_obs"][i] for i in np.flatnonzero(cut)]))
                 with torch.no_grad():
-                    reward_t[truncated] += cfg.gamma * ctrl.value(ctrl.normalize_obs(final_obs)).double()
+                    reward_t[cut] += cfg.gamma * ctrl.value(ctrl.normalize_obs(final_obs)).double()
 
             for key, value_ in zip(buf, (norm_obs, raw, logprob, value, reward_t.float(), torch.as_tensor(done, dtype=torch.float32))):
                 buf[key].append(value_)
@@ -339,16 +348,14 @@ class PPO:
 
     # ------------------------------------------------------------------ update
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Several epochs of clipped-surrogate minibatch updates; returns the last epoch's statistics."""
+        """Several epochs of clipped-surrogate minibatch updates; returns statistics averaged over them."""
         cfg, ctrl = self.config, self.controller
         flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
         size = len(flat["values"])
-        minibatch = max(1, size // cfg.num_minibatches)
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")}
         for _ in range(cfg.update_epochs):
             order = torch.randperm(size, generator=self.generator)
-            for start in range(0, size, minibatch):
-                mb = order[start : start + minibatch]
+            for mb in torch.tensor_split(order, min(cfg.num_minibatches, size)):  # near-equal sizes, none of 1 left over
                 dist = ctrl.distribution(flat["obs"][mb])
                 logprob = dist.log_prob(flat["actions"][mb])
                 entropy = dist.entropy()
@@ -408,14 +415,17 @@ class PPO:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved; the controller's spaces must match the env's."""
-        saved = state["controller"]
-        if saved["action_space"] != self.controller.action_spec or saved["obs_dim"] != self.controller.obs_dim:
+        saved = state.get("controller", {})
+        if saved.get("action_space") != self.controller.action_spec or saved.get("obs_dim") != self.controller.obs_dim:
             raise ValueError(
-                f"checkpoint controller acts on {saved['action_space']} with {saved['obs_dim']} features, "
+                f"checkpoint controller acts on {saved.get('action_space')} with {saved.get('obs_dim')} features, "
                 f"but this env has {self.controller.action_spec} with {self.controller.obs_dim}"
             )
-        self.controller.load_state_dict(saved["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.controller.load_state_dict(saved["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"the checkpoint does not fit this PPO's settings ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
         self.generator.set_state(state["generator"])
         self.iteration, self.global_step = state["iteration"], state["global_step"]
 

@@ -12,6 +12,7 @@ A run folder holds (the one place that fixes this layout):
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from dataclasses import asdict
@@ -22,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alrs.env import FEATURES, EnvConfig, LREnv
-from alrs.io import load_torch, save_torch
+from alrs.io import atomic_write, load_torch, save_torch
 from alrs.plotting import plot_episode, plot_training
 from alrs.ppo import PPO, Episode, PPOConfig, make_vector_env
 
@@ -86,6 +87,8 @@ def train_controller(
     state = {"episodes_done": 0, "best_final_val_loss": math.inf, "best_episode": None, "wall_time": 0.0}
     metrics_path = run_dir / METRICS_FILE
     if saved is not None:
+        if not isinstance(saved, dict) or not {"ppo", "progress"} <= set(saved):
+            raise ValueError(f"{run_dir / LAST_FILE}: not a training checkpoint of alrs")
         ppo.load_state_dict(saved["ppo"])
         state = saved["progress"]
         _truncate_metrics(metrics_path, state["episodes_done"])
@@ -145,5 +148,6 @@ def _truncate_metrics(path: Path, episodes_done: int) -> None:
     """Drop rows past the checkpoint (written by an iteration that was interrupted before saving)."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows[: episodes_done + 1])
+    text = io.StringIO()
+    csv.writer(text).writerows(rows[: episodes_done + 1])
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))

@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from alrs.data import DATASETS, NUM_VAL, DatasetError, Splits, load_dataset  # noqa: E402
 from alrs.env import EnvConfig, LREnv, resolve_device  # noqa: E402
-from alrs.models import build_model  # noqa: E402
+from alrs.models import ARCHITECTURES, build_model  # noqa: E402
 
 TRAIN_SIZES = {"mnist": 50_000, "fa-mnist": 50_000, "cifar10": 40_000}
 
@@ -185,7 +185,7 @@ def _child(name: str, args: argparse.Namespace, queue: mp.Queue) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="fa-mnist", choices=list(DATASETS))
-    p.add_argument("--architecture", default="cnn")
+    p.add_argument("--architecture", default="cnn", choices=list(ARCHITECTURES))
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--update-freq", type=int, default=10)
     p.add_argument("--steps", type=int, default=5, help="timed controller steps per round")
@@ -206,6 +206,10 @@ def main() -> None:
             queue = ctx.Queue()
             proc = ctx.Process(target=_child, args=(name, args, queue))
             proc.start()
+            while proc.is_alive() and queue.empty():
+                proc.join(timeout=1)
+            if queue.empty():
+                sys.exit(f"the {name} measurement failed (exit code {proc.exitcode}); its error is above")
             seconds, peak_mb, gpu_mb = queue.get()
             proc.join()
             times[name].append(seconds)

@@ -106,7 +106,7 @@ def test_divergence_ends_the_episode_with_a_finite_penalty(small_env_options: di
     env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step_lr(1e30)  # absurd LR: the weights overflow float32
     assert terminated and not truncated and info["diverged"]
-    assert np.all(np.isfinite(obs)) and math.isfinite(reward)
+    assert np.all(np.isfinite(obs)) and math.isfinite(reward) and math.isfinite(info["best_val_loss"])
     assert reward == pytest.approx(-5.0 * 8)  # divergence_loss for each of the 8 controller steps left
     with pytest.raises(RuntimeError, match="reset"):
         env.step(2)
@@ -153,6 +153,7 @@ def test_gymnasium_env_checker_passes(small_env_options: dict) -> None:
         ({"action_range": 0.9}, "action_range must be > 1"),
         ({"val_size": -1}, "val_size must be a positive integer"),
         ({"device": "tpu"}, "device must be cpu, cuda or auto"),
+        ({"initial_lr": 0.5}, r"initial_lr=0.5 is outside the controller's LR bounds \[1e-05, 0.1\]"),
     ],
 )
 def test_bad_options_fail_at_construction_in_one_line(options: dict, message: str) -> None:

@@ -81,6 +81,9 @@ def test_normalization_statistics_round_trip_through_a_checkpoint() -> None:
     assert torch.equal(restored.return_rms.var, ppo.controller.return_rms.var)
     obs = np.array([0.3, 1.0], np.float32)
     assert np.array_equal(restored.act(obs), ppo.controller.act(obs))
+    with torch.no_grad():
+        ppo.controller.actor[0].weight.add_(1.0)
+    assert not torch.equal(saved["state_dict"]["actor.0.weight"], ppo.controller.state_dict()["actor.0.weight"])  # a snapshot
     before = restored.obs_rms.mean.clone()
     restored.act(obs)
     assert torch.equal(before, restored.obs_rms.mean)  # acting never updates the statistics
@@ -102,6 +105,16 @@ def test_wrong_action_space_checkpoint_is_refused() -> None:
         discrete.load_state_dict(continuous.state_dict())
     with pytest.raises(ValueError, match="not an alrs controller checkpoint"):
         Controller.from_checkpoint({"weights": 1})
+
+
+def test_continuous_mapping_is_symmetric_around_keep() -> None:
+    """For a scale-factor range [1/r, r]: 0 keeps the LR, +-1 are the ends, +-t are reciprocal."""
+    ctrl = Controller(2, {"type": "box", "low": 1 / 1.05, "high": 1.05})
+    up, keep, down, far = ctrl.to_env_action(torch.tensor([[0.5], [0.0], [-0.5], [3.0]]))[:, 0]
+    assert keep == pytest.approx(1.0) and far == pytest.approx(1.05)
+    assert up * down == pytest.approx(1.0) and up == pytest.approx(1.05**0.5)
+    linear = Controller(2, {"type": "box", "low": -2.0, "high": 4.0})
+    assert linear.to_env_action(torch.tensor([[0.0]]))[0, 0] == pytest.approx(1.0)
 
 
 def test_gae_on_known_numbers() -> None:

@@ -53,6 +53,15 @@ def test_unknown_test_id_lists_the_runs(trained_run: Path) -> None:
     assert result.returncode == 2 and trained_run.name in result.stderr and "Traceback" not in result.stderr
 
 
+def test_test_id_is_found_under_the_config_files_out_dir(trained_run: Path, tmp_path: Path) -> None:
+    from utils import parse_args
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"out_dir": str(trained_run.parent)}))
+    args = parse_args("test", ["--test-id", trained_run.name, "--config", str(config)])
+    assert args.run_dir == str(trained_run) and args.architecture == "mlp" and args.batch_size == 50
+
+
 def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
     result = _run("test.py", "--test-id", str(trained_run), "--data-dir", str(data_dir), "--device", "cpu",
                   "--results-dir", str(tmp_path))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alrs.env import EnvConfig
+from alrs.env import EnvConfig, LREnv
 from alrs.io import load_torch
-from alrs.ppo import PPO, PPOConfig
+from alrs.ppo import PPO, PPOConfig, make_vector_env
 from alrs.training import train_controller
 from utils import parse_args
 
@@ -43,6 +43,18 @@ def test_bad_config_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capt
         parse_args("train", ["--config", str(config)])
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and str(config) in err[-1]
+
+
+@pytest.mark.parametrize("content,message", [('{"action_range": "x"}', "action_range = 'x' should be float"),
+                                             ('{"hidden_sizes": 32}', "should be a list of integers"),
+                                             ('{"discrete": 1}', "discrete = 1 should be bool"),
+                                             ('{"initial_lr": "fast"}', "should be a number or 'random'")])
+def test_mistyped_config_value_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, content: str, message: str) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(content)
+    with pytest.raises(SystemExit):
+        parse_args("train", ["--config", str(config)])
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -97,6 +109,19 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir: Path,
         assert torch.equal(value, b["ppo"]["controller"]["state_dict"][key]), key
     rows = [[r[:7] for r in csv.reader(open(tmp_path / name / "metrics.csv"))] for name in ("straight", "resumed")]
     assert rows[0] == rows[1] and len(rows[0]) == 7
+
+
+def test_best_checkpoint_is_the_controller_that_played_the_best_episode(data_dir: Path, tmp_path: Path) -> None:
+    """best.pt must hold the weights that produced the episode, not the ones after the update."""
+    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
+                    val_size=500, data_dir=str(data_dir), device="cpu")
+    ppo_config = PPOConfig(num_steps=4)
+    train_controller(tmp_path, env, ppo_config, num_envs=2, episodes=2, seed=3, progress=False)  # one iteration
+    best = load_torch(tmp_path / "best.pt")["state_dict"]
+    after_update = load_torch(tmp_path / "last.pt")["controller"]["state_dict"]
+    initial = PPO(make_vector_env([lambda: LREnv(env)]), ppo_config, seed=3).controller.state_dict()
+    assert all(torch.equal(best[k], initial[k]) for k in initial if k.startswith(("actor", "critic", "log_std")))
+    assert not torch.equal(best["actor.0.weight"], after_update["actor.0.weight"])
 
 
 def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
