@@ -34,8 +34,15 @@ def test_config_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None
     assert (args.seed, args.batch_size, args.initial_lr, args.update_freq) == (5, 77, "random", 10)
 
 
-@pytest.mark.parametrize("content,message", [('{"lr": 0.1}', "unknown setting 'lr'"), ('{"seed": 1,}', "not valid JSON"),
-                                             ("[1]", "expected a JSON object")])
+@pytest.mark.parametrize("content,message", [
+    ('{"lr": 0.1}', "unknown setting 'lr'"),
+    ('{"seed": 1,}', "not valid JSON"),
+    ("[1]", "expected a JSON object"),
+    ('{"action_range": "x"}', "action_range = 'x' should be float"),
+    ('{"hidden_sizes": 32}', "should be a list of integers"),
+    ('{"discrete": 1}', "discrete = 1 should be bool"),
+    ('{"initial_lr": "fast"}', "should be a number or 'random'"),
+])
 def test_bad_config_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, content: str, message: str) -> None:
     config = tmp_path / "c.json"
     config.write_text(content)
@@ -43,18 +50,6 @@ def test_bad_config_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capt
         parse_args("train", ["--config", str(config)])
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and str(config) in err[-1]
-
-
-@pytest.mark.parametrize("content,message", [('{"action_range": "x"}', "action_range = 'x' should be float"),
-                                             ('{"hidden_sizes": 32}', "should be a list of integers"),
-                                             ('{"discrete": 1}', "discrete = 1 should be bool"),
-                                             ('{"initial_lr": "fast"}', "should be a number or 'random'")])
-def test_mistyped_config_value_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, content: str, message: str) -> None:
-    config = tmp_path / "c.json"
-    config.write_text(content)
-    with pytest.raises(SystemExit):
-        parse_args("train", ["--config", str(config)])
-    assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
