@@ -184,8 +184,8 @@ class LREnv(gym.Env):
             model = build_model(cfg.architecture, cfg.dataset)
         self.model = model.to(self.device, memory_format=self._memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0)
-        self._batch_generator = torch.Generator().manual_seed(child_seed)
-        self._epoch_order = torch.empty(0, dtype=torch.long)
+        self._batch_generator = torch.Generator(device=self.device).manual_seed(child_seed)
+        self._epoch_order = torch.empty(0, dtype=torch.long, device=self.device)
         self._batch_cursor = 0
 
         if options and "initial_lr" in options:
@@ -298,8 +298,8 @@ class LREnv(gym.Env):
         """Indices of the next minibatch: a fresh permutation each epoch, the last partial batch dropped."""
         bs = self.config.batch_size
         if self._batch_cursor + bs > len(self._epoch_order):
-            order = torch.randperm(len(self.data.train_x), generator=self._batch_generator)
-            self._epoch_order = order.to(self.device)
+            # Drawn on the device: no host round trip between Adam steps on a GPU.
+            self._epoch_order = torch.randperm(len(self.data.train_x), generator=self._batch_generator, device=self.device)
             self._batch_cursor = 0
         idx = self._epoch_order[self._batch_cursor : self._batch_cursor + bs]
         self._batch_cursor += bs
