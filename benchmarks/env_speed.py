@@ -59,14 +59,7 @@ def env_step_time(args: argparse.Namespace, data: Splits) -> float:
                        update_freq=args.update_freq, num_train_steps=10_000 * args.update_freq, device=args.device)
     env = LREnv(config, data=data)
     env.reset(seed=0)
-    for _ in range(args.warmup):
-        env.step(2)
-    _sync(env.device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        env.step(2)
-    _sync(env.device)
-    return (time.perf_counter() - start) / args.steps
+    return _time(lambda: env.step(2), args, env.device)
 
 
 def floor_step_time(args: argparse.Namespace, data: Splits) -> float:
