@@ -37,6 +37,43 @@ RANDOM_INITIAL_LRS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 """Initial LRs drawn per episode when ``initial_lr="random"`` (paper Sec. 4)."""
 
 
+def child_features(train_loss: torch.Tensor, val_loss: torch.Tensor, probs: torch.Tensor, prev_probs: torch.Tensor | None,
+                   output_weight: torch.Tensor) -> torch.Tensor:
+    """The six child features of :data:`FEATURES` (all but the LR) of E children at once.
+
+    Args:
+        train_loss, val_loss: shape (E,).
+        probs: validation softmax predictions, shape (E, N, classes).
+        prev_probs: the same at the previous observation, or None at the start (change 0).
+        output_weight: the output layers' weights, shape (E, classes, fan_in).
+    Returns:
+        shape (E, 6), on the device: no host sync here.
+    """
+    change_var = torch.zeros_like(val_loss) if prev_probs is None else (probs - prev_probs).flatten(1).var(1)
+    w = output_weight.detach().flatten(1)
+    return torch.stack([train_loss, val_loss, probs.flatten(1).var(1), change_var, w.mean(1), w.var(1)], dim=1)
+
+
+class BatchSampler:
+    """Minibatch indices of one child: a fresh permutation each epoch, the last partial batch dropped."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, device: torch.device):
+        self.num_examples, self.batch_size, self.device = num_examples, batch_size, device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long, device=device)
+        self.cursor = 0
+
+    def next(self) -> torch.Tensor:
+        """The next minibatch's indices, shape (batch_size,)."""
+        if self.cursor + self.batch_size > len(self.order):
+            # Drawn on the device: no host round trip between Adam steps on a GPU.
+            self.order = torch.randperm(self.num_examples, generator=self.generator, device=self.device)
+            self.cursor = 0
+        idx = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return idx
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """Every setting of an :class:`LREnv`; checked on construction, saved with controllers.
@@ -171,59 +208,21 @@ class LREnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start a fresh child network. ``options={"initial_lr": x}`` overrides the initial LR
         (hand-made schedules use it); it changes nothing else, so runs stay paired by seed."""
-        super().reset(seed=seed)
+        child_seed = self._begin_episode(seed, options)
         cfg = self.config
-        # The draws happen in a fixed order whatever the options, so a seed fixes the child's
-        # initialization and batch order for every schedule run on it.
-        child_seed = int(self.np_random.integers(2**62))
-        drawn_lr = RANDOM_INITIAL_LRS[int(self.np_random.integers(len(RANDOM_INITIAL_LRS)))]
-        lr_noise = float(self.np_random.normal())
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(child_seed)
-            model = build_model(cfg.architecture, cfg.dataset)
-        self.model = model.to(self.device, memory_format=self._memory_format)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1.0)
-        self._batch_generator = torch.Generator(device=self.device).manual_seed(child_seed)
-        self._epoch_order = torch.empty(0, dtype=torch.long, device=self.device)
-        self._batch_cursor = 0
-
-        if options and "initial_lr" in options:
-            lr = float(options["initial_lr"])
-            if not lr > 0:
-                raise ValueError(f"initial_lr must be positive, got {lr}")
-        else:
-            lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
-            if cfg.initial_lr_noise:
-                lr = float(np.clip(lr * math.exp(cfg.initial_lr_noise * lr_noise), cfg.lr_min, cfg.lr_max))
-        self._set_lr(lr)
-        self.num_steps = 0
-        self.diverged = False
-
+        self.model = init_child(cfg, child_seed).to(self.device, memory_format=self._memory_format)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        self._sampler = BatchSampler(len(self.data.train_x), cfg.batch_size, child_seed, self.device)
         val_loss, val_acc, probs = self._evaluate(self.model, self.val_x, self.val_y, keep_probs=True)
         self._prev_probs = probs
-        self.best_val_loss = math.inf
-        self.best_step = 0
         self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         # Before any Adam step there is no train loss yet; the untrained net's validation loss stands in.
-        features = torch.stack([val_loss, val_loss, probs.var(), torch.zeros_like(val_loss), *self._weight_stats()])
-        obs, info = self._observe(features, val_acc)
-        self.best_val_loss = info["val_loss"]
-        return obs, info
+        features = child_features(val_loss[None], val_loss[None], probs[None], None, self.model.output_layer.weight[None])
+        return self._first_observation(features[0], val_acc)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Scale the LR by ``action``, train ``update_freq`` Adam steps, observe."""
-        cfg = self.config
-        if cfg.discrete:
-            if not self.action_space.contains(action) and not (np.ndim(action) == 0 and int(action) in (0, 1, 2)):
-                raise ValueError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
-            factor = (cfg.action_range, 1 / cfg.action_range, 1.0)[int(action)]
-        else:
-            factor = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 1 / cfg.action_range, cfg.action_range))
-        lr = self.lr * factor
-        if cfg.lr_noise:
-            lr *= math.exp(cfg.lr_noise * float(self.np_random.normal()))
-        return self.step_lr(float(np.clip(lr, cfg.lr_min, cfg.lr_max)))
+        return self.step_lr(self._next_lr(action))
 
     def step_lr(self, lr: float) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Train ``update_freq`` Adam steps at exactly ``lr``, then observe.
@@ -231,47 +230,26 @@ class LREnv(gym.Env):
         Hand-made schedules (step decay, constant) call this: they set the LR themselves and are
         not held to the controller's bounds, as the paper's baseline was not.
         """
-        if self.model is None:
-            raise RuntimeError("call reset() before step()")
-        if self.num_steps >= self.config.num_train_steps or self.diverged:
-            raise RuntimeError("the episode has ended; call reset()")
-        self._set_lr(lr)
+        self._begin_step(lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         model, optimizer, cfg = self.model, self.optimizer, self.config
-        steps_left_before = (cfg.num_train_steps - self.num_steps) // cfg.update_freq
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         for _ in range(cfg.update_freq):
-            idx = self._next_batch()
+            idx = self._sampler.next()
             xb = self.data.train_x[idx].contiguous(memory_format=self._memory_format)
             loss = F.cross_entropy(model(xb), self.data.train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()  # stays on the device: no host sync inside the Adam steps
-        self.num_steps += cfg.update_freq
 
         val_loss, val_acc, probs = self._evaluate(model, self.val_x, self.val_y, keep_probs=True)
-        change_var = (probs - self._prev_probs).var()
+        features = child_features((loss_sum / cfg.update_freq)[None], val_loss[None], probs[None], self._prev_probs[None],
+                                  model.output_layer.weight[None])
         self._prev_probs = probs
-        features = torch.stack([loss_sum / cfg.update_freq, val_loss, probs.var(), change_var, *self._weight_stats()])
-        obs, info = self._observe(features, val_acc)
-
-        if not np.all(np.isfinite(obs)):
-            # A diverged child (e.g. at LR 0.1) ends the episode: the reward charges
-            # divergence_loss for every step left, and the observation stays finite.
-            self.diverged = True
-            obs = np.where(np.isfinite(obs), obs, self._last_obs).astype(np.float32)
-            obs[[0, 1]] = cfg.divergence_loss
-            self._last_obs = obs
-            info.update(train_loss=math.inf, val_loss=math.inf, best_val_loss=self.best_val_loss, diverged=True)
-            return obs, -cfg.divergence_loss * steps_left_before, True, False, info
-
-        if info["val_loss"] < self.best_val_loss:
-            self.best_val_loss, self.best_step = info["val_loss"], self.num_steps
-            for name, value in model.state_dict().items():
-                self._best_state[name].copy_(value)
-        terminated = self.num_steps >= cfg.num_train_steps
-        return obs, -info["val_loss"], terminated, False, info
+        return self._end_step(features[0], val_acc)
 
     # ------------------------------------------------------------------ test set
     def evaluate_test(self, which: str = "best") -> tuple[float, float]:
@@ -288,22 +266,82 @@ class LREnv(gym.Env):
         loss, acc, _ = self._evaluate(model, self.data.test_x, self.data.test_y, keep_probs=False)
         return float(loss), float(acc)
 
-    # ------------------------------------------------------------------ internals
-    def _set_lr(self, lr: float) -> None:
+    # ------------------------------------------------------------------ bookkeeping
+    # Everything of an episode but the child's arithmetic: the random draws, the LR, the
+    # observation, reward, divergence and end. BatchedLREnv reuses it for each of its children.
+    def _begin_episode(self, seed: int | None, options: dict[str, Any] | None) -> int:
+        """Draw the episode's randomness and initial LR; returns the child's seed."""
+        super().reset(seed=seed)
+        cfg = self.config
+        # The draws happen in a fixed order whatever the options, so a seed fixes the child's
+        # initialization and batch order for every schedule run on it.
+        child_seed = int(self.np_random.integers(2**62))
+        drawn_lr = RANDOM_INITIAL_LRS[int(self.np_random.integers(len(RANDOM_INITIAL_LRS)))]
+        lr_noise = float(self.np_random.normal())
+        if options and "initial_lr" in options:
+            lr = float(options["initial_lr"])
+            if not lr > 0:
+                raise ValueError(f"initial_lr must be positive, got {lr}")
+        else:
+            lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
+            if cfg.initial_lr_noise:
+                lr = float(np.clip(lr * math.exp(cfg.initial_lr_noise * lr_noise), cfg.lr_min, cfg.lr_max))
         self.lr = lr
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.num_steps = 0
+        self.diverged = False
+        self.best_val_loss = math.inf
+        self.best_step = 0
+        return child_seed
 
-    def _next_batch(self) -> torch.Tensor:
-        """Indices of the next minibatch: a fresh permutation each epoch, the last partial batch dropped."""
-        bs = self.config.batch_size
-        if self._batch_cursor + bs > len(self._epoch_order):
-            # Drawn on the device: no host round trip between Adam steps on a GPU.
-            self._epoch_order = torch.randperm(len(self.data.train_x), generator=self._batch_generator, device=self.device)
-            self._batch_cursor = 0
-        idx = self._epoch_order[self._batch_cursor : self._batch_cursor + bs]
-        self._batch_cursor += bs
-        return idx
+    def _first_observation(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
+        obs, info = self._observe(features, val_acc)
+        self.best_val_loss = info["val_loss"]
+        return obs, info
+
+    def _next_lr(self, action: Any) -> float:
+        """The LR after ``action``: the factor, the optional noise, the bounds."""
+        cfg = self.config
+        if cfg.discrete:
+            if not self.action_space.contains(action) and not (np.ndim(action) == 0 and int(action) in (0, 1, 2)):
+                raise ValueError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
+            factor = (cfg.action_range, 1 / cfg.action_range, 1.0)[int(action)]
+        else:
+            factor = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 1 / cfg.action_range, cfg.action_range))
+        lr = self.lr * factor
+        if cfg.lr_noise:
+            lr *= math.exp(cfg.lr_noise * float(self.np_random.normal()))
+        return float(np.clip(lr, cfg.lr_min, cfg.lr_max))
+
+    def _begin_step(self, lr: float) -> None:
+        if math.isnan(self.lr):
+            raise RuntimeError("call reset() before step()")
+        if self.num_steps >= self.config.num_train_steps or self.diverged:
+            raise RuntimeError("the episode has ended; call reset()")
+        self.lr = lr
+
+    def _end_step(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Observation, reward and end of a controller step, from the child's six features."""
+        cfg = self.config
+        steps_left_before = (cfg.num_train_steps - self.num_steps) // cfg.update_freq
+        self.num_steps += cfg.update_freq
+        obs, info = self._observe(features, val_acc)
+        if not np.all(np.isfinite(obs)):
+            # A diverged child (e.g. at LR 0.1) ends the episode: the reward charges
+            # divergence_loss for every step left, and the observation stays finite.
+            self.diverged = True
+            obs = np.where(np.isfinite(obs), obs, self._last_obs).astype(np.float32)
+            obs[[0, 1]] = cfg.divergence_loss
+            self._last_obs = obs
+            info.update(train_loss=math.inf, val_loss=math.inf, best_val_loss=self.best_val_loss, diverged=True)
+            return obs, -cfg.divergence_loss * steps_left_before, True, False, info
+
+        if info["val_loss"] < self.best_val_loss:
+            self.best_val_loss, self.best_step = info["val_loss"], self.num_steps
+            if self.model is not None:  # an env that owns its child keeps the best weights
+                for name, value in self.model.state_dict().items():
+                    self._best_state[name].copy_(value)
+        terminated = self.num_steps >= cfg.num_train_steps
+        return obs, -info["val_loss"], terminated, False, info
 
     @torch.inference_mode()
     def _evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, keep_probs: bool) -> tuple[torch.Tensor, ...]:
@@ -321,10 +359,6 @@ class LREnv(gym.Env):
                 probs.append(logits.softmax(1))
         model.train()
         return loss_sum / len(x), correct.float() / len(x), torch.cat(probs) if keep_probs else None
-
-    def _weight_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.model.output_layer.weight.detach()
-        return w.mean(), w.var()
 
     def _observe(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
         """One host sync: the six child features and the accuracy come back together; the LR is appended."""
@@ -344,9 +378,17 @@ class LREnv(gym.Env):
         return obs, info
 
 
+def init_child(config: EnvConfig, child_seed: int) -> nn.Module:
+    """A fresh child network of ``config``, its initialization fixed by ``child_seed`` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(child_seed)
+        return build_model(config.architecture, config.dataset)
+
+
 def make_env(dataset: str = "fa-mnist", architecture: str = "cnn", **options: Any) -> LREnv:
     """Build an :class:`LREnv`; ``options`` are the fields of :class:`EnvConfig`."""
     return LREnv(EnvConfig(dataset=dataset, architecture=architecture, **options))
 
 
-__all__ = ["FEATURES", "RANDOM_INITIAL_LRS", "EnvConfig", "LREnv", "make_env", "resolve_device"]
+__all__ = ["FEATURES", "RANDOM_INITIAL_LRS", "BatchSampler", "EnvConfig", "LREnv", "child_features", "init_child", "make_env",
+           "resolve_device"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from alrs.env import make_env
+from alrs.env import BatchSampler, make_env
 from alrs.evaluation import EpisodeResult, ResultStore, baseline_grid_search, format_table, run_episode, summarize, welch_p
 from alrs.schedules import PAPER_GRID, Constant, Cosine, Learned, StepDecay, paper_grid
 
@@ -52,7 +52,7 @@ def test_discount_step_must_fit_controller_steps(small_env_options: dict) -> Non
 def test_paired_seeding_gives_every_schedule_the_same_child(small_env_options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     env = make_env(**small_env_options)
     initial_weights, batches = [], []
-    real_reset, real_next = type(env).reset, type(env)._next_batch
+    real_reset, real_next = type(env).reset, BatchSampler.next
 
     def record_reset(self, **kwargs):
         out = real_reset(self, **kwargs)
@@ -65,7 +65,7 @@ def test_paired_seeding_gives_every_schedule_the_same_child(small_env_options: d
         return idx
 
     monkeypatch.setattr(type(env), "reset", record_reset)
-    monkeypatch.setattr(type(env), "_next_batch", record_batch)
+    monkeypatch.setattr(BatchSampler, "next", record_batch)
     for schedule in (Constant(0.01), StepDecay(0.1, 10, 0.9), Constant(1e-4)):
         batches.append([])
         run_episode(env, schedule, seed=42, test=False)
