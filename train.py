@@ -32,7 +32,7 @@ def main() -> int:
     print(f"{'resuming' if resume else 'run'} {run_dir}", file=sys.stderr)
     try:
         summary = train_controller(run_dir, env_cfg, ppo_cfg, num_envs=args.num_envs, episodes=args.episodes,
-                                   seed=args.seed, resume=resume, progress=args.progress)
+                                   seed=args.seed, resume=resume, progress=args.progress, batched=args.batched_envs)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {run_dir / 'last.pt'} holds the last finished iteration. "
               f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)

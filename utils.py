@@ -30,11 +30,11 @@ PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.le
     "norm_obs": PPOConfig.norm_obs, "norm_reward": PPOConfig.norm_reward, "init_log_std": PPOConfig.init_log_std,
 }
 RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
-                "num_seeds": 10, "progress": True, "run_baselines": False}
+                "num_seeds": 10, "progress": True, "run_baselines": False, "batched_envs": None}
 DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
 """Every setting a config file may hold, with its built-in default."""
 
-RUNTIME_KEYS = {"episodes", "device", "threads", "data_dir", "progress", "out_dir", "results_dir"}
+RUNTIME_KEYS = {"episodes", "device", "threads", "data_dir", "progress", "out_dir", "results_dir", "batched_envs"}
 """Settings a resumed run may change: where and how fast it runs, and how long it goes on."""
 
 
@@ -76,6 +76,8 @@ def build_parser(script: str) -> argparse.ArgumentParser:
         _add(g, "--lr-noise", "std of Gaussian noise on log LR after each update", type=float)
         _add(g, "--initial-lr-noise", "std of Gaussian noise on log initial LR", type=float)
         _add(g, "--num-envs", "child trainings per PPO iteration", type=int)
+        _add(g, "--batched-envs", "train the num-envs children as one vmapped model (unset: only on CUDA, where the "
+             "architecture allows)", action=argparse.BooleanOptionalAction)
         _add(g, "--episodes", "episodes to train for", type=int)
         _add(g, "--out-dir", "folder of run folders")
         _add(g, "--resume", "continue the run in this folder")
@@ -140,7 +142,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 _TYPE_NAMES = {"initial_lr": "a number or 'random'", "hidden_sizes": "a list of integers", "val_size": "an integer or null",
-               "target_kl": "a number or null", "threads": "an integer or null"}
+               "target_kl": "a number or null", "threads": "an integer or null",
+               "batched_envs": "true, false or null (automatic)"}
 
 
 def _type_ok(key: str, value: Any) -> bool:
@@ -152,6 +155,8 @@ def _type_ok(key: str, value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     if key in ("val_size", "threads"):
         return value is None or (isinstance(value, int) and not isinstance(value, bool))
+    if key == "batched_envs":
+        return value is None or isinstance(value, bool)
     if key == "target_kl":
         return value is None or (isinstance(value, number) and not isinstance(value, bool))
     default = DEFAULTS[key]

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from alrs.env import FEATURES, EnvConfig, LREnv
+from alrs.env import FEATURES, EnvConfig
 from alrs.io import atomic_write, load_torch, save_torch
 from alrs.plotting import plot_episode, plot_training
-from alrs.ppo import PPO, Episode, PPOConfig, make_vector_env
+from alrs.ppo import PPO, Episode, PPOConfig
+from alrs.vector_env import make_lr_envs
 
 CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE = "config.json", "metrics.csv", "last.pt", "best.pt"
 EPISODE_PLOT, TRAINING_PLOT = "episode.png", "training.png"
@@ -59,6 +60,7 @@ def train_controller(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
+    batched: bool | None = None,
 ) -> dict[str, Any]:
     """Train a controller with PPO for ``episodes`` episodes, writing the run folder as it goes.
 
@@ -75,6 +77,9 @@ def train_controller(
         seed: seeds the controller and every env reset.
         resume: continue from ``run_dir/last.pt``.
         progress: show a progress bar.
+        batched: train the children as one vmapped model (:class:`~alrs.vector_env.BatchedLREnv`);
+            None: where it pays (CUDA, an architecture without batch norm). Same results up to
+            float rounding, so a run may resume with the other choice.
 
     Returns:
         A summary: episodes done, best final validation loss, paths of the checkpoints.
@@ -82,7 +87,7 @@ def train_controller(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = load_torch(run_dir / LAST_FILE) if resume else None  # a bad checkpoint fails before any work
-    envs = make_vector_env([lambda: LREnv(env_config)] * num_envs)
+    envs = make_lr_envs(env_config, num_envs, batched)
     ppo = PPO(envs, ppo_config, seed=seed)
     state = {"episodes_done": 0, "best_final_val_loss": math.inf, "best_episode": None, "wall_time": 0.0}
     metrics_path = run_dir / METRICS_FILE
