@@ -7,12 +7,16 @@ Measures, in one run and interleaved round by round (these machines are shared a
   (c) naive  the seed's pipeline: a torchvision-style dataset with a per-sample ToTensor
              transform, DataLoader batches, a full validation pass through a DataLoader,
              deep copies of the predictions.
+  (d) batched  --num-envs children trained as one vmapped model (alrs.vector_env.BatchedLREnv),
+             seconds per controller step of all of them; reported as the speed-up over stepping
+             them one by one, num_envs * a / d (meant for a GPU; architectures without batch norm).
 Prints c/a and a/b (targets: c/a >= 3.5, a/b <= 1.10) as JSON and as a table, with each
 variant's peak memory (each runs in its own process).
 
     python benchmarks/env_speed.py                              # LeNet-5 on Fashion-MNIST
     python benchmarks/env_speed.py --architecture mlp
     python benchmarks/env_speed.py --dataset cifar10 --architecture resnet --steps 2 --rounds 1 --variants env
+    python benchmarks/env_speed.py --device cuda --variants env batched floor naive
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from alrs.data import DATASETS, NUM_VAL, DatasetError, Splits, load_dataset  # noqa: E402
 from alrs.env import EnvConfig, LREnv, resolve_device  # noqa: E402
 from alrs.models import ARCHITECTURES, build_model  # noqa: E402
+from alrs.vector_env import BatchedLREnv  # noqa: E402
 
 TRAIN_SIZES = {"mnist": 50_000, "fa-mnist": 50_000, "cifar10": 40_000}
 
@@ -60,6 +65,16 @@ def env_step_time(args: argparse.Namespace, data: Splits) -> float:
     env = LREnv(config, data=data)
     env.reset(seed=0)
     return _time(lambda: env.step(2), args, env.device)
+
+
+def batched_step_time(args: argparse.Namespace, data: Splits) -> float:
+    """(d) seconds per controller step of ``num_envs`` children trained as one batched model."""
+    config = EnvConfig(dataset=args.dataset, architecture=args.architecture, batch_size=args.batch_size,
+                       update_freq=args.update_freq, num_train_steps=10_000 * args.update_freq, device=args.device)
+    envs = BatchedLREnv(config, args.num_envs, data=data)
+    envs.reset(seed=0)
+    keep = np.full(args.num_envs, 2)
+    return _time(lambda: envs.step(keep), args, envs.device)
 
 
 def floor_step_time(args: argparse.Namespace, data: Splits) -> float:
@@ -162,7 +177,7 @@ def _time(fn, args: argparse.Namespace, device: torch.device) -> float:
     return (time.perf_counter() - start) / args.steps
 
 
-VARIANTS = {"env": env_step_time, "floor": floor_step_time, "naive": naive_step_time}
+VARIANTS = {"env": env_step_time, "floor": floor_step_time, "naive": naive_step_time, "batched": batched_step_time}
 
 
 def _child(name: str, args: argparse.Namespace, queue: mp.Queue) -> None:
@@ -184,7 +199,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed controller steps per round")
     p.add_argument("--warmup", type=int, default=1, help="untimed controller steps first")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["env", "floor", "naive"], choices=list(VARIANTS))
+    p.add_argument("--num-envs", type=int, default=4, help="children of the batched variant")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default="./data")
@@ -212,6 +228,7 @@ def main() -> None:
         "dataset": args.dataset, "architecture": args.architecture, "data": get_data(args)[1], "device": args.device,
         "threads": args.threads or torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "batch_size": args.batch_size, "update_freq": args.update_freq, "steps": args.steps, "rounds": args.rounds,
+        "num_envs": args.num_envs,
         "seconds_per_controller_step": median, "all_rounds": times,
         "peak_rss_mb": {k: round(v[0]) for k, v in memory.items()},
         "peak_gpu_mb": {k: v[1] and round(v[1]) for k, v in memory.items()},
@@ -220,6 +237,8 @@ def main() -> None:
         result["naive_over_env"] = median["naive"] / median["env"]
     if "env" in median and "floor" in median:
         result["env_over_floor"] = median["env"] / median["floor"]
+    if "env" in median and "batched" in median:
+        result["batched_speedup"] = args.num_envs * median["env"] / median["batched"]
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -231,6 +250,8 @@ def main() -> None:
         print(f"  naive / env  = {result['naive_over_env']:.2f}   (target >= 3.5)")
     if "env_over_floor" in result:
         print(f"  env / floor  = {result['env_over_floor']:.2f}   (target <= 1.10)")
+    if "batched_speedup" in result:
+        print(f"  {args.num_envs} x env / batched = {result['batched_speedup']:.2f}   (speed-up of one batched model of {args.num_envs} children)")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,15 @@ def test_env_speed_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> No
     out = tmp_path / "speed.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "env_speed.py"), "--dataset", "mnist", "--architecture", "mlp",
-         "--data-dir", str(tmp_path / "none"), "--steps", "1", "--warmup", "0", "--rounds", "1", "--json", str(out)],
+         "--data-dir", str(tmp_path / "none"), "--steps", "1", "--warmup", "0", "--rounds", "1", "--json", str(out),
+         "--variants", "env", "floor", "naive", "batched", "--num-envs", "2"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
     assert figures["data"] == "generated"
-    assert set(figures["seconds_per_controller_step"]) == {"env", "floor", "naive"}
+    assert set(figures["seconds_per_controller_step"]) == {"env", "floor", "naive", "batched"}
     assert all(s > 0 for s in figures["seconds_per_controller_step"].values())
     assert figures["naive_over_env"] > 0 and figures["env_over_floor"] > 0 and min(figures["peak_rss_mb"].values()) > 0
-    assert "naive / env" in result.stdout
+    assert figures["batched_speedup"] > 0 and figures["num_envs"] == 2
+    assert "naive / env" in result.stdout and "2 x env / batched" in result.stdout
