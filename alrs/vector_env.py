@@ -114,6 +114,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
         val_loss, val_acc, probs = self._evaluate(self.params)
         features = child_features(loss_sum / cfg.update_freq, val_loss, probs, self._prev_probs, self._output_weight())
         self._prev_probs.copy_(probs)
+        features, val_acc = features.cpu(), val_acc.cpu()  # one host sync for all children
 
         obs, rewards = np.zeros((n, *self.single_observation_space.shape), np.float32), np.zeros(n)
         terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
@@ -155,7 +156,8 @@ class BatchedLREnv(gym.vector.VectorEnv):
             self._prev_probs = torch.empty((self.num_envs, *probs.shape[1:]), device=self.device)
         self._prev_probs[slots] = probs
         # Before any Adam step the untrained net's validation loss stands in for the train loss (as LREnv).
-        features = child_features(val_loss, val_loss, probs, None, self._output_weight()[slots])
+        features = child_features(val_loss, val_loss, probs, None, self._output_weight()[slots]).cpu()
+        val_acc = val_acc.cpu()
         return [self.envs[i]._first_observation(features[row], val_acc[row]) for row, i in enumerate(indices)]
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
