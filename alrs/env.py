@@ -230,7 +230,9 @@ class LREnv(gym.Env):
         Hand-made schedules (step decay, constant) call this: they set the LR themselves and are
         not held to the controller's bounds, as the paper's baseline was not.
         """
-        self._begin_step(lr)
+        if self.model is None:
+            raise RuntimeError("call reset() before step()")
+        self._start_step(lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         model, optimizer, cfg = self.model, self.optimizer, self.config
@@ -312,9 +314,8 @@ class LREnv(gym.Env):
             lr *= math.exp(cfg.lr_noise * float(self.np_random.normal()))
         return float(np.clip(lr, cfg.lr_min, cfg.lr_max))
 
-    def _begin_step(self, lr: float) -> None:
-        if math.isnan(self.lr):
-            raise RuntimeError("call reset() before step()")
+    def _start_step(self, lr: float) -> None:
+        """Check that the episode goes on, and take ``lr`` as the LR of the coming Adam steps."""
         if self.num_steps >= self.config.num_train_steps or self.diverged:
             raise RuntimeError("the episode has ended; call reset()")
         self.lr = lr

@@ -78,8 +78,9 @@ def train_controller(
         resume: continue from ``run_dir/last.pt``.
         progress: show a progress bar.
         batched: train the children as one vmapped model (:class:`~alrs.vector_env.BatchedLREnv`);
-            None: where it pays (CUDA, an architecture without batch norm). Same results up to
-            float rounding, so a run may resume with the other choice.
+            None: where it pays (CUDA, an architecture without batch norm). The two are
+            equivalent, not bitwise identical (float rounding differs), so a run may resume
+            with the other choice.
 
     Returns:
         A summary: episodes done, best final validation loss, paths of the checkpoints.

@@ -50,19 +50,19 @@ class BatchedLREnv(gym.vector.VectorEnv):
 
     def __init__(self, config: EnvConfig, num_envs: int, data: Splits | None = None):
         if config.architecture not in BATCHABLE_ARCHITECTURES:
-            raise ValueError(f"architecture {config.architecture!r} cannot be batched (batch norm); "
-                             f"use the sequential vector env, or one of {', '.join(BATCHABLE_ARCHITECTURES)}")
+            raise ValueError(f"architecture {config.architecture!r} cannot be batched (batch norm); drop --batched-envs "
+                             f"(or pass batched=False), or use one of {', '.join(BATCHABLE_ARCHITECTURES)}")
         if num_envs <= 0:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         device = resolve_device(config.device)
         data = load_dataset(config.dataset, config.data_dir, device) if data is None else data.to(device)
-        # One LREnv per child holds that child's bookkeeping; its own model stays unbuilt.
-        self.envs = [LREnv(config, data=data) for _ in range(num_envs)]
-        self.config, self.device, self.data = config, device, self.envs[0].data
-        self.val_x, self.val_y = self.envs[0].val_x, self.envs[0].val_y
+        # One LREnv per child runs that child's episode bookkeeping; its own model stays unbuilt.
+        self._episodes = [LREnv(config, data=data) for _ in range(num_envs)]
+        self.config, self.device, self.data = config, device, self._episodes[0].data
+        self.val_x, self.val_y = self._episodes[0].val_x, self._episodes[0].val_y
         self.num_envs = num_envs
-        self.single_observation_space = self.envs[0].observation_space
-        self.single_action_space = self.envs[0].action_space
+        self.single_observation_space = self._episodes[0].observation_space
+        self.single_action_space = self._episodes[0].action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
@@ -81,13 +81,15 @@ class BatchedLREnv(gym.vector.VectorEnv):
     def reset(self, *, seed: int | list[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every child; ``seed`` as in Gymnasium's vector envs (an int seeds envs seed, seed+1, ...)."""
+        if options and "reset_mask" in options:
+            raise ValueError("BatchedLREnv resets every child at once; it has no reset_mask")
         if seed is None or isinstance(seed, int):
             seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
         elif len(seed) == self.num_envs:
             seeds = list(seed)
         else:
             raise ValueError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
-        child_seeds = [env._begin_episode(s, options) for env, s in zip(self.envs, seeds)]
+        child_seeds = [env._begin_episode(s, options) for env, s in zip(self._episodes, seeds)]
         everyone = list(range(self.num_envs))
         self._init_children(everyone, child_seeds)
         obs, infos = np.zeros((self.num_envs, *self.single_observation_space.shape), np.float32), {}
@@ -100,9 +102,11 @@ class BatchedLREnv(gym.vector.VectorEnv):
         if not self.params:
             raise RuntimeError("call reset() before step()")
         cfg, n = self.config, self.num_envs
-        for env, action in zip(self.envs, actions):
-            env._begin_step(env._next_lr(action))
-        lr = torch.tensor([env.lr for env in self.envs], dtype=torch.float64, device=self.device)
+        if len(actions) != n:
+            raise ValueError(f"need one action per env ({n}), got {len(actions)}")
+        for env, action in zip(self._episodes, actions):
+            env._start_step(env._next_lr(action))
+        lr = torch.tensor([env.lr for env in self._episodes], dtype=torch.float64, device=self.device)
 
         loss_sum = torch.zeros(n, device=self.device)
         for _ in range(cfg.update_freq):
@@ -114,18 +118,18 @@ class BatchedLREnv(gym.vector.VectorEnv):
         val_loss, val_acc, probs = self._evaluate(self.params)
         features = child_features(loss_sum / cfg.update_freq, val_loss, probs, self._prev_probs, self._output_weight())
         self._prev_probs.copy_(probs)
-        features, val_acc = features.cpu(), val_acc.cpu()  # one host sync for all children
+        features, val_acc = _to_host(features, val_acc)
 
         obs, rewards = np.zeros((n, *self.single_observation_space.shape), np.float32), np.zeros(n)
         terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
         infos: dict[str, Any] = {}
-        for i, env in enumerate(self.envs):
+        for i, env in enumerate(self._episodes):
             obs[i], rewards[i], terminated[i], truncated[i], info = env._end_step(features[i], val_acc[i])
             infos = self._add_info(infos, {"final_obs": obs[i].copy(), "final_info": info} if terminated[i] or truncated[i] else info, i)
 
         ended = np.flatnonzero(terminated | truncated).tolist()
         if ended:  # SAME_STEP autoreset: ended children restart at once, with fresh draws
-            self._init_children(ended, [self.envs[i]._begin_episode(None, None) for i in ended])
+            self._init_children(ended, [self._episodes[i]._begin_episode(None, None) for i in ended])
             for i, (o, info) in zip(ended, self._first_observations(ended)):
                 obs[i], infos = o, self._add_info(infos, info, i)
         return obs, rewards, terminated, truncated, infos
@@ -136,9 +140,9 @@ class BatchedLREnv(gym.vector.VectorEnv):
         params, _ = stack_module_state([init_child(self.config, s).to(self.device) for s in child_seeds])
         if not self.params:
             shapes = {k: (self.num_envs, *v.shape[1:]) for k, v in params.items()}
-            self.params = {k: torch.empty(shape, device=self.device) for k, shape in shapes.items()}
-            self._exp_avg = {k: torch.zeros(shape, device=self.device) for k, shape in shapes.items()}
-            self._exp_avg_sq = {k: torch.zeros(shape, device=self.device) for k, shape in shapes.items()}
+            self.params = {k: params[k].new_empty(shape) for k, shape in shapes.items()}
+            self._exp_avg = {k: params[k].new_zeros(shape) for k, shape in shapes.items()}
+            self._exp_avg_sq = {k: params[k].new_zeros(shape) for k, shape in shapes.items()}
         slots = torch.tensor(indices, device=self.device)
         for name, value in params.items():
             self.params[name][slots] = value.detach()
@@ -156,9 +160,8 @@ class BatchedLREnv(gym.vector.VectorEnv):
             self._prev_probs = torch.empty((self.num_envs, *probs.shape[1:]), device=self.device)
         self._prev_probs[slots] = probs
         # Before any Adam step the untrained net's validation loss stands in for the train loss (as LREnv).
-        features = child_features(val_loss, val_loss, probs, None, self._output_weight()[slots]).cpu()
-        val_acc = val_acc.cpu()
-        return [self.envs[i]._first_observation(features[row], val_acc[row]) for row, i in enumerate(indices)]
+        features, val_acc = _to_host(child_features(val_loss, val_loss, probs, None, self._output_weight()[slots]), val_acc)
+        return [self._episodes[i]._first_observation(features[row], val_acc[row]) for row, i in enumerate(indices)]
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self._base, params, (x,))
@@ -171,14 +174,14 @@ class BatchedLREnv(gym.vector.VectorEnv):
         (beta1, beta2), eps = ADAM_BETAS, ADAM_EPS
         self._adam_steps += 1
         bias_correction1 = 1 - beta1**self._adam_steps
-        bias_correction2_sqrt = (1 - beta2**self._adam_steps).sqrt()
+        bias_correction2_sqrt = (1 - beta2**self._adam_steps).sqrt().float()
         step_size = (lr / bias_correction1).float()
         for name, param in self.params.items():
             grad, exp_avg, exp_avg_sq = grads[name], self._exp_avg[name], self._exp_avg_sq[name]
             per_child = (-1,) + (1,) * (param.dim() - 1)
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.float().view(per_child)).add_(eps)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(per_child)).add_(eps)
             param.sub_(step_size.view(per_child) * exp_avg / denom)
 
     @torch.inference_mode()
@@ -200,6 +203,12 @@ class BatchedLREnv(gym.vector.VectorEnv):
 
     def _output_weight(self) -> torch.Tensor:
         return self.params["output_layer.weight"]
+
+
+def _to_host(features: torch.Tensor, val_acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (E, 6) and accuracies (E,) on the CPU, in one host sync for all children."""
+    both = torch.cat([features, val_acc[:, None]], dim=1).cpu()
+    return both[:, :-1], both[:, -1]
 
 
 def make_lr_envs(config: EnvConfig, num_envs: int, batched: bool | None = None) -> gym.vector.VectorEnv:

@@ -42,6 +42,7 @@ def test_config_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None
     ('{"hidden_sizes": 32}', "should be a list of integers"),
     ('{"discrete": 1}', "discrete = 1 should be bool"),
     ('{"initial_lr": "fast"}', "should be a number or 'random'"),
+    ('{"batched_envs": "yes"}', "should be true, false or null"),
 ])
 def test_bad_config_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, content: str, message: str) -> None:
     config = tmp_path / "c.json"
