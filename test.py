@@ -1,6 +1,8 @@
-"""Compare a learned schedule with the best step decay and the best constant LR over seeds.
+"""Compare a learned schedule with the best step decay and the best constant LR over seeds
+(or, with --baselines-only, test those two alone).
 
     python test.py --test-id <run id or folder> [--num-seeds 10] [--run-baselines]
+    python test.py --baselines-only --config configs/fa-mnist_cnn.json
 """
 
 from __future__ import annotations
@@ -28,19 +30,27 @@ def main() -> int:
     set_threads(args.threads)
     if args.num_seeds <= 0:
         raise ValueError("--num-seeds must be positive")
-    run = Path(args.run_dir)
-    if args.initial_lr == "random":
+    if args.baselines_only == hasattr(args, "run_dir"):
+        raise ValueError("give either --test-id <run> or --baselines-only")
+    learned, transfer = None, False
+    if not args.baselines_only and args.initial_lr == "random":
         args.initial_lr = 1e-3
         print("the controller was trained from random initial LRs; testing it from 1e-3 (set --initial-lr to change)", file=sys.stderr)
     config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)  # evaluation: no LR noise
-    controller_file = run / BEST_FILE
-    learned = Learned(load_torch(controller_file))
-    trained_on = learned.metadata.get("env", {})
-    transfer = (trained_on.get("dataset"), trained_on.get("architecture")) != (config.dataset, config.architecture)
-    if transfer:
-        learned.name = f"learned (transfer from {trained_on.get('dataset')}/{trained_on.get('architecture')})"
     env = LREnv(config)
-    learned.check(env)
+    settings = evaluation_settings(config)
+    if not args.baselines_only:
+        run = Path(args.run_dir)
+        controller_file = run / BEST_FILE
+        learned = Learned(load_torch(controller_file))
+        trained_on = learned.metadata.get("env", {})
+        transfer = (trained_on.get("dataset"), trained_on.get("architecture")) != (config.dataset, config.architecture)
+        if transfer:
+            learned.name = f"learned (transfer from {trained_on.get('dataset')}/{trained_on.get('architecture')})"
+        learned.check(env)
+        # The controller's hash is part of the settings: results of an older best.pt are never reused.
+        digest = hashlib.sha256(controller_file.read_bytes()).hexdigest()[:16]
+        settings.update(controller=str(controller_file), controller_sha256=digest)
 
     path = baseline_file(args.results_dir, config)
     if not path.exists():
@@ -58,20 +68,20 @@ def main() -> int:
     step_decay.name = f"step decay (lr={step_decay.initial_lr:g} every {step_decay.discount_step} x{step_decay.factor:g})"
     constant.name = f"constant (lr={constant.initial_lr:g})"
 
-    out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / run.name
+    # Baselines alone go to "baselines" plus the grid file's settings tag, e.g. baselines_bs500_steps200_val1000.
+    out_name = run.name if learned else "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
+    out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = [args.seed + EVAL_SEED_OFFSET + i for i in range(args.num_seeds)]
-    # The controller's hash is part of the settings: results of an older best.pt are never reused.
-    digest = hashlib.sha256(controller_file.read_bytes()).hexdigest()[:16]
-    store = ResultStore(out / "summary.json", {**evaluation_settings(config), "controller": str(controller_file),
-                                               "controller_sha256": digest, "seeds": seeds})
-    schedules = [constant, step_decay, learned]
+    store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})
+    schedules = [constant, step_decay] + ([learned] if learned else [])
     jobs = [(f"{s.name} | seed {seed}", s, seed) for seed in seeds for s in schedules]
     results = run_jobs(env, jobs, store, progress=args.progress, desc="test")
     by_schedule = {s.name: [results[f"{s.name} | seed {seed}"] for seed in seeds] for s in schedules}
 
-    summary = summarize(by_schedule, learned=learned.name, reference=step_decay.name)
-    title = f"{config.dataset} / {config.architecture}: {run.name}, {len(seeds)} seeds" + (" (transfer)" if transfer else "")
-    table = format_table(summary, learned=learned.name, reference=step_decay.name, title=title)
+    learned_name = learned.name if learned else None
+    summary = summarize(by_schedule, learned=learned_name, reference=step_decay.name)
+    title = f"{config.dataset} / {config.architecture}: {out_name}, {len(seeds)} seeds" + (" (transfer)" if transfer else "")
+    table = format_table(summary, learned=learned_name, reference=step_decay.name, title=title)
     store.update(summary=summary, transfer=transfer)
     (out / "table.md").write_text(table)
     plot_comparison({name: [r.curves for r in runs] for name, runs in by_schedule.items()}, out / "curves.png", title=title)

@@ -30,7 +30,8 @@ PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.le
     "norm_obs": PPOConfig.norm_obs, "norm_reward": PPOConfig.norm_reward, "init_log_std": PPOConfig.init_log_std,
 }
 RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
-                "num_seeds": 10, "progress": True, "run_baselines": False, "batched_envs": None}
+                "num_seeds": 10, "progress": True, "run_baselines": False, "batched_envs": None,
+                "baselines_only": False}
 DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
 """Every setting a config file may hold, with its built-in default."""
 
@@ -97,7 +98,9 @@ def build_parser(script: str) -> argparse.ArgumentParser:
         _add(g, "--results-dir", "where results are written")
     if script == "test":
         t = p.add_argument_group("test")
-        _add(t, "--test-id", "run to test: an id under --out-dir, or a run folder", required=True)
+        _add(t, "--test-id", "run to test: an id under --out-dir, or a run folder")
+        _add(t, "--baselines-only", "test the best step decay and constant LR alone (no controller; settings "
+             "from --config and flags)", action="store_true")
         _add(t, "--out-dir", "folder of run folders")
         _add(t, "--num-seeds", "seeds per schedule (paper: 10)", type=int)
         _add(t, "--run-baselines", "run baselines.py first when its results are missing", action="store_true")

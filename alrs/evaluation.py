@@ -176,18 +176,19 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(v.mean()) if len(v) else math.nan, "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan}
 
 
-def summarize(results: dict[str, list[EpisodeResult]], learned: str, reference: str) -> dict[str, Any]:
-    """Mean, std (ddof=1) of every metric per schedule, and Welch p-values ``learned`` vs ``reference``."""
+def summarize(results: dict[str, list[EpisodeResult]], learned: str | None, reference: str) -> dict[str, Any]:
+    """Mean, std (ddof=1) of every metric per schedule, and Welch p-values ``learned`` vs
+    ``reference`` (none when ``learned`` is None: baselines alone)."""
     table: dict[str, Any] = {"schedules": {}, "p_values": {}}
     for name, runs in results.items():
         table["schedules"][name] = {key: _mean_std([getattr(r, key) for r in runs]) for key, _ in METRICS}
         table["schedules"][name]["diverged"] = sum(r.diverged for r in runs)
-    for key, _ in METRICS:
+    for key, _ in METRICS if learned is not None else ():
         table["p_values"][key] = welch_p([getattr(r, key) for r in results[learned]], [getattr(r, key) for r in results[reference]])
     return table
 
 
-def format_table(summary: dict[str, Any], learned: str, reference: str, title: str = "") -> str:
+def format_table(summary: dict[str, Any], learned: str | None, reference: str, title: str = "") -> str:
     """A Markdown table in the style of the paper's Table 1: mean (std); * marks p < 0.05 vs ``reference``."""
     header = "| schedule | " + " | ".join(label for _, label in METRICS) + " | diverged |"
     lines = [f"### {title}" if title else "", "", header, "|" + "---|" * (len(METRICS) + 2)]
@@ -197,7 +198,10 @@ def format_table(summary: dict[str, Any], learned: str, reference: str, title: s
             star = "*" if name == learned and summary["p_values"][key] < 0.05 else ""
             cells.append(f"{row[key]['mean']:.4f}{star} ({row[key]['std']:.4f})")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['diverged']} |")
-    p = ", ".join(f"{label} p = {summary['p_values'][key]:.3g}" for key, label in METRICS)
-    lines += ["", f"Welch's t-test, {learned} vs {reference}: {p}. Test figures of the best-validation checkpoint "
-                  "(the paper's protocol) and of the final network; mean (std) over seeds."]
+    welch = ""
+    if learned is not None:
+        p = ", ".join(f"{label} p = {summary['p_values'][key]:.3g}" for key, label in METRICS)
+        welch = f"Welch's t-test, {learned} vs {reference}: {p}. "
+    lines += ["", f"{welch}Test figures of the best-validation checkpoint (the paper's protocol) and of the final "
+                  "network; mean (std) over seeds."]
     return "\n".join(lines).strip() + "\n"

@@ -42,10 +42,21 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     assert table.count("\n| ") == 4 and "Welch" in table and "| learned |" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
+    alone = _run("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
+    assert alone.returncode == 0, alone.stderr
+    table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
+    assert table.count("\n| ") == 3 and "learned" not in table and "Welch" not in table
+
     transfer = _run("test.py", "--test-id", str(trained_run), "--num-seeds", "2", "--data-dir", str(data_dir), "--device", "cpu",
                     "--results-dir", str(tmp_path), "--no-progress", "--dataset", "mnist", "--run-baselines")
     assert transfer.returncode == 0, transfer.stderr
     assert "transfer from fa-mnist/mlp" in transfer.stdout
+
+
+def test_test_needs_a_run_or_baselines_only(trained_run: Path) -> None:
+    for args in ([], ["--test-id", str(trained_run), "--baselines-only"]):
+        result = _run("test.py", *args)
+        assert result.returncode != 0 and "give either --test-id <run> or --baselines-only" in result.stderr
 
 
 def test_unknown_test_id_lists_the_runs(trained_run: Path) -> None:
