@@ -2,6 +2,7 @@
 (or, with --baselines-only, test those two alone).
 
     python test.py --test-id <run id or folder> [--num-seeds 10] [--run-baselines]
+    python test.py --test-id <run> --checkpoint last      # the controller where training ended
     python test.py --baselines-only --config configs/fa-mnist_cnn.json
 """
 
@@ -18,8 +19,11 @@ from alrs.evaluation import (BASELINE_KEYS, ResultStore, baseline_file, baseline
 from alrs.io import load_json, load_torch
 from alrs.plotting import plot_comparison
 from alrs.schedules import Learned
-from alrs.training import BEST_FILE
+from alrs.training import BEST_FILE, LAST_FILE
 from utils import env_config, parse_args, run_script, set_threads
+
+CHECKPOINTS = {"best": BEST_FILE, "last": LAST_FILE}
+"""best.pt: the controller behind the run's best episode; last.pt: the controller where training ended."""
 
 EVAL_SEED_OFFSET = 1000
 """Evaluation seeds are seed + 1000 + i: apart from the seed the baseline grid was chosen on."""
@@ -32,6 +36,8 @@ def main() -> int:
         raise ValueError("--num-seeds must be positive")
     if args.baselines_only == hasattr(args, "run_dir"):
         raise ValueError("give either --test-id <run> or --baselines-only")
+    if args.checkpoint not in CHECKPOINTS:
+        raise ValueError(f"--checkpoint must be best or last, got {args.checkpoint!r}")
     learned, transfer = None, False
     if not args.baselines_only and args.initial_lr == "random":
         args.initial_lr = 1e-3
@@ -41,8 +47,9 @@ def main() -> int:
     settings = evaluation_settings(config)
     if not args.baselines_only:
         run = Path(args.run_dir)
-        controller_file = run / BEST_FILE
-        learned = Learned(load_torch(controller_file))
+        controller_file = run / CHECKPOINTS[args.checkpoint]
+        saved = load_torch(controller_file)
+        learned = Learned(saved["controller"] if args.checkpoint == "last" else saved)
         trained_on = learned.metadata.get("env", {})
         transfer = (trained_on.get("dataset"), trained_on.get("architecture")) != (config.dataset, config.architecture)
         if transfer:
@@ -69,7 +76,7 @@ def main() -> int:
     constant.name = f"constant (lr={constant.initial_lr:g})"
 
     # Baselines alone go to "baselines" plus the grid file's settings tag, e.g. baselines_bs500_steps200_val1000.
-    out_name = run.name if learned else "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
+    out_name = run.name + ("" if args.checkpoint == "best" else "_last") if learned else "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = [args.seed + EVAL_SEED_OFFSET + i for i in range(args.num_seeds)]
     store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})

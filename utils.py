@@ -31,7 +31,7 @@ PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.le
 }
 RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
                 "num_seeds": 10, "progress": True, "run_baselines": False, "batched_envs": None,
-                "baselines_only": False}
+                "baselines_only": False, "checkpoint": "best"}
 DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
 """Every setting a config file may hold, with its built-in default."""
 
@@ -99,6 +99,7 @@ def build_parser(script: str) -> argparse.ArgumentParser:
     if script == "test":
         t = p.add_argument_group("test")
         _add(t, "--test-id", "run to test: an id under --out-dir, or a run folder")
+        _add(t, "--checkpoint", "which controller of the run: best (best.pt) or last (last.pt, where training ended)")
         _add(t, "--baselines-only", "test the best step decay and constant LR alone (no controller; settings "
              "from --config and flags)", action="store_true")
         _add(t, "--out-dir", "folder of run folders")
