@@ -55,9 +55,9 @@ def main() -> int:
         if transfer:
             learned.name = f"learned (transfer from {trained_on.get('dataset')}/{trained_on.get('architecture')})"
         learned.check(env)
-        # The controller's hash is part of the settings: results of an older best.pt are never reused.
-        digest = hashlib.sha256(controller_file.read_bytes()).hexdigest()[:16]
-        settings.update(controller=str(controller_file), controller_sha256=digest)
+        # The controller's hash, not its path, is part of the settings: results of an older best.pt
+        # are never reused, and a copied run folder (results/runs/) reuses its own.
+        settings.update(controller_sha256=hashlib.sha256(controller_file.read_bytes()).hexdigest()[:16])
 
     path = baseline_file(args.results_dir, config)
     if not path.exists():
@@ -89,7 +89,7 @@ def main() -> int:
     summary = summarize(by_schedule, learned=learned_name, reference=step_decay.name)
     title = f"{config.dataset} / {config.architecture}: {out_name}, {len(seeds)} seeds" + (" (transfer)" if transfer else "")
     table = format_table(summary, learned=learned_name, reference=step_decay.name, title=title)
-    store.update(summary=summary, transfer=transfer)
+    store.update(summary=summary, transfer=transfer, controller=str(controller_file) if learned else None)
     (out / "table.md").write_text(table)
     plot_comparison({name: [r.curves for r in runs] for name, runs in by_schedule.items()}, out / "curves.png", title=title)
     print(table)

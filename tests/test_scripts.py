@@ -45,7 +45,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     last = _run("test.py", "--test-id", str(trained_run), "--checkpoint", "last", "--num-seeds", "2", "--data-dir", str(data_dir),
                 "--device", "cpu", "--results-dir", str(tmp_path), "--no-progress")
     assert last.returncode == 0, last.stderr
-    assert json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())["settings"]["controller"].endswith("last.pt")
+    assert json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())["controller"].endswith("last.pt")
 
     alone = _run("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
     assert alone.returncode == 0, alone.stderr
