@@ -58,8 +58,9 @@ def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
             if len(seeds) > 1:
                 ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2,
                                 step="pre" if key == "lr" else None)
-            ax.set(xlabel="Adam step", ylabel=label, yscale="log")
-            ax.grid(alpha=0.3)
+    for ax, (_, label) in zip(axes, panels):  # log scale once every line is drawn: a flat first line has no range
+        ax.set(xlabel="Adam step", ylabel=label, yscale="log")
+        ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(title)
     _save(fig, path)
