@@ -58,20 +58,22 @@ def get_data(args: argparse.Namespace) -> tuple[Splits, str]:
         return Splits(*parts), "generated"
 
 
+def _env_config(args: argparse.Namespace) -> EnvConfig:
+    """The env the benchmark steps: the chosen child and batch, episodes too long to end while timed."""
+    return EnvConfig(dataset=args.dataset, architecture=args.architecture, batch_size=args.batch_size,
+                     update_freq=args.update_freq, num_train_steps=10_000 * args.update_freq, device=args.device)
+
+
 def env_step_time(args: argparse.Namespace, data: Splits) -> float:
     """(a) seconds per controller step of the project's environment."""
-    config = EnvConfig(dataset=args.dataset, architecture=args.architecture, batch_size=args.batch_size,
-                       update_freq=args.update_freq, num_train_steps=10_000 * args.update_freq, device=args.device)
-    env = LREnv(config, data=data)
+    env = LREnv(_env_config(args), data=data)
     env.reset(seed=0)
     return _time(lambda: env.step(2), args, env.device)
 
 
 def batched_step_time(args: argparse.Namespace, data: Splits) -> float:
     """(d) seconds per controller step of ``num_envs`` children trained as one batched model."""
-    config = EnvConfig(dataset=args.dataset, architecture=args.architecture, batch_size=args.batch_size,
-                       update_freq=args.update_freq, num_train_steps=10_000 * args.update_freq, device=args.device)
-    envs = BatchedLREnv(config, args.num_envs, data=data)
+    envs = BatchedLREnv(_env_config(args), args.num_envs, data=data)
     envs.reset(seed=0)
     keep = np.full(args.num_envs, 2)
     return _time(lambda: envs.step(keep), args, envs.device)
