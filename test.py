@@ -49,7 +49,9 @@ def main() -> int:
         run = Path(args.run_dir)
         controller_file = run / CHECKPOINTS[args.checkpoint]
         saved = load_torch(controller_file)
-        learned = Learned(saved["controller"] if args.checkpoint == "last" else saved)
+        if args.checkpoint == "last":  # a training checkpoint: the controller is one of its parts
+            saved = saved.get("controller") if isinstance(saved, dict) else None
+        learned = Learned(saved)
         trained_on = learned.metadata.get("env", {})
         transfer = (trained_on.get("dataset"), trained_on.get("architecture")) != (config.dataset, config.architecture)
         if transfer:
