@@ -14,6 +14,7 @@ from alrs.data import load_dataset
 from alrs.env import resolve_device
 from alrs.io import save_json
 from alrs.training import CONFIG_FILE, train_controller
+from alrs.vector_env import check_batchable
 from utils import env_config, new_run_dir, parse_args, ppo_config, provenance, run_script, set_threads, settings_of
 
 
@@ -25,7 +26,10 @@ def main() -> int:
     if args.num_envs <= 0 or args.episodes <= 0:
         raise ValueError("--num-envs and --episodes must be positive")
     resume = hasattr(args, "resume")
-    load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))  # fail before making a run folder
+    # Fail before making a run folder: missing data, a child that cannot be batched.
+    load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))
+    if args.batched_envs:
+        check_batchable(env_cfg)
     run_dir = Path(args.resume) if resume else new_run_dir(args.out_dir, args)
     if not resume:
         save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)

@@ -31,6 +31,13 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 """torch.optim.Adam's defaults, which LREnv uses."""
 
 
+def check_batchable(config: EnvConfig) -> None:
+    """A one-line error unless ``config``'s child can be trained batched."""
+    if config.architecture not in BATCHABLE_ARCHITECTURES:
+        raise ValueError(f"architecture {config.architecture!r} cannot be batched (batch norm); drop --batched-envs "
+                         f"(or pass batched=False), or use one of {', '.join(BATCHABLE_ARCHITECTURES)}")
+
+
 class BatchedLREnv(gym.vector.VectorEnv):
     """``num_envs`` LR environments, their children trained as one vmapped model.
 
@@ -49,9 +56,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
 
     def __init__(self, config: EnvConfig, num_envs: int, data: Splits | None = None):
-        if config.architecture not in BATCHABLE_ARCHITECTURES:
-            raise ValueError(f"architecture {config.architecture!r} cannot be batched (batch norm); drop --batched-envs "
-                             f"(or pass batched=False), or use one of {', '.join(BATCHABLE_ARCHITECTURES)}")
+        check_batchable(config)
         if num_envs <= 0:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         device = resolve_device(config.device)
@@ -227,4 +232,4 @@ def make_lr_envs(config: EnvConfig, num_envs: int, batched: bool | None = None) 
     return make_vector_env([lambda: LREnv(config)] * num_envs)
 
 
-__all__ = ["BATCHABLE_ARCHITECTURES", "BatchedLREnv", "make_lr_envs"]
+__all__ = ["BATCHABLE_ARCHITECTURES", "BatchedLREnv", "check_batchable", "make_lr_envs"]

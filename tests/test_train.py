@@ -130,3 +130,9 @@ def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
     result = _run("train.py", "--resume", str(run), "--device", "cpu", "--data-dir", str(tmp_path), "--no-progress")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "last.pt: not a readable checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_unbatchable_child_fails_before_making_a_run_folder(data_dir: Path, tmp_path: Path) -> None:
+    result = _run("train.py", *_small_flags(data_dir), "--architecture", "resnet", "--batched-envs", "--out-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "cannot be batched" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
