@@ -23,8 +23,10 @@ def main() -> int:
     set_threads(args.threads)
     env_cfg = env_config(args)
     ppo_cfg = ppo_config(args, num_steps=env_cfg.num_controller_steps)
-    if args.num_envs <= 0 or args.episodes <= 0:
-        raise ValueError("--num-envs and --episodes must be positive")
+    if args.num_envs <= 0 or args.episodes <= 0 or args.eval_seeds <= 0:
+        raise ValueError("--num-envs, --episodes and --eval-seeds must be positive")
+    if args.eval_every < 0:
+        raise ValueError("--eval-every must be >= 0 (0 turns the evaluations off)")
     resume = hasattr(args, "resume")
     # Fail before making a run folder: missing data, a child that cannot be batched.
     load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))
@@ -36,13 +38,17 @@ def main() -> int:
     print(f"{'resuming' if resume else 'run'} {run_dir}", file=sys.stderr)
     try:
         summary = train_controller(run_dir, env_cfg, ppo_cfg, num_envs=args.num_envs, episodes=args.episodes,
-                                   seed=args.seed, resume=resume, progress=args.progress, batched=args.batched_envs)
+                                   seed=args.seed, resume=resume, progress=args.progress, batched=args.batched_envs,
+                                   eval_every=args.eval_every, eval_seeds=args.eval_seeds)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {run_dir / 'last.pt'} holds the last finished iteration. "
               f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)
         return 130
-    print(f"done: {summary['episodes']} episodes, best final validation loss {summary['best_final_val_loss']:.4f} "
-          f"(episode {summary['best_episode']}); controller: {summary['best']}")
+    if args.eval_every:
+        chosen = f"best evaluation: mean best validation loss {summary['best_eval_loss']:.4f} (iteration {summary['best_eval_iteration']})"
+    else:
+        chosen = f"best final validation loss {summary['best_final_val_loss']:.4f} (episode {summary['best_episode']})"
+    print(f"done: {summary['episodes']} episodes, {chosen}; controller: {summary['best']}")
     return 0
 
 

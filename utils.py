@@ -28,10 +28,11 @@ PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.le
     "ent_coef": PPOConfig.ent_coef, "vf_coef": PPOConfig.vf_coef, "max_grad_norm": PPOConfig.max_grad_norm,
     "update_epochs": PPOConfig.update_epochs, "num_minibatches": PPOConfig.num_minibatches, "target_kl": PPOConfig.target_kl,
     "norm_obs": PPOConfig.norm_obs, "norm_reward": PPOConfig.norm_reward, "init_log_std": PPOConfig.init_log_std,
+    "common_reset_seed": PPOConfig.common_reset_seed,
 }
 RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
                 "num_seeds": 10, "progress": True, "run_baselines": False, "batched_envs": None,
-                "baselines_only": False, "checkpoint": "best"}
+                "baselines_only": False, "checkpoint": "best", "eval_every": 10, "eval_seeds": 4}
 DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
 """Every setting a config file may hold, with its built-in default."""
 
@@ -76,7 +77,13 @@ def build_parser(script: str) -> argparse.ArgumentParser:
         g.title = "child network, environment and run"
         _add(g, "--lr-noise", "std of Gaussian noise on log LR after each update", type=float)
         _add(g, "--initial-lr-noise", "std of Gaussian noise on log initial LR", type=float)
+        _add(g, "--reward", "val-loss (the paper's: minus the validation loss), log-best or log-val (ours)")
+        _add(g, "--lr-feature", "how the LR is observed: lr (the paper's) or log-lr (ours)")
+        _add(g, "--time-feature", "observe the fraction of the episode left (ours)", action=argparse.BooleanOptionalAction)
         _add(g, "--num-envs", "child trainings per PPO iteration", type=int)
+        _add(g, "--eval-every", "PPO iterations between deterministic evaluations that choose best.pt (0: none, "
+             "best.pt is the controller behind the best episode)", type=int)
+        _add(g, "--eval-seeds", "held-out seeds per deterministic evaluation", type=int)
         _add(g, "--batched-envs", "train the num-envs children as one vmapped model (unset: only on CUDA, where the "
              "architecture allows)", action=argparse.BooleanOptionalAction)
         _add(g, "--episodes", "episodes to train for", type=int)
@@ -92,6 +99,7 @@ def build_parser(script: str) -> argparse.ArgumentParser:
                                  ("--target-kl", float, "early-stop KL (default: none)"), ("--init-log-std", float, "initial log std (continuous)")):
             _add(h, flag, text, type=kind)
         for flag, text in (("--clip-vloss", "clip the value loss"), ("--norm-obs", "normalize observations"),
+                           ("--common-reset-seed", "one child seed for every env of a PPO iteration (ours)"),
                            ("--norm-reward", "scale rewards by the return's std")):
             _add(h, flag, text, action=argparse.BooleanOptionalAction)
     if script in ("baselines", "test"):

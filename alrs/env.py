@@ -20,38 +20,16 @@ from gymnasium import spaces
 from torch import nn
 
 from alrs.data import Splits, check_dataset, load_dataset
+from alrs.features import (PAPER_FEATURES, check_reward, child_features, divergence_reward, feature_names, observation_tail,
+                           step_reward)
 from alrs.models import build_model, check_architecture
 
-FEATURES: tuple[str, ...] = (
-    "train_loss",  # mean minibatch loss over the last update_freq Adam steps
-    "val_loss",  # loss on the validation split (or its fixed val_size subset)
-    "pred_var",  # variance of the validation predictions (softmax probabilities)
-    "pred_change_var",  # variance of their change since the previous observation
-    "output_weight_mean",  # mean of the output layer's weights
-    "output_weight_var",  # variance of the output layer's weights
-    "lr",  # the current learning rate
-)
-"""The observation, in order: the paper's 7 state features (Sec. 3.1); the one place that fixes them."""
+FEATURES: tuple[str, ...] = PAPER_FEATURES
+"""The paper's observation, in order: its 7 state features (Sec. 3.1). Other feature sets:
+:func:`alrs.features.feature_names`."""
 
 RANDOM_INITIAL_LRS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 """Initial LRs drawn per episode when ``initial_lr="random"`` (paper Sec. 4)."""
-
-
-def child_features(train_loss: torch.Tensor, val_loss: torch.Tensor, probs: torch.Tensor, prev_probs: torch.Tensor | None,
-                   output_weight: torch.Tensor) -> torch.Tensor:
-    """The six child features of :data:`FEATURES` (all but the LR) of E children at once.
-
-    Args:
-        train_loss, val_loss: shape (E,).
-        probs: validation softmax predictions, shape (E, N, classes).
-        prev_probs: the same at the previous observation, or None at the start (change 0).
-        output_weight: the output layers' weights, shape (E, classes, fan_in).
-    Returns:
-        shape (E, 6), on the device: no host sync here.
-    """
-    change_var = torch.zeros_like(val_loss) if prev_probs is None else (probs - prev_probs).flatten(1).var(1)
-    w = output_weight.detach().flatten(1)
-    return torch.stack([train_loss, val_loss, probs.flatten(1).var(1), change_var, w.mean(1), w.var(1)], dim=1)
 
 
 class BatchSampler:
@@ -95,6 +73,10 @@ class EnvConfig:
             reward (cheaper, noisier features than the paper's full split); None = all 10k.
         divergence_loss: loss charged for every remaining controller step when the child
             diverges, so that diverging never pays compared with training on.
+        reward: ``val-loss`` (the paper's: minus the validation loss), ``log-best`` or ``log-val``
+            (ours; see :mod:`alrs.features`).
+        lr_feature: ``lr`` (the paper's raw LR) or ``log-lr`` (ours: ``log10(lr / 1e-3)``).
+        time_feature: add the fraction of the episode's Adam steps still to come (ours).
         eval_batch_size: chunk size of evaluation passes (speed only).
         data_dir: where the dataset files are, in torchvision's layout.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -114,6 +96,9 @@ class EnvConfig:
     lr_max: float = 1e-1
     val_size: int | None = None
     divergence_loss: float = 5.0
+    reward: str = "val-loss"
+    lr_feature: str = "lr"
+    time_feature: bool = False
     eval_batch_size: int = 500
     data_dir: str = "./data"
     device: str = "auto"
@@ -141,6 +126,8 @@ class EnvConfig:
             raise ValueError(f"initial_lr={self.initial_lr} is outside the controller's LR bounds [{self.lr_min}, {self.lr_max}]")
         if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
             raise ValueError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
+        check_reward(self.reward)
+        feature_names(self.lr_feature, self.time_feature)  # checks lr_feature
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
 
@@ -148,6 +135,11 @@ class EnvConfig:
     def num_controller_steps(self) -> int:
         """Controller decisions per episode (paper: 1000 / 10 = 100)."""
         return self.num_train_steps // self.update_freq
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The names of the observation's features, in order."""
+        return feature_names(self.lr_feature, self.time_feature)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -189,7 +181,7 @@ class LREnv(gym.Env):
         self.data = data
         self.val_x, self.val_y = data.val_x[: cfg.val_size], data.val_y[: cfg.val_size]
 
-        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(len(FEATURES),), dtype=np.float32)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(len(cfg.features),), dtype=np.float32)
         if cfg.discrete:
             self.action_space: spaces.Space = spaces.Discrete(3)
         else:
@@ -293,11 +285,12 @@ class LREnv(gym.Env):
         self.diverged = False
         self.best_val_loss = math.inf
         self.best_step = 0
+        self.val_loss = math.inf
         return child_seed
 
     def _first_observation(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
         obs, info = self._observe(features, val_acc)
-        self.best_val_loss = info["val_loss"]
+        self.best_val_loss = self.val_loss = info["val_loss"]
         return obs, info
 
     def _next_lr(self, action: Any) -> float:
@@ -334,15 +327,19 @@ class LREnv(gym.Env):
             obs[[0, 1]] = cfg.divergence_loss
             self._last_obs = obs
             info.update(train_loss=math.inf, val_loss=math.inf, best_val_loss=self.best_val_loss, diverged=True)
-            return obs, -cfg.divergence_loss * steps_left_before, True, False, info
+            reward = divergence_reward(cfg.reward, self.val_loss, self.best_val_loss, steps_left_before, cfg.divergence_loss)
+            return obs, reward, True, False, info
 
+        prev_val, prev_best = self.val_loss, self.best_val_loss
+        self.val_loss = info["val_loss"]
         if info["val_loss"] < self.best_val_loss:
             self.best_val_loss, self.best_step = info["val_loss"], self.num_steps
             if self.model is not None:  # an env that owns its child keeps the best weights
                 for name, value in self.model.state_dict().items():
                     self._best_state[name].copy_(value)
         terminated = self.num_steps >= cfg.num_train_steps
-        return obs, -info["val_loss"], terminated, False, info
+        reward = step_reward(cfg.reward, prev_val, self.val_loss, prev_best, self.best_val_loss)
+        return obs, reward, terminated, False, info
 
     @torch.inference_mode()
     def _evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, keep_probs: bool) -> tuple[torch.Tensor, ...]:
@@ -362,9 +359,11 @@ class LREnv(gym.Env):
         return loss_sum / len(x), correct.float() / len(x), torch.cat(probs) if keep_probs else None
 
     def _observe(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
-        """One host sync: the six child features and the accuracy come back together; the LR is appended."""
+        """One host sync: the six child features and the accuracy come back together; the LR (and the
+        time left, if asked for) are appended."""
         *child, acc = torch.cat([features.double(), val_acc.double().reshape(1)]).tolist()
-        obs = np.asarray([*child, self.lr], dtype=np.float32)
+        cfg = self.config
+        obs = np.asarray([*child, *observation_tail(cfg.features, self.lr, self.num_steps, cfg.num_train_steps)], dtype=np.float32)
         info = {
             "train_loss": child[0],
             "val_loss": child[1],
@@ -391,5 +390,5 @@ def make_env(dataset: str = "fa-mnist", architecture: str = "cnn", **options: An
     return LREnv(EnvConfig(dataset=dataset, architecture=architecture, **options))
 
 
-__all__ = ["FEATURES", "RANDOM_INITIAL_LRS", "BatchSampler", "EnvConfig", "LREnv", "child_features", "init_child", "make_env",
+__all__ = ["FEATURES", "RANDOM_INITIAL_LRS", "BatchSampler", "EnvConfig", "LREnv", "init_child", "make_env",
            "resolve_device"]

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from alrs.env import EnvConfig, LREnv
 from alrs.io import load_json, save_json
-from alrs.schedules import Constant, Schedule, StepDecay, paper_grid
+from alrs.schedules import Constant, Cosine, HandMadeSchedule, Linear, Schedule, StepDecay, annealing_grid, paper_grid
 
 
 @dataclass
@@ -125,30 +125,47 @@ def baseline_file(results_dir: str | Path, config: EnvConfig) -> Path:
     return Path(results_dir) / "baselines" / f"{config.dataset}_{config.architecture}{tag}.json"
 
 
-def baseline_grid_search(env: LREnv, seed: int, path: str | Path, progress: bool = True) -> dict[str, Any]:
-    """The paper's 48 step-decay points and a constant schedule at each initial LR, one seed each.
+BEST_KEYS = {"step-decay": "best_step_decay", "constant": "best_constant", "cosine": "best_cosine", "linear": "best_linear"}
+"""Where a grid file names the best point of each family."""
 
-    Picks the best point of each kind by final validation loss (as the seed does), records each
-    point's best validation loss too, and keeps everything in ``path`` (resumable).
+
+def baseline_grid_search(env: LREnv, seed: int, path: str | Path, progress: bool = True) -> dict[str, Any]:
+    """The paper's 48 step-decay points, a constant schedule at each of their initial LRs, and
+    (ours) cosine and linear decay to 0 from each of six initial LRs; one seed each.
+
+    Picks the best point of each family by final validation loss (as the seed does), records each
+    point's best validation loss too, and keeps everything in ``path`` (resumable: a grid file
+    from before the cosine and linear families gains their points on the next run).
     """
     store = ResultStore(path, {**evaluation_settings(env.config, BASELINE_KEYS), "seed": seed})
     grid = paper_grid()
     constants = [Constant(lr) for lr in sorted({s.initial_lr for s in grid}, reverse=True)]
-    jobs = [(s.name, s, seed) for s in [*grid, *constants]]
+    jobs = [(s.name, s, seed) for s in [*grid, *constants, *annealing_grid(env.config.num_train_steps)]]
     results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid")
-
-    def best(kind: type) -> str:
-        keys = [key for key, schedule, _ in jobs if isinstance(schedule, kind)]
-        return min(keys, key=lambda k: _finite(results[k].final_val_loss))
-
-    store.update(best_step_decay=best(StepDecay), best_constant=best(Constant))
+    best = {BEST_KEYS[family]: best_of_family(results, family) for family in BEST_KEYS}
+    store.update(**best)
     return store.data
 
 
-def schedule_from_record(record: dict[str, Any]) -> StepDecay | Constant:
-    """Rebuild a hand-made schedule from its ``describe()`` record."""
-    if "discount_step" in record:
+def best_of_family(results: dict[str, EpisodeResult], family: str, initial_lr: float | None = None) -> str:
+    """Key of the grid point of ``family`` (optionally starting at ``initial_lr``) with the lowest final validation loss."""
+    keys = [k for k, r in results.items() if schedule_from_record(r.schedule).family == family
+            and (initial_lr is None or math.isclose(r.schedule["initial_lr"], initial_lr))]
+    if not keys:
+        raise ValueError(f"the grid has no {family} schedule" + (f" from lr={initial_lr:g}" if initial_lr is not None else ""))
+    return min(keys, key=lambda k: _finite(results[k].final_val_loss))
+
+
+def schedule_from_record(record: dict[str, Any]) -> HandMadeSchedule:
+    """Rebuild a hand-made schedule from its ``describe()`` record (records from before ``family``
+    existed are step decays or constants)."""
+    family = record.get("family") or ("step-decay" if "discount_step" in record else "constant")
+    if family == "step-decay":
         return StepDecay(record["initial_lr"], record["discount_step"], record["factor"])
+    if family == "cosine":
+        return Cosine(record["initial_lr"], record["total_steps"])
+    if family == "linear":
+        return Linear(record["initial_lr"], record["total_steps"])
     return Constant(record["initial_lr"])
 
 

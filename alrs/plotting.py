@@ -67,7 +67,7 @@ def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
 
 
 def plot_training(final_val_losses: Sequence[float], final_lrs: Sequence[float], path: str | os.PathLike, title: str = "",
-                  window: int = 20) -> None:
+                  window: int = 20, evaluations: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
     """The controller's learning curve: final validation loss and final LR of every episode, with a moving mean.
 
     Args:
@@ -76,6 +76,8 @@ def plot_training(final_val_losses: Sequence[float], final_lrs: Sequence[float],
         path: where the PNG goes.
         title: figure title.
         window: episodes in the moving mean.
+        evaluations: (episodes done, mean best validation loss) of the deterministic evaluations
+            that choose best.pt, drawn on the loss panel.
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     episodes = np.arange(1, len(final_val_losses) + 1)
@@ -86,8 +88,10 @@ def plot_training(final_val_losses: Sequence[float], final_lrs: Sequence[float],
             finite = np.where(np.isfinite(values), values, np.nan)
             mean = np.convolve(np.nan_to_num(finite, nan=np.nanmax(finite)), np.ones(window) / window, mode="valid")
             ax.plot(episodes[window - 1 :], mean, label=f"mean of {window}")
+        if evaluations is not None and label == "final validation loss" and len(evaluations[0]):
+            ax.plot(*evaluations, "o-", color="black", markersize=3, label="policy mode, held-out seeds (best val loss)")
         ax.set(xlabel="episode", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.suptitle(title)
     _save(fig, path)

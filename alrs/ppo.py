@@ -48,6 +48,9 @@ class PPOConfig:
         clip_reward: clip scaled rewards to [-clip_reward, clip_reward].
         init_log_std: initial log std of the Gaussian policy (continuous actions); -1 (std 0.37 of
             the half-range) keeps early samples mostly inside the action range, not at its clipped ends.
+        common_reset_seed: reset every env of a rollout with the same seed (common random numbers,
+            ours): in the LR env its children then share initialization and batch order, so their
+            returns differ only through the actions taken. False: seeds seed, seed + 1, ...
     """
 
     hidden_sizes: tuple[int, ...] = (32, 32)
@@ -68,6 +71,7 @@ class PPOConfig:
     clip_obs: float = 10.0
     clip_reward: float = 10.0
     init_log_std: float = -1.0
+    common_reset_seed: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -132,11 +136,16 @@ class Controller(nn.Module):
         hidden_sizes: hidden layers of actor and critic.
         init_log_std: initial log std of the Gaussian policy (box actions).
         clip_obs: clip of the normalized observations.
+        fixed_scale: indices of observation entries already on a unit scale (a fixed transform):
+            passed through unnormalized, so what the policy sees for them never drifts.
     """
 
     def __init__(self, obs_dim: int, action_space: dict[str, Any], hidden_sizes: tuple[int, ...] = (32, 32),
-                 init_log_std: float = -1.0, clip_obs: float = 10.0):
+                 init_log_std: float = -1.0, clip_obs: float = 10.0, fixed_scale: tuple[int, ...] = ()):
         super().__init__()
+        if any(not 0 <= i < obs_dim for i in fixed_scale):
+            raise ValueError(f"fixed_scale indices {fixed_scale} must lie in [0, {obs_dim})")
+        self.fixed_scale = tuple(sorted(int(i) for i in fixed_scale))
         self.obs_dim, self.action_spec, self.hidden_sizes, self.clip_obs = obs_dim, dict(action_space), tuple(hidden_sizes), clip_obs
         self.discrete = action_space["type"] == "discrete"
         out = action_space["n"] if self.discrete else 1
@@ -152,7 +161,10 @@ class Controller(nn.Module):
         """Standardize by the running statistics and clip (identity when normalization is off)."""
         if not self.normalize:
             return obs.float()
-        return ((obs.double() - self.obs_rms.mean) / torch.sqrt(self.obs_rms.var + 1e-8)).clamp(-self.clip_obs, self.clip_obs).float()
+        norm = ((obs.double() - self.obs_rms.mean) / torch.sqrt(self.obs_rms.var + 1e-8)).clamp(-self.clip_obs, self.clip_obs)
+        if self.fixed_scale:
+            norm[..., self.fixed_scale] = obs[..., self.fixed_scale].double()
+        return norm.float()
 
     def value(self, norm_obs: torch.Tensor) -> torch.Tensor:
         return self.critic(norm_obs).squeeze(-1)
@@ -194,6 +206,7 @@ class Controller(nn.Module):
             "action_space": self.action_spec,
             "hidden_sizes": list(self.hidden_sizes),
             "clip_obs": self.clip_obs,
+            "fixed_scale": list(self.fixed_scale),
             "normalize": self.normalize,
             "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},  # a snapshot, not live tensors
             "metadata": metadata or {},
@@ -206,7 +219,7 @@ class Controller(nn.Module):
             raise ValueError(f"not an alrs controller checkpoint (expected format {CHECKPOINT_FORMAT!r})")
         try:
             controller = cls(checkpoint["obs_dim"], checkpoint["action_space"], tuple(checkpoint["hidden_sizes"]),
-                             clip_obs=checkpoint["clip_obs"])
+                             clip_obs=checkpoint["clip_obs"], fixed_scale=tuple(checkpoint.get("fixed_scale", ())))
             controller.load_state_dict(checkpoint["state_dict"])
             controller.normalize = checkpoint["normalize"]
         except (KeyError, TypeError, RuntimeError) as exc:
@@ -246,9 +259,11 @@ class PPO:
         envs: a ``gymnasium.vector.VectorEnv`` with autoreset mode ``SAME_STEP``.
         config: the hyper-parameters.
         seed: seeds the controller's initialization and the sampling of actions and minibatches.
+        fixed_scale: observation indices the controller does not normalize (see :class:`Controller`).
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, config: PPOConfig = PPOConfig(), seed: int = 0):
+    def __init__(self, envs: gym.vector.VectorEnv, config: PPOConfig = PPOConfig(), seed: int = 0,
+                 fixed_scale: tuple[int, ...] = ()):
         if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
             raise ValueError("PPO needs a vector env created with autoreset_mode=gym.vector.AutoresetMode.SAME_STEP")
         if not isinstance(envs.single_observation_space, spaces.Box) or len(envs.single_observation_space.shape) != 1:
@@ -259,7 +274,7 @@ class PPO:
             torch.manual_seed(seed)
             self.controller = Controller(
                 envs.single_observation_space.shape[0], describe_action_space(envs.single_action_space),
-                config.hidden_sizes, config.init_log_std, config.clip_obs,
+                config.hidden_sizes, config.init_log_std, config.clip_obs, fixed_scale,
             )
         self.controller.normalize = config.norm_obs
         # eps=1e-5 instead of Adam's 1e-8: the PPO implementations' choice, steadier early updates.
@@ -277,7 +292,7 @@ class PPO:
     def collect_rollout(self, seed: int) -> tuple[dict[str, torch.Tensor], list[Episode]]:
         """``num_steps`` steps of every env from seeded resets; returns the batch and finished episodes."""
         cfg, ctrl, n = self.config, self.controller, self.envs.num_envs
-        obs_np, _ = self.envs.reset(seed=seed)
+        obs_np, _ = self.envs.reset(seed=[seed] * n if cfg.common_reset_seed else seed)
         obs = torch.as_tensor(obs_np)
         discounted = np.zeros(n)  # running discounted return per env, for reward scaling
         ep_return, ep_len = np.zeros(n), np.zeros(n, dtype=int)
@@ -416,7 +431,8 @@ class PPO:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved; the controller's spaces must match the env's."""
         saved = state.get("controller", {})
-        if saved.get("action_space") != self.controller.action_spec or saved.get("obs_dim") != self.controller.obs_dim:
+        if (saved.get("action_space") != self.controller.action_spec or saved.get("obs_dim") != self.controller.obs_dim
+                or tuple(saved.get("fixed_scale", ())) != self.controller.fixed_scale):
             raise ValueError(
                 f"checkpoint controller acts on {saved.get('action_space')} with {saved.get('obs_dim')} features, "
                 f"but this env has {self.controller.action_spec} with {self.controller.obs_dim}"

@@ -1,6 +1,6 @@
 """Schedules: anything that sets the child network's LR one controller step at a time.
 
-Hand-made schedules (constant, step decay, cosine) set the LR directly through
+Hand-made schedules (constant, step decay, cosine, linear) set the LR directly through
 ``LREnv.step_lr``; the learned schedule is a trained controller acting through ``LREnv.step``.
 Evaluation code runs them all through :meth:`Schedule.step`.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from alrs.env import FEATURES, LREnv
+from alrs.env import LREnv
 from alrs.ppo import Controller, describe_action_space
 
 StepResult = tuple[np.ndarray, float, bool, bool, dict[str, Any]]
@@ -26,11 +26,16 @@ PAPER_GRID: dict[str, tuple[float, ...]] = {
 }
 """The paper's step-decay grid, 4 x 4 x 3 = 48 points (Xu et al., 2019, Sec. 4)."""
 
+ANNEALING_GRID_LRS: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4)
+"""Initial LRs of the cosine and linear families (ours: the paper compares with step decay only)."""
+
 
 class Schedule(ABC):
     """Sets the LR of a training child, one controller step (``update_freq`` Adam steps) at a time."""
 
     name: str = "schedule"
+    family: str = "schedule"
+    """Stable key of the schedule's kind (``step-decay``, ``cosine``, ...), apart from its display name."""
     initial_lr: float | None = None
     """The LR an episode starts from; None keeps the env's own setting."""
 
@@ -43,7 +48,7 @@ class Schedule(ABC):
 
     def describe(self) -> dict[str, Any]:
         """The schedule's parameters, for result files."""
-        return {"name": self.name, "initial_lr": self.initial_lr}
+        return {"name": self.name, "family": self.family, "initial_lr": self.initial_lr}
 
 
 class HandMadeSchedule(Schedule):
@@ -62,6 +67,8 @@ class HandMadeSchedule(Schedule):
 class Constant(HandMadeSchedule):
     """The same LR throughout."""
 
+    family = "constant"
+
     def __init__(self, initial_lr: float):
         self.initial_lr, self.name = float(initial_lr), f"constant lr={initial_lr:g}"
 
@@ -71,6 +78,8 @@ class Constant(HandMadeSchedule):
 
 class StepDecay(HandMadeSchedule):
     """The paper's baseline: the LR is multiplied by ``factor`` every ``discount_step`` Adam steps."""
+
+    family = "step-decay"
 
     def __init__(self, initial_lr: float, discount_step: int, factor: float):
         self.initial_lr, self.discount_step, self.factor = float(initial_lr), int(discount_step), float(factor)
@@ -91,12 +100,30 @@ class StepDecay(HandMadeSchedule):
 class Cosine(HandMadeSchedule):
     """Cosine decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps (a common modern reference)."""
 
+    family = "cosine"
+
     def __init__(self, initial_lr: float, total_steps: int):
         self.initial_lr, self.total_steps = float(initial_lr), int(total_steps)
         self.name = f"cosine lr={initial_lr:g}"
 
     def lr_at(self, step: int) -> float:
         return self.initial_lr * 0.5 * (1 + math.cos(math.pi * step / self.total_steps))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "total_steps": self.total_steps}
+
+
+class Linear(HandMadeSchedule):
+    """Linear decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps (a common modern reference)."""
+
+    family = "linear"
+
+    def __init__(self, initial_lr: float, total_steps: int):
+        self.initial_lr, self.total_steps = float(initial_lr), int(total_steps)
+        self.name = f"linear lr={initial_lr:g}"
+
+    def lr_at(self, step: int) -> float:
+        return self.initial_lr * max(0.0, 1 - step / self.total_steps)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "total_steps": self.total_steps}
@@ -110,17 +137,20 @@ class Learned(Schedule):
         name: label in tables and figures.
     """
 
+    family = "learned"
+
     def __init__(self, checkpoint: dict[str, Any], name: str = "learned"):
         self.controller = Controller.from_checkpoint(checkpoint)
         self.metadata = checkpoint.get("metadata", {})
         self.name = name
 
     def check(self, env: LREnv) -> None:
-        features = self.metadata.get("features")
-        if features is not None and tuple(features) != FEATURES:
-            raise ValueError(f"the controller was trained on features {features}, this env observes {list(FEATURES)}")
-        if self.controller.obs_dim != len(FEATURES):
-            raise ValueError(f"the controller takes {self.controller.obs_dim} features, this env gives {len(FEATURES)}")
+        features, observed = self.metadata.get("features"), env.config.features
+        if features is not None and tuple(features) != observed:
+            raise ValueError(f"the controller was trained on features {features}, this env observes {list(observed)}; "
+                             "test it with the --lr-feature and --time-feature settings it was trained with")
+        if self.controller.obs_dim != len(observed):
+            raise ValueError(f"the controller takes {self.controller.obs_dim} features, this env gives {len(observed)}")
         wanted = describe_action_space(env.action_space)
         if self.controller.action_spec != wanted:
             raise ValueError(f"the controller's actions are {self.controller.action_spec} but this env takes {wanted}; "
@@ -137,3 +167,8 @@ class Learned(Schedule):
 def paper_grid() -> list[StepDecay]:
     """The 48 step-decay schedules of the paper's grid search."""
     return [StepDecay(lr, step, factor) for lr, step, factor in product(*PAPER_GRID.values())]
+
+
+def annealing_grid(total_steps: int) -> list[Cosine | Linear]:
+    """Cosine and linear decay to 0 over ``total_steps`` from each of :data:`ANNEALING_GRID_LRS` (ours)."""
+    return [kind(lr, total_steps) for kind in (Cosine, Linear) for lr in ANNEALING_GRID_LRS]

@@ -4,7 +4,10 @@ A run folder holds (the one place that fixes this layout):
     config.json   every setting, the git commit and library versions (written by the caller)
     metrics.csv   one row per finished episode
     last.pt       PPO state, counters and best-so-far: enough to resume exactly
-    best.pt       the controller after whose rollout an episode reached the lowest final validation loss
+    best.pt       the controller with the lowest mean best validation loss in the deterministic
+                  evaluations (eval.csv); with evaluations off (eval_every=0), the controller after
+                  whose rollout an episode reached the lowest final validation loss (the seed's rule)
+    eval.csv      one row per deterministic evaluation: the policy's mode on held-out seeds
     episode.png   curves of the latest episode, refreshed every iteration
     training.png  final validation loss and LR of every episode so far: the controller's learning curve
 """
@@ -15,25 +18,33 @@ import csv
 import io
 import math
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from alrs.env import FEATURES, EnvConfig
+from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
+from alrs.features import FIXED_SCALE_FEATURES
 from alrs.io import atomic_write, load_torch, save_torch
 from alrs.plotting import plot_episode, plot_training
-from alrs.ppo import PPO, Episode, PPOConfig
+from alrs.ppo import PPO, Controller, Episode, PPOConfig
 from alrs.vector_env import make_lr_envs
 
-CONFIG_FILE, METRICS_FILE, LAST_FILE, BEST_FILE = "config.json", "metrics.csv", "last.pt", "best.pt"
+CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = "config.json", "metrics.csv", "eval.csv", "last.pt", "best.pt"
 EPISODE_PLOT, TRAINING_PLOT = "episode.png", "training.png"
 METRICS_COLUMNS = (
     "episode", "iteration", "env", "return", "final_val_loss", "best_val_loss", "final_lr", "wall_time",
     "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
 )
+
+EVAL_COLUMNS = ("iteration", "episodes", "mean_best_val_loss", "per_initial_lr", "wall_time")
+
+EVAL_SEED_BASE = 2000
+"""Held-out evaluation seeds are 2000, 2001, ...: apart from test.py's seeds (1000 + i) and the
+grid's (0), and from the training resets (hashes of the run seed and iteration)."""
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -43,7 +54,32 @@ def iteration_seed(seed: int, iteration: int) -> int:
 
 def controller_metadata(env_config: EnvConfig, ppo_config: PPOConfig, **extra: Any) -> dict[str, Any]:
     """What a saved controller carries about how it was trained (checked before it is used)."""
-    return {"env": asdict(env_config), "features": list(FEATURES), "ppo": asdict(ppo_config), **extra}
+    return {"env": asdict(env_config), "features": list(env_config.features), "ppo": asdict(ppo_config), **extra}
+
+
+def training_initial_lrs(config: EnvConfig) -> tuple[float, ...]:
+    """The initial LRs a controller of ``config`` is trained from."""
+    return RANDOM_INITIAL_LRS if config.initial_lr == "random" else (float(config.initial_lr),)
+
+
+def evaluate_policy(env: LREnv, controller: Controller, seeds: list[int], initial_lrs: tuple[float, ...]) -> dict[float, float]:
+    """Mean best validation loss of the policy's mode (frozen statistics) per initial LR, over ``seeds``.
+
+    The best validation loss is the quantity the paper's test evaluates (its checkpoint goes to
+    the test set), so it is what selects best.pt.
+    """
+    means = {}
+    for lr in initial_lrs:
+        losses = []
+        for seed in seeds:
+            obs, info = env.reset(seed=seed, options={"initial_lr": lr})
+            done = False
+            while not done:
+                obs, _, terminated, truncated, info = env.step(controller.act(obs))
+                done = terminated or truncated
+            losses.append(info["best_val_loss"])
+        means[lr] = float(np.mean(losses))
+    return means
 
 
 def episode_curves(infos: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -61,6 +97,8 @@ def train_controller(
     resume: bool = False,
     progress: bool = True,
     batched: bool | None = None,
+    eval_every: int = 10,
+    eval_seeds: int = 4,
 ) -> dict[str, Any]:
     """Train a controller with PPO for ``episodes`` episodes, writing the run folder as it goes.
 
@@ -81,6 +119,11 @@ def train_controller(
             None: where it pays (CUDA, an architecture without batch norm). The two are
             equivalent, not bitwise identical (float rounding differs), so a run may resume
             with the other choice.
+        eval_every: every this many PPO iterations (and after the last), run the policy's mode
+            from each training initial LR on ``eval_seeds`` held-out seeds; the controller with the
+            lowest mean best validation loss becomes best.pt. 0: no evaluations, and best.pt is
+            the controller behind the episode with the lowest final validation loss (the seed's rule).
+        eval_seeds: held-out seeds per evaluation.
 
     Returns:
         A summary: episodes done, best final validation loss, paths of the checkpoints.
@@ -89,22 +132,33 @@ def train_controller(
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = load_torch(run_dir / LAST_FILE) if resume else None  # a bad checkpoint fails before any work
     envs = make_lr_envs(env_config, num_envs, batched)
-    ppo = PPO(envs, ppo_config, seed=seed)
-    state = {"episodes_done": 0, "best_final_val_loss": math.inf, "best_episode": None, "wall_time": 0.0}
-    metrics_path = run_dir / METRICS_FILE
+    fixed_scale = tuple(i for i, name in enumerate(env_config.features) if name in FIXED_SCALE_FEATURES)
+    ppo = PPO(envs, ppo_config, seed=seed, fixed_scale=fixed_scale)
+    state = {"episodes_done": 0, "best_final_val_loss": math.inf, "best_episode": None, "wall_time": 0.0,
+             "best_eval_loss": math.inf, "best_eval_iteration": None}
+    metrics_path, eval_path = run_dir / METRICS_FILE, run_dir / EVAL_FILE
     if saved is not None:
         if not isinstance(saved, dict) or not {"ppo", "progress"} <= set(saved):
             raise ValueError(f"{run_dir / LAST_FILE}: not a training checkpoint of alrs")
         ppo.load_state_dict(saved["ppo"])
-        state = saved["progress"]
-        _truncate_metrics(metrics_path, state["episodes_done"])
+        state = {**state, **saved["progress"]}
+        _truncate_csv(metrics_path, lambda row: int(row[0]) <= state["episodes_done"])
+        if eval_path.exists():
+            _truncate_csv(eval_path, lambda row: int(row[0]) <= ppo.iteration)
     else:
         with open(metrics_path, "w", newline="") as f:
             csv.writer(f).writerow(METRICS_COLUMNS)
+    if eval_every and not eval_path.exists():
+        with open(eval_path, "w", newline="") as f:
+            csv.writer(f).writerow(EVAL_COLUMNS)
+    # Evaluations run on one plain LREnv without LR noise, from each training initial LR.
+    eval_env = LREnv(replace(env_config, lr_noise=0.0, initial_lr_noise=0.0), data=_env_data(envs)) if eval_every else None
+    seeds = [EVAL_SEED_BASE + i for i in range(eval_seeds)]
 
     iterations = math.ceil(episodes / num_envs)
     bar = tqdm(total=iterations * num_envs, initial=state["episodes_done"], unit="episode", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter() - state["wall_time"]
+    name = f"{env_config.dataset} / {env_config.architecture}"
     try:
         while ppo.iteration < iterations:
             batch, finished = ppo.collect_rollout(iteration_seed(seed, ppo.iteration))
@@ -116,44 +170,72 @@ def train_controller(
             for episode in finished:
                 last = episode.infos[-1]
                 state["episodes_done"] += 1
-                rows.append([state["episodes_done"], ppo.iteration, episode.env_index, episode.episode_return,
-                             last["val_loss"], last["best_val_loss"], last["lr"], round(state["wall_time"], 2), *(stats[k] for k in METRICS_COLUMNS[8:])])
-                if last["val_loss"] < state["best_final_val_loss"]:
+                rows.append({"episode": state["episodes_done"], "iteration": ppo.iteration, "env": episode.env_index,
+                             "return": episode.episode_return, "final_val_loss": last["val_loss"],
+                             "best_val_loss": last["best_val_loss"], "final_lr": last["lr"],
+                             "wall_time": round(state["wall_time"], 2), **stats})
+                if not eval_every and last["val_loss"] < state["best_final_val_loss"]:
                     state["best_final_val_loss"], state["best_episode"] = last["val_loss"], state["episodes_done"]
                     snapshot["metadata"] = controller_metadata(env_config, ppo_config, episode=state["episodes_done"],
                                                                final_val_loss=last["val_loss"], seed=seed)
                     save_torch(snapshot, run_dir / BEST_FILE)
             with open(metrics_path, "a", newline="") as f:
-                csv.writer(f).writerows(rows)
+                csv.DictWriter(f, METRICS_COLUMNS).writerows(rows)
+            if eval_every and (ppo.iteration % eval_every == 0 or ppo.iteration == iterations):
+                _evaluate_and_select(ppo.controller, eval_env, seeds, state, ppo.iteration, run_dir, env_config, ppo_config, seed,
+                                     time.perf_counter() - start)
             save_torch({"ppo": ppo.state_dict(), "progress": dict(state),
                         "controller": ppo.controller.checkpoint(controller_metadata(env_config, ppo_config, seed=seed))},
                        run_dir / LAST_FILE)
             if finished:
-                name = f"{env_config.dataset} / {env_config.architecture}"
                 plot_episode(episode_curves(finished[0].infos), run_dir / EPISODE_PLOT,
                              title=f"{name}, episode {state['episodes_done'] - len(finished) + 1}")
-                plot_training(*_metrics_columns(metrics_path, "final_val_loss", "final_lr"), run_dir / TRAINING_PLOT, title=name)
+                evaluations = _csv_columns(eval_path, "episodes", "mean_best_val_loss") if eval_every else None
+                plot_training(*_csv_columns(metrics_path, "final_val_loss", "final_lr"), run_dir / TRAINING_PLOT, title=name,
+                              evaluations=evaluations)
                 bar.set_postfix(ret=f"{np.mean([e.episode_return for e in finished]):.2f}",
-                                val_loss=f"{np.mean([e.infos[-1]['val_loss'] for e in finished]):.4f}", refresh=False)
+                                val_loss=f"{np.mean([e.infos[-1]['val_loss'] for e in finished]):.4f}",
+                                **({"eval": f"{state['best_eval_loss']:.4f}"} if eval_every else {}), refresh=False)
             bar.update(len(rows))
     finally:
         bar.close()
         envs.close()
-    return {"episodes": state["episodes_done"], "best_final_val_loss": state["best_final_val_loss"],
-            "best_episode": state["best_episode"], "last": str(run_dir / LAST_FILE), "best": str(run_dir / BEST_FILE)}
+    best = {"best_eval_loss": state["best_eval_loss"], "best_eval_iteration": state["best_eval_iteration"]} if eval_every else \
+        {"best_final_val_loss": state["best_final_val_loss"], "best_episode": state["best_episode"]}
+    return {"episodes": state["episodes_done"], **best, "last": str(run_dir / LAST_FILE), "best": str(run_dir / BEST_FILE)}
 
 
-def _metrics_columns(path: Path, *columns: str) -> list[list[float]]:
-    """Columns of metrics.csv as floats."""
+def _env_data(envs: Any) -> Any:
+    """The dataset splits the training envs already hold (so the evaluation env loads nothing again)."""
+    return envs.data if hasattr(envs, "data") else envs.envs[0].data
+
+
+def _evaluate_and_select(controller: Controller, env: LREnv, seeds: list[int], state: dict[str, Any], iteration: int,
+                         run_dir: Path, env_config: EnvConfig, ppo_config: PPOConfig, seed: int, wall_time: float) -> None:
+    """One deterministic evaluation: a row of eval.csv, and best.pt if the controller is the best so far."""
+    per_lr = evaluate_policy(env, controller, seeds, training_initial_lrs(env_config))
+    mean = float(np.mean(list(per_lr.values())))
+    with open(run_dir / EVAL_FILE, "a", newline="") as f:
+        csv.writer(f).writerow([iteration, state["episodes_done"], mean, " ".join(f"{lr:g}:{v:.6f}" for lr, v in per_lr.items()),
+                                round(wall_time, 2)])
+    if mean < state["best_eval_loss"]:
+        state["best_eval_loss"], state["best_eval_iteration"] = mean, iteration
+        metadata = controller_metadata(env_config, ppo_config, iteration=iteration, episode=state["episodes_done"],
+                                       eval_best_val_loss=mean, eval_seeds=seeds, seed=seed)
+        save_torch(controller.checkpoint(metadata), run_dir / BEST_FILE)
+
+
+def _csv_columns(path: Path, *columns: str) -> list[list[float]]:
+    """Columns of metrics.csv or eval.csv as floats."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return [[float(row[c]) for row in rows] for c in columns]
 
 
-def _truncate_metrics(path: Path, episodes_done: int) -> None:
-    """Drop rows past the checkpoint (written by an iteration that was interrupted before saving)."""
+def _truncate_csv(path: Path, keep: Callable[[list[str]], bool]) -> None:
+    """Drop the rows past the checkpoint (written by an iteration interrupted before saving); keeps the header."""
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+        header, *rows = list(csv.reader(f))
     text = io.StringIO()
-    csv.writer(text).writerows(rows[: episodes_done + 1])
+    csv.writer(text).writerows([header, *(row for row in rows if keep(row))])
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))

@@ -20,7 +20,8 @@ from gymnasium.vector.utils import batch_space
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from alrs.data import Splits, load_dataset
-from alrs.env import BatchSampler, EnvConfig, LREnv, child_features, init_child, resolve_device
+from alrs.env import BatchSampler, EnvConfig, LREnv, init_child, resolve_device
+from alrs.features import child_features
 from alrs.ppo import make_vector_env
 
 BATCHABLE_ARCHITECTURES: tuple[str, ...] = ("mlp", "cnn", "paper-cnn")

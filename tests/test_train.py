@@ -67,7 +67,8 @@ def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> No
     result = _run("train.py", *_small_flags(data_dir), "--num-envs", "2", "--episodes", "2", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     (run,) = tmp_path.iterdir()
-    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.csv", "last.pt", "best.pt", "episode.png", "training.png"}
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.csv", "eval.csv", "last.pt", "best.pt", "episode.png",
+                                           "training.png"}
     config = json.loads((run / "config.json").read_text())
     assert config["settings"]["batch_size"] == 50 and len(config["git_commit"]) >= 7 and "torch" in config["versions"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))

@@ -1,0 +1,112 @@
+"""What the controller observes and what it is rewarded with: the one place that names them.
+
+The paper's observation is 7 features (Sec. 3.1) and its reward is minus the validation loss at
+each controller step (Sec. 3.2). Both stay the defaults. The options below are ours, each chosen
+by one config value and recorded in every controller checkpoint:
+
+- ``lr_feature="log-lr"``: the LR as ``log10(lr / 1e-3)``, a fixed transform, instead of the raw
+  LR, whose running normalization drifts as the policy changes the LRs it visits.
+- ``time_feature=True``: the fraction of the episode's Adam steps still to come (1 at the start,
+  0 at the end). A step decay is a function of time; without this feature a controller cannot
+  tell how much budget is left.
+- ``reward="log-best"``: ``log B_{t-1} - log B_t`` with B the best validation loss so far; with
+  gamma = 1 an episode's return is ``log(L_0 / B_T)``, exactly what the paper's test measures
+  (the best-validation checkpoint), and comparable across initial LRs.
+- ``reward="log-val"``: ``log L_{t-1} - log L_t``, a potential-based shaping with potential
+  ``-log L``; with gamma = 1 the return is ``log(L_0 / L_T)``, the final network's loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+CHILD_FEATURES: tuple[str, ...] = (
+    "train_loss",  # mean minibatch loss over the last update_freq Adam steps
+    "val_loss",  # loss on the validation split (or its fixed val_size subset)
+    "pred_var",  # variance of the validation predictions (softmax probabilities)
+    "pred_change_var",  # variance of their change since the previous observation
+    "output_weight_mean",  # mean of the output layer's weights
+    "output_weight_var",  # variance of the output layer's weights
+)
+"""The six features of the child network, the first six of every feature set."""
+
+LR_FEATURES: tuple[str, ...] = ("lr", "log-lr")
+"""How the current LR is observed: raw (the paper's), or ``log10(lr / 1e-3)`` (ours)."""
+
+FIXED_SCALE_FEATURES: frozenset[str] = frozenset({"log_lr", "budget_left"})
+"""Features already on a unit scale by a fixed transform: a controller does not normalize them
+by running statistics, so what it sees for a given LR or time never drifts during training."""
+
+REWARDS: tuple[str, ...] = ("val-loss", "log-best", "log-val")
+"""Reward options: the paper's minus validation loss, and two log-ratio rewards (ours)."""
+
+LOG_LR_REFERENCE = 1e-3
+"""The LR that the ``log-lr`` feature maps to 0."""
+
+
+def feature_names(lr_feature: str = "lr", time_feature: bool = False) -> tuple[str, ...]:
+    """The observation's features, in order: the child's six, the LR, and optionally the time left.
+
+    ``feature_names()`` is the paper's 7 (Sec. 3.1).
+    """
+    if lr_feature not in LR_FEATURES:
+        raise ValueError(f"lr_feature must be one of {', '.join(LR_FEATURES)}, got {lr_feature!r}")
+    return (*CHILD_FEATURES, "lr" if lr_feature == "lr" else "log_lr", *(("budget_left",) if time_feature else ()))
+
+
+PAPER_FEATURES: tuple[str, ...] = feature_names()
+"""The paper's 7 state features (Sec. 3.1)."""
+
+
+def observation_tail(names: tuple[str, ...], lr: float, steps_done: int, total_steps: int) -> list[float]:
+    """The features after the child's six: the LR (raw or log) and, if asked for, the budget left."""
+    tail = [lr if names[len(CHILD_FEATURES)] == "lr" else math.log10(lr / LOG_LR_REFERENCE)]
+    if "budget_left" in names:
+        tail.append(1.0 - steps_done / total_steps)
+    return tail
+
+
+def check_reward(reward: str) -> None:
+    """A one-line error unless ``reward`` is one of :data:`REWARDS`."""
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+
+
+def step_reward(reward: str, prev_val: float, val: float, prev_best: float, best: float) -> float:
+    """The reward of one controller step that ended with validation loss ``val`` (best so far ``best``)."""
+    if reward == "val-loss":
+        return -val
+    if reward == "log-best":
+        return math.log(prev_best) - math.log(best)
+    return math.log(prev_val) - math.log(val)
+
+
+def divergence_reward(reward: str, prev_val: float, prev_best: float, steps_left: int, divergence_loss: float) -> float:
+    """The reward of the step on which the child diverged, which ends the episode.
+
+    ``val-loss``: ``divergence_loss`` is charged for every step left, so diverging never pays.
+    The log rewards treat the diverged child's loss as ``divergence_loss``: the return is then
+    ``log(L_0 / divergence_loss)``, worse than any episode that trains on.
+    """
+    if reward == "val-loss":
+        return -divergence_loss * steps_left
+    return math.log(prev_best if reward == "log-best" else prev_val) - math.log(divergence_loss)
+
+
+def child_features(train_loss: torch.Tensor, val_loss: torch.Tensor, probs: torch.Tensor, prev_probs: torch.Tensor | None,
+                   output_weight: torch.Tensor) -> torch.Tensor:
+    """The six :data:`CHILD_FEATURES` of E children at once.
+
+    Args:
+        train_loss, val_loss: shape (E,).
+        probs: validation softmax predictions, shape (E, N, classes).
+        prev_probs: the same at the previous observation, or None at the start (change 0).
+        output_weight: the output layers' weights, shape (E, classes, fan_in).
+    Returns:
+        shape (E, 6), on the device: no host sync here.
+    """
+    change_var = torch.zeros_like(val_loss) if prev_probs is None else (probs - prev_probs).flatten(1).var(1)
+    w = output_weight.detach().flatten(1)
+    return torch.stack([train_loss, val_loss, probs.flatten(1).var(1), change_var, w.mean(1), w.var(1)], dim=1)
