@@ -1,5 +1,6 @@
-"""Compare a learned schedule with the best step decay and the best constant LR over seeds
-(or, with --baselines-only, test those two alone).
+"""Compare a learned schedule with the tuned baselines over paired seeds (or, with --baselines-only,
+test the tuned baselines alone): the grid's best constant, step decay, cosine and linear schedules,
+and the controller started from each initial LR it was trained on and from the tuned step decay's.
 
     python test.py --test-id <run id or folder> [--num-seeds 10] [--run-baselines]
     python test.py --test-id <run> --checkpoint last      # the controller where training ended
@@ -15,11 +16,11 @@ from pathlib import Path
 
 from alrs.env import LREnv
 from alrs.evaluation import (BASELINE_KEYS, ResultStore, baseline_file, baseline_grid_search, evaluation_settings,
-                             format_table, run_jobs, schedule_from_record, summarize)
+                             format_table, plan_test, run_jobs, summarize)
 from alrs.io import load_json, load_torch
 from alrs.plotting import plot_comparison
 from alrs.schedules import Learned
-from alrs.training import BEST_FILE, LAST_FILE
+from alrs.training import BEST_FILE, LAST_FILE, training_initial_lrs
 from utils import env_config, parse_args, run_script, set_threads
 
 CHECKPOINTS = {"best": BEST_FILE, "last": LAST_FILE}
@@ -38,13 +39,15 @@ def main() -> int:
         raise ValueError("give either --test-id <run> or --baselines-only")
     if args.checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint must be best or last, got {args.checkpoint!r}")
-    learned, transfer = None, False
-    if not args.baselines_only and args.initial_lr == "random":
-        args.initial_lr = 1e-3
-        print("the controller was trained from random initial LRs; testing it from 1e-3 (set --initial-lr to change)", file=sys.stderr)
+    learned, transfer, start_lrs = None, False, []
+    if not args.baselines_only:
+        # The controller starts from each initial LR it was trained on (and from the tuned step decay's).
+        start_lrs = list(training_initial_lrs(env_config(args))) if args.start_lr is None else [args.start_lr]
+        args.initial_lr = start_lrs[0]
     config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)  # evaluation: no LR noise
     env = LREnv(config)
     settings = evaluation_settings(config)
+    settings.pop("initial_lr")  # every schedule sets its own
     if not args.baselines_only:
         run = Path(args.run_dir)
         controller_file = run / CHECKPOINTS[args.checkpoint]
@@ -68,32 +71,29 @@ def main() -> int:
             raise ValueError(f"no baseline results at {path}; run: python baselines.py {flags} --seed {args.seed} "
                              "(or add --run-baselines)")
         baseline_grid_search(env, args.seed, path, progress=args.progress)
-    baselines = load_json(path)
+    grid = load_json(path)
     expected = evaluation_settings(config, BASELINE_KEYS)
-    if {k: baselines["settings"].get(k) for k in BASELINE_KEYS} != expected or "best_step_decay" not in baselines:
+    if {k: grid["settings"].get(k) for k in BASELINE_KEYS} != expected or "best_step_decay" not in grid:
         raise ValueError(f"{path} is unfinished or was made with other settings; rerun baselines.py with this test's settings")
-    step_decay = schedule_from_record(baselines["results"][baselines["best_step_decay"]]["schedule"])
-    constant = schedule_from_record(baselines["results"][baselines["best_constant"]]["schedule"])
-    step_decay.name = f"step decay (lr={step_decay.initial_lr:g} every {step_decay.discount_step} x{step_decay.factor:g})"
-    constant.name = f"constant (lr={constant.initial_lr:g})"
+    if "best_cosine" not in grid:
+        print(f"{path} has no cosine or linear points: run baselines.py with this test's settings to add them", file=sys.stderr)
+    plan = plan_test(grid, learned, start_lrs)
 
     # Baselines alone go to "baselines" plus the grid file's settings tag, e.g. baselines_bs500_steps200_val1000.
     out_name = run.name + ("" if args.checkpoint == "best" else "_last") if learned else "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = [args.seed + EVAL_SEED_OFFSET + i for i in range(args.num_seeds)]
     store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})
-    schedules = [constant, step_decay] + ([learned] if learned else [])
-    jobs = [(f"{s.name} | seed {seed}", s, seed) for seed in seeds for s in schedules]
+    jobs = [(f"{key} | seed {seed}", schedule, seed) for seed in seeds for key, schedule in plan.schedules.items()]
     results = run_jobs(env, jobs, store, progress=args.progress, desc="test")
-    by_schedule = {s.name: [results[f"{s.name} | seed {seed}"] for seed in seeds] for s in schedules}
+    by_schedule = {key: [results[f"{key} | seed {seed}"] for seed in seeds] for key in plan.schedules}
 
-    learned_name = learned.name if learned else None
-    summary = summarize(by_schedule, learned=learned_name, reference=step_decay.name)
+    summary = summarize(by_schedule, plan.labels, plan.comparisons)
     title = f"{config.dataset} / {config.architecture}: {out_name}, {len(seeds)} seeds" + (" (transfer)" if transfer else "")
-    table = format_table(summary, learned=learned_name, reference=step_decay.name, title=title)
+    table = format_table(summary, reference=plan.reference, title=title)
     store.update(summary=summary, transfer=transfer, controller=str(controller_file) if learned else None)
     (out / "table.md").write_text(table)
-    plot_comparison({name: [r.curves for r in runs] for name, runs in by_schedule.items()}, out / "curves.png", title=title)
+    plot_comparison({plan.labels[key]: [r.curves for r in runs] for key, runs in by_schedule.items()}, out / "curves.png", title=title)
     print(table)
     print(f"written: {out / 'summary.json'}, {out / 'table.md'}, {out / 'curves.png'}")
     return 0

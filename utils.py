@@ -32,7 +32,7 @@ PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.le
 }
 RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
                 "num_seeds": 10, "progress": True, "run_baselines": False, "batched_envs": None,
-                "baselines_only": False, "checkpoint": "best", "eval_every": 10, "eval_seeds": 4}
+                "baselines_only": False, "checkpoint": "best", "start_lr": None, "eval_every": 10, "eval_seeds": 4}
 DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
 """Every setting a config file may hold, with its built-in default."""
 
@@ -112,6 +112,8 @@ def build_parser(script: str) -> argparse.ArgumentParser:
              "from --config and flags)", action="store_true")
         _add(t, "--out-dir", "folder of run folders")
         _add(t, "--num-seeds", "seeds per schedule (paper: 10)", type=int)
+        _add(t, "--start-lr", "start the controller from this LR only (and from the tuned step decay's); default: "
+             "from each initial LR it was trained on", type=float)
         _add(t, "--run-baselines", "run baselines.py first when its results are missing", action="store_true")
     return p
 
@@ -154,7 +156,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 _TYPE_NAMES = {"initial_lr": "a number or 'random'", "hidden_sizes": "a list of integers", "val_size": "an integer or null",
-               "target_kl": "a number or null", "threads": "an integer or null",
+               "target_kl": "a number or null", "start_lr": "a number or null", "threads": "an integer or null",
                "batched_envs": "true, false or null (automatic)"}
 
 
@@ -169,7 +171,7 @@ def _type_ok(key: str, value: Any) -> bool:
         return value is None or (isinstance(value, int) and not isinstance(value, bool))
     if key == "batched_envs":
         return value is None or isinstance(value, bool)
-    if key == "target_kl":
+    if key in ("target_kl", "start_lr"):
         return value is None or (isinstance(value, number) and not isinstance(value, bool))
     default = DEFAULTS[key]
     if isinstance(default, bool):

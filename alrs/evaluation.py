@@ -108,9 +108,18 @@ BASELINE_KEYS = ("dataset", "architecture", "batch_size", "update_freq", "num_tr
 """The env settings that decide a hand-made schedule's results (the rest concern the controller)."""
 
 
+LATER_SETTINGS = ("reward", "lr_feature", "time_feature")
+"""EnvConfig fields added after the first committed results."""
+
+
 def evaluation_settings(config: EnvConfig, keys: Sequence[str] | None = None) -> dict[str, Any]:
     """The env settings that decide a result: ``keys``, or all but where the data are and what ran it."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("data_dir", "device", "eval_batch_size")}
+    # Settings added after results were first stored are recorded only where they differ from their
+    # default, so that stored results of the default stay valid.
+    for key in LATER_SETTINGS:
+        if settings[key] == getattr(EnvConfig, key):
+            del settings[key]
     return settings if keys is None else {k: settings[k] for k in keys}
 
 
@@ -193,32 +202,118 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(v.mean()) if len(v) else math.nan, "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan}
 
 
-def summarize(results: dict[str, list[EpisodeResult]], learned: str | None, reference: str) -> dict[str, Any]:
-    """Mean, std (ddof=1) of every metric per schedule, and Welch p-values ``learned`` vs
-    ``reference`` (none when ``learned`` is None: baselines alone)."""
-    table: dict[str, Any] = {"schedules": {}, "p_values": {}}
-    for name, runs in results.items():
-        table["schedules"][name] = {key: _mean_std([getattr(r, key) for r in runs]) for key, _ in METRICS}
-        table["schedules"][name]["diverged"] = sum(r.diverged for r in runs)
-    for key, _ in METRICS if learned is not None else ():
-        table["p_values"][key] = welch_p([getattr(r, key) for r in results[learned]], [getattr(r, key) for r in results[reference]])
+def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test on seed-matched values (NaN when undefined)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    diff = a[ok] - b[ok]
+    if len(diff) < 2 or np.ptp(diff) == 0:
+        return math.nan
+    return float(stats.ttest_rel(a[ok], b[ok]).pvalue)
+
+
+def summarize(results: dict[str, list[EpisodeResult]], labels: dict[str, str], comparisons: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Mean and std (ddof=1) of every metric per schedule, and for each ``(schedule, reference)``
+    pair the mean paired difference, Welch's p and the paired t-test's p.
+
+    Args:
+        results: schedule key -> its results, in the same seed order for every schedule.
+        labels: schedule key -> display label.
+        comparisons: pairs of schedule keys to test.
+    """
+    table: dict[str, Any] = {"schedules": {}, "comparisons": []}
+    for key, runs in results.items():
+        table["schedules"][key] = {"label": labels[key], **{m: _mean_std([getattr(r, m) for r in runs]) for m, _ in METRICS},
+                                   "diverged": sum(r.diverged for r in runs)}
+    for key, ref in comparisons:
+        a = {m: [getattr(r, m) for r in results[key]] for m, _ in METRICS}
+        b = {m: [getattr(r, m) for r in results[ref]] for m, _ in METRICS}
+        table["comparisons"].append({
+            "schedule": key, "reference": ref,
+            "mean_diff": {m: _mean_std(np.subtract(a[m], b[m]))["mean"] for m, _ in METRICS},
+            "welch_p": {m: welch_p(a[m], b[m]) for m, _ in METRICS},
+            "paired_p": {m: paired_p(a[m], b[m]) for m, _ in METRICS},
+        })
     return table
 
 
-def format_table(summary: dict[str, Any], learned: str | None, reference: str, title: str = "") -> str:
-    """A Markdown table in the style of the paper's Table 1: mean (std); * marks p < 0.05 vs ``reference``."""
+def format_table(summary: dict[str, Any], reference: str | None = None, title: str = "") -> str:
+    """Markdown in the style of the paper's Table 1, mean (std) over seeds, then the comparisons.
+
+    ``*`` marks a schedule whose Welch p-value against ``reference`` (a schedule key) is below 0.05.
+    """
+    welch = {c["schedule"]: c["welch_p"] for c in summary["comparisons"] if c["reference"] == reference}
     header = "| schedule | " + " | ".join(label for _, label in METRICS) + " | diverged |"
     lines = [f"### {title}" if title else "", "", header, "|" + "---|" * (len(METRICS) + 2)]
-    for name, row in summary["schedules"].items():
+    for key, row in summary["schedules"].items():
         cells = []
-        for key, _ in METRICS:
-            star = "*" if name == learned and summary["p_values"][key] < 0.05 else ""
-            cells.append(f"{row[key]['mean']:.4f}{star} ({row[key]['std']:.4f})")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['diverged']} |")
-    welch = ""
-    if learned is not None:
-        p = ", ".join(f"{label} p = {summary['p_values'][key]:.3g}" for key, label in METRICS)
-        welch = f"Welch's t-test, {learned} vs {reference}: {p}. "
-    lines += ["", f"{welch}Test figures of the best-validation checkpoint (the paper's protocol) and of the final "
-                  "network; mean (std) over seeds."]
+        for metric, _ in METRICS:
+            star = "*" if key in welch and welch[key][metric] < 0.05 else ""
+            cells.append(f"{row[metric]['mean']:.4f}{star} ({row[metric]['std']:.4f})")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {row['diverged']} |")
+    lines += ["", "Test figures of the best-validation checkpoint (the paper's protocol) and of the final network; "
+                  "mean (std) over seeds."]
+    if summary["comparisons"]:
+        label = {key: row["label"] for key, row in summary["schedules"].items()}
+        ref_label = f" against {label[reference]}" if reference in label else ""
+        lines += [f"`*`: Welch's t-test{ref_label}, p < 0.05.", "",
+                  "| schedule | against | test loss difference (paired mean) | Welch p | paired t-test p |", "|---|---|---|---|---|"]
+        for c in summary["comparisons"]:
+            m = "test_loss_best"
+            lines.append(f"| {label[c['schedule']]} | {label[c['reference']]} | {c['mean_diff'][m]:+.4f} | "
+                         f"{c['welch_p'][m]:.3g} | {c['paired_p'][m]:.3g} |")
+        lines += ["", "A negative difference: the schedule's test loss is lower than the reference's (better)."]
     return "\n".join(lines).strip() + "\n"
+
+
+@dataclass
+class TestPlan:
+    """What test.py runs: schedules by stable key, their labels, and the pairs to compare.
+
+    Keys: ``constant``, ``step-decay``, ``cosine``, ``linear`` (the grid's tuned schedules),
+    ``learned@<lr>`` (the controller started from ``lr``) and ``step-decay@<lr>`` (the grid's
+    best step decay among those that start from ``lr``).
+    """
+
+    schedules: dict[str, Schedule]
+    labels: dict[str, str]
+    comparisons: list[tuple[str, str]]
+    reference: str = "step-decay"
+
+
+def describe_schedule(schedule: HandMadeSchedule) -> str:
+    """A table label such as ``step decay (lr=0.01 every 10 x0.99)`` or ``cosine (lr=0.01)``."""
+    if isinstance(schedule, StepDecay):
+        return f"step decay (lr={schedule.initial_lr:g} every {schedule.discount_step} x{schedule.factor:g})"
+    return f"{schedule.family} (lr={schedule.initial_lr:g})"
+
+
+def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: Sequence[float] = ()) -> TestPlan:
+    """The fair protocol: the grid's tuned schedules of each family; the controller started from each
+    of ``start_lrs`` and from the tuned step decay's LR; each start compared with the tuned step
+    decay, cosine and linear, and with the best step decay from the same LR.
+
+    A grid file from before the cosine and linear families has no rows for them (baselines.py adds them).
+    """
+    results = {k: EpisodeResult(**v) for k, v in grid["results"].items()}
+    tuned = {family: schedule_from_record(results[grid[best]].schedule) for family, best in BEST_KEYS.items() if best in grid}
+    order = [f for f in ("constant", "step-decay", "cosine", "linear") if f in tuned]
+    schedules: dict[str, Schedule] = {f: tuned[f] for f in order}
+    labels = {f: describe_schedule(tuned[f]) for f in order}
+    comparisons: list[tuple[str, str]] = []
+    if learned is None:
+        return TestPlan(schedules, labels, comparisons)
+    lrs = sorted({float(x) for x in start_lrs} | {tuned["step-decay"].initial_lr}, reverse=True)
+    for lr in lrs:
+        key = f"learned@{lr:g}"
+        schedules[key] = learned.starting_at(lr)
+        labels[key] = f"{learned.name} from lr={lr:g}"
+        comparisons += [(key, f) for f in ("step-decay", "cosine", "linear") if f in tuned]
+        if not math.isclose(lr, tuned["step-decay"].initial_lr):
+            try:
+                same = schedule_from_record(results[best_of_family(results, "step-decay", lr)].schedule)
+            except ValueError:
+                continue  # the grid has no step decay from this LR
+            schedules[f"step-decay@{lr:g}"], labels[f"step-decay@{lr:g}"] = same, f"{describe_schedule(same)}, best from lr={lr:g}"
+            comparisons.append((key, f"step-decay@{lr:g}"))
+    return TestPlan(schedules, labels, comparisons)

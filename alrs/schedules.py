@@ -7,6 +7,7 @@ Evaluation code runs them all through :meth:`Schedule.step`.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from itertools import product
@@ -135,14 +136,21 @@ class Learned(Schedule):
     Args:
         checkpoint: a dict written by ``Controller.checkpoint`` (``best.pt``, or ``last.pt``'s ``controller``).
         name: label in tables and figures.
+        initial_lr: the LR its episodes start from (None: the env's setting).
     """
 
     family = "learned"
 
-    def __init__(self, checkpoint: dict[str, Any], name: str = "learned"):
+    def __init__(self, checkpoint: dict[str, Any], name: str = "learned", initial_lr: float | None = None):
         self.controller = Controller.from_checkpoint(checkpoint)
         self.metadata = checkpoint.get("metadata", {})
-        self.name = name
+        self.name, self.initial_lr = name, initial_lr
+
+    def starting_at(self, initial_lr: float) -> Learned:
+        """The same controller, its episodes started from ``initial_lr``."""
+        other = copy.copy(self)
+        other.initial_lr = float(initial_lr)
+        return other
 
     def check(self, env: LREnv) -> None:
         features, observed = self.metadata.get("features"), env.config.features

@@ -182,3 +182,50 @@ PINNED_CNN_OBS = np.array(
      -0.0013617126969620585, 0.004276981111615896, 0.0010000000474974513],
     dtype=np.float32,
 )
+
+
+@pytest.mark.parametrize("reward", ["val-loss", "log-best", "log-val"])
+def test_each_reward_on_an_episode_computed_by_hand(small_env_options: dict, reward: str) -> None:
+    """The rewards of one episode, recomputed from its validation losses: the paper's minus the
+    loss; log-best telescopes to log(L_0 / B_T); log-val to log(L_0 / L_T)."""
+    env = make_env(**small_env_options, reward=reward, initial_lr=0.05)
+    _, info = env.reset(seed=1)
+    losses, rewards = [info["val_loss"]], []
+    for action in (0, 0, 1, 1):
+        _, r, *_, info = env.step(action)
+        losses.append(info["val_loss"])
+        rewards.append(r)
+    best = np.minimum.accumulate(losses)
+    expected = {"val-loss": [-v for v in losses[1:]],
+                "log-best": [math.log(best[t - 1]) - math.log(best[t]) for t in range(1, 5)],
+                "log-val": [math.log(losses[t - 1]) - math.log(losses[t]) for t in range(1, 5)]}[reward]
+    assert rewards == pytest.approx(expected, rel=1e-12)
+    if reward == "log-best":
+        assert sum(rewards) == pytest.approx(math.log(losses[0] / min(losses)))
+        assert min(rewards) >= 0  # the best loss so far never rises
+
+
+def test_divergence_rewards_never_pay() -> None:
+    from alrs.features import divergence_reward
+
+    assert divergence_reward("val-loss", 0.5, 0.4, steps_left=3, divergence_loss=5.0) == -15.0
+    assert divergence_reward("log-best", 0.5, 0.4, steps_left=3, divergence_loss=5.0) == pytest.approx(math.log(0.4 / 5.0))
+    assert divergence_reward("log-val", 0.5, 0.4, steps_left=3, divergence_loss=5.0) == pytest.approx(math.log(0.5 / 5.0))
+
+
+def test_log_lr_and_time_features(small_env_options: dict) -> None:
+    env = make_env(**small_env_options, lr_feature="log-lr", time_feature=True, initial_lr=1e-2)
+    assert env.config.features[-2:] == ("log_lr", "budget_left") and env.observation_space.shape == (8,)
+    obs, _ = env.reset(seed=0)
+    assert obs[6] == pytest.approx(1.0) and obs[7] == 1.0  # log10(1e-2 / 1e-3); the whole budget left
+    obs, *_ = env.step(1)
+    assert obs[6] == pytest.approx(1 - math.log10(1.05), rel=1e-6) and obs[7] == pytest.approx(0.75)
+    for _ in range(3):
+        obs, *_ = env.step(2)
+    assert obs[7] == 0.0
+
+
+@pytest.mark.parametrize("field,value", [("reward", "accuracy"), ("lr_feature", "sqrt-lr")])
+def test_unknown_reward_or_feature_is_a_one_line_error(small_env_options: dict, field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be one of"):
+        EnvConfig(**{**small_env_options, field: value})

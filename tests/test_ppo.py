@@ -123,3 +123,23 @@ def test_gae_on_known_numbers() -> None:
     adv, ret = ppo._gae(batch, last_value=torch.tensor([4.0]))
     assert torch.allclose(adv.squeeze(), torch.tensor([1.5, 1.0, 3.0]))  # episode ends at t=1; t=2 bootstraps 0.5*4
     assert torch.equal(adv, ret)
+
+
+def test_fixed_scale_entries_are_not_normalized_and_survive_a_checkpoint() -> None:
+    controller = Controller(3, {"type": "discrete", "n": 3}, fixed_scale=(2,))
+    controller.obs_rms.update(torch.tensor([[10.0, 1.0, 5.0], [20.0, 3.0, 7.0]]))
+    norm = controller.normalize_obs(torch.tensor([[15.0, 2.0, 0.25]]))
+    assert norm[0, 0] == pytest.approx(0.0, abs=1e-3) and norm[0, 2] == 0.25  # the running mean is ~15
+    restored = Controller.from_checkpoint(controller.checkpoint())
+    assert restored.fixed_scale == (2,) and torch.equal(restored.normalize_obs(torch.tensor([[15.0, 2.0, 0.25]])), norm)
+    with pytest.raises(ValueError, match="fixed_scale"):
+        Controller(3, {"type": "discrete", "n": 3}, fixed_scale=(3,))
+
+
+def test_common_reset_seed_resets_every_env_alike() -> None:
+    envs = make_vector_env([lambda: SignEnv(True)] * 4)
+    ppo = PPO(envs, PPOConfig(num_steps=1, common_reset_seed=True), seed=0)
+    batch, _ = ppo.collect_rollout(seed=3)
+    assert len(set(batch["obs"][0, :, 0].tolist())) == 1  # one sign for all four envs
+    signs = {tuple(PPO(envs, PPOConfig(num_steps=1), seed=0).collect_rollout(seed=s)[0]["obs"][0, :, 0].tolist()) for s in range(8)}
+    assert any(len(set(s)) > 1 for s in signs)  # without it, the envs draw their own

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alrs.env import BatchSampler, make_env
-from alrs.evaluation import EpisodeResult, ResultStore, baseline_grid_search, format_table, run_episode, summarize, welch_p
+from alrs.evaluation import BEST_KEYS, EpisodeResult, ResultStore, baseline_grid_search, format_table, run_episode, summarize, welch_p
 from alrs.schedules import PAPER_GRID, Constant, Cosine, Learned, StepDecay, paper_grid
 
 
@@ -96,9 +96,11 @@ def test_grid_search_resumes_after_an_interruption(small_env_options: dict, tmp_
     calls.clear()
     monkeypatch.setattr(evaluation, "run_episode", counted)
     data = baseline_grid_search(env, seed=0, path=path, progress=False)
-    assert len(calls) == 52 - 4 and len(data["results"]) == 52
-    finals = {k: r["final_val_loss"] for k, r in data["results"].items() if k.startswith("step decay")}
-    assert data["best_step_decay"] == min(finals, key=finals.get)
+    assert len(calls) == 64 - 4 and len(data["results"]) == 64  # 48 step decays, 4 constants, 6 cosine, 6 linear
+    for family, best in BEST_KEYS.items():
+        finals = {k: r["final_val_loss"] for k, r in data["results"].items() if r["schedule"]["family"] == family}
+        assert len(finals) == {"step-decay": 48, "constant": 4}.get(family, 6)
+        assert data[best] == min(finals, key=finals.get)
     assert all(r["best_val_loss"] <= r["final_val_loss"] for r in data["results"].values())
 
 
@@ -119,13 +121,21 @@ def test_welch_t_test_and_table_on_fixed_numbers() -> None:
     # (Student's pooled-variance test would give 2.92e-4: the test must be Welch's)
     assert welch_p(learned, decay) == pytest.approx(3.2505e-4, rel=1e-3)
     assert math.isnan(welch_p([1.0], [2.0, 3.0])) and math.isnan(welch_p([1.0, 1.0], [1.0, 1.0]))
-    results = {"step decay": [_result(x, 0.91 - i * 1e-3) for i, x in enumerate(decay)], "learned": [_result(x, 0.92 + i * 1e-3) for i, x in enumerate(learned)]}
-    summary = summarize(results, learned="learned", reference="step decay")
-    assert summary["schedules"]["learned"]["test_loss_best"]["mean"] == pytest.approx(np.mean(learned))
-    assert summary["schedules"]["learned"]["test_loss_best"]["std"] == pytest.approx(np.std(learned, ddof=1))
-    table = format_table(summary, learned="learned", reference="step decay")
-    assert "| learned | 0.2350* (0.0041) |" in table
+    results = {"step-decay": [_result(x, 0.91 - i * 1e-3) for i, x in enumerate(decay)],
+               "learned@0.01": [_result(x, 0.92 + i * 1e-3) for i, x in enumerate(learned)]}
+    labels = {"step-decay": "step decay", "learned@0.01": "learned from lr=0.01"}
+    summary = summarize(results, labels, [("learned@0.01", "step-decay")])
+    assert summary["schedules"]["learned@0.01"]["test_loss_best"]["mean"] == pytest.approx(np.mean(learned))
+    assert summary["schedules"]["learned@0.01"]["test_loss_best"]["std"] == pytest.approx(np.std(learned, ddof=1))
+    (comparison,) = summary["comparisons"]
+    assert comparison["welch_p"]["test_loss_best"] == pytest.approx(3.2505e-4, rel=1e-3)
+    # Paired by seed: the differences -0.0146, -0.015, -0.014, -0.014, -0.016 give t = -39.57, df = 4
+    assert comparison["mean_diff"]["test_loss_best"] == pytest.approx(-0.01472)
+    assert comparison["paired_p"]["test_loss_best"] == pytest.approx(2.4375e-6, rel=1e-3)
+    table = format_table(summary, reference="step-decay")
+    assert "| learned from lr=0.01 | 0.2350* (0.0041) |" in table
     assert "| step decay | 0.2497 (0.0035) |" in table
+    assert "| learned from lr=0.01 | step decay | -0.0147 | 0.000325 |" in table
 
 
 def test_learned_schedule_refuses_a_mismatched_env(small_env_options: dict) -> None:
@@ -140,3 +150,22 @@ def test_learned_schedule_refuses_a_mismatched_env(small_env_options: dict) -> N
     wide = Controller(9, {"type": "discrete", "n": 3}).checkpoint()
     with pytest.raises(ValueError, match="takes 9 features"):
         Learned(wide).check(make_env(**small_env_options))
+
+
+def test_learned_schedule_refuses_another_feature_set(small_env_options: dict) -> None:
+    from alrs.ppo import Controller
+
+    paper = Controller(7, {"type": "discrete", "n": 3}).checkpoint({"features": list(make_env(**small_env_options).config.features)})
+    with pytest.raises(ValueError, match="trained on features .* --lr-feature and --time-feature"):
+        Learned(paper).check(make_env(**small_env_options, time_feature=True))
+    Learned(paper).check(make_env(**small_env_options))
+
+
+def test_linear_schedule_and_the_annealing_grid() -> None:
+    from alrs.schedules import ANNEALING_GRID_LRS, Linear, annealing_grid
+
+    linear = Linear(0.01, 200)
+    assert linear.lr_at(0) == 0.01 and linear.lr_at(100) == pytest.approx(0.005) and linear.lr_at(190) == pytest.approx(5e-4)
+    grid = annealing_grid(200)
+    assert [s.family for s in grid] == ["cosine"] * 6 + ["linear"] * 6
+    assert [s.initial_lr for s in grid[:6]] == list(ANNEALING_GRID_LRS)

@@ -12,6 +12,7 @@ import torch
 from alrs.env import EnvConfig, LREnv
 from alrs.io import load_torch
 from alrs.ppo import PPO, PPOConfig, make_vector_env
+from alrs import training
 from alrs.training import train_controller
 from utils import parse_args
 
@@ -113,12 +114,38 @@ def test_best_checkpoint_is_the_controller_that_played_the_best_episode(data_dir
     env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
                     val_size=500, data_dir=str(data_dir), device="cpu")
     ppo_config = PPOConfig(num_steps=4)
-    train_controller(tmp_path, env, ppo_config, num_envs=2, episodes=2, seed=3, progress=False)  # one iteration
+    train_controller(tmp_path, env, ppo_config, num_envs=2, episodes=2, seed=3, progress=False, eval_every=0)  # one iteration
     best = load_torch(tmp_path / "best.pt")["state_dict"]
     after_update = load_torch(tmp_path / "last.pt")["controller"]["state_dict"]
     initial = PPO(make_vector_env([lambda: LREnv(env)]), ppo_config, seed=3).controller.state_dict()
     assert all(torch.equal(best[k], initial[k]) for k in initial if k.startswith(("actor", "critic", "log_std")))
     assert not torch.equal(best["actor.0.weight"], after_update["actor.0.weight"])
+
+
+def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluation(
+        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluations after iterations 2, 4, 5 (the last) and, resumed, 6 score 0.5, 0.3, 0.45 and 0.4:
+    best.pt is iteration 4's controller throughout, and eval.csv keeps every row across the resume."""
+    scores = iter([0.5, 0.3, 0.45, 0.4])
+
+    def scripted(env, controller, seeds, initial_lrs):
+        score = next(scores)
+        return {lr: score for lr in initial_lrs}
+
+    monkeypatch.setattr(training, "evaluate_policy", scripted)
+    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
+                    val_size=500, data_dir=str(data_dir), device="cpu", initial_lr="random")
+    kwargs = dict(env_config=env, ppo_config=PPOConfig(num_steps=4), num_envs=1, seed=0, progress=False, eval_every=2, eval_seeds=3)
+    summary = train_controller(tmp_path, episodes=5, **kwargs)
+    assert summary["best_eval_iteration"] == 4 and summary["best_eval_loss"] == 0.3
+    best, last = load_torch(tmp_path / "best.pt"), load_torch(tmp_path / "last.pt")
+    assert best["metadata"]["iteration"] == 4 and best["metadata"]["eval_seeds"] == [2000, 2001, 2002]
+    assert not torch.equal(best["state_dict"]["actor.0.weight"], last["controller"]["state_dict"]["actor.0.weight"])
+    summary = train_controller(tmp_path, episodes=6, resume=True, **kwargs)
+    rows = list(csv.DictReader(open(tmp_path / "eval.csv")))
+    assert [r["iteration"] for r in rows] == ["2", "4", "5", "6"] and summary["best_eval_iteration"] == 4
+    assert rows[0]["per_initial_lr"] == "0.01:0.500000 0.001:0.500000 0.0001:0.500000"
+    assert load_torch(tmp_path / "best.pt")["metadata"]["iteration"] == 4
 
 
 def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
