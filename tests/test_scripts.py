@@ -25,7 +25,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     assert result.returncode == 0, result.stderr
     grid = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
     data = json.loads(grid.read_text())
-    assert len(data["results"]) == 52 and data["best_step_decay"].startswith("step decay")
+    assert len(data["results"]) == 64 and data["best_step_decay"].startswith("step decay") and data["best_cosine"].startswith("cosine")
     assert grid.with_suffix(".png").exists()
 
     result = _run("test.py", "--test-id", str(trained_run), "--num-seeds", "3", "--data-dir", str(data_dir),
@@ -33,13 +33,23 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     assert result.returncode == 0, result.stderr
     out = tmp_path / "fa-mnist_mlp" / trained_run.name
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["results"]) == 9 and summary["transfer"] is False
-    assert set(summary["summary"]["schedules"]) == {"learned", f"step decay ({data['best_step_decay'][11:]})",
-                                                     f"constant ({data['best_constant'][9:]})"}
-    seeds = {r["seed"] for r in summary["results"].values()}
-    assert seeds == {1000, 1001, 1002}
+    # The fair protocol: the controller (trained from lr 1e-3) starts from 1e-3 and from the tuned step
+    # decay's LR; it is compared with the tuned step decay, cosine and linear, and with the best step
+    # decay from 1e-3 (when the tuned one starts elsewhere).
+    tuned_lr = data["results"][data["best_step_decay"]]["schedule"]["initial_lr"]
+    learned = {f"learned@{lr:g}" for lr in {1e-3, tuned_lr}}
+    same_lr = set() if tuned_lr == 1e-3 else {"step-decay@0.001"}
+    assert set(summary["summary"]["schedules"]) == {"constant", "step-decay", "cosine", "linear", *learned, *same_lr}
+    assert summary["summary"]["schedules"]["step-decay"]["label"] == f"step decay ({data['best_step_decay'][11:]})"
+    assert len(summary["results"]) == 3 * len(summary["summary"]["schedules"]) and summary["transfer"] is False
+    pairs = {(c["schedule"], c["reference"]) for c in summary["summary"]["comparisons"]}
+    assert pairs == {(key, ref) for key in learned for ref in ("step-decay", "cosine", "linear")} | \
+        {("learned@0.001", ref) for ref in same_lr}
+    results = summary["results"]
+    assert {r["seed"] for r in results.values()} == {1000, 1001, 1002}
+    assert {r["curves"]["lr"][0] for k, r in results.items() if k.startswith("learned@0.001 ")} == {1e-3}
     table = (out / "table.md").read_text()
-    assert table.count("\n| ") == 4 and "Welch" in table and "| learned |" in table
+    assert "| learned from lr=0.001 |" in table and "paired t-test p" in table and "| learned from lr=0.001 | cosine (lr=" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
     last = _run("test.py", "--test-id", str(trained_run), "--checkpoint", "last", "--num-seeds", "2", "--data-dir", str(data_dir),
@@ -50,7 +60,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     alone = _run("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
     assert alone.returncode == 0, alone.stderr
     table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
-    assert table.count("\n| ") == 3 and "learned" not in table and "Welch" not in table
+    assert table.count("\n| ") == 5 and "learned" not in table and "Welch" not in table
 
     transfer = _run("test.py", "--test-id", str(trained_run), "--num-seeds", "2", "--data-dir", str(data_dir), "--device", "cpu",
                     "--results-dir", str(tmp_path), "--no-progress", "--dataset", "mnist", "--run-baselines")

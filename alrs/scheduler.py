@@ -1,0 +1,322 @@
+"""A learned LR schedule for anyone's PyTorch training loop: a trained controller as an ``LRScheduler``.
+
+The controller acts as it does in :class:`alrs.env.LREnv`: it observes the model after Adam
+steps 0, K, 2K, ... (K = ``update_freq``) and each time scales the LR of the next K Adam steps.
+The first observation is of the untrained model, before any Adam step; as in ``LREnv.reset``
+its validation loss stands in for the train loss, which does not exist yet. Each observation
+needs the model's validation predictions and, after step 0, the minibatch losses since the
+previous one::
+
+    scheduler = LearnedLRScheduler(optimizer, "runs/<id>/best.pt", model.output_layer, evaluate=evaluate)
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.report_train_loss(loss)
+        scheduler.step()
+
+``evaluate()`` returns the validation logits and integer targets; the scheduler calls it when an
+observation is due, and first in its constructor. Without it, call
+``scheduler.report_validation(logits, targets)`` whenever ``scheduler.needs_validation`` is true:
+once before the first ``optimizer.step()``, then after every K-th ``scheduler.step()`` (or just
+before it, after the K-th ``optimizer.step()``). Use the same validation examples, in the same
+order, every time: a feature is the change of the predictions since the previous observation.
+
+The observation is computed by the env's own code (:func:`alrs.features.child_features` and
+:func:`alrs.features.observation_tail`) and the action applied by :func:`next_lr`, the rule of
+``LREnv._next_lr`` without its optional LR noise: the same model, batches and validation split
+give the env's LRs and losses. The controller does not act on an observation that is not finite
+(a diverged model: the env ends its episode there); the LR is then kept and ``diverged`` set.
+
+Param groups: the controller sets one LR, the reference LR, which starts as the first group's
+initial LR and is bounded by the controller's ``[lr_min, lr_max]``; every group keeps its own
+base, its LR being its initial LR times ``reference LR / first group's initial LR``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from alrs.features import LR_FEATURES, child_features, feature_names, observation_tail
+from alrs.io import load_torch
+from alrs.ppo import Controller
+
+Evaluate = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+"""A function returning the model's validation logits (N, classes) and integer targets (N,)."""
+
+_ENV_SETTINGS = ("update_freq", "num_train_steps", "discrete", "action_range", "lr_min", "lr_max", "lr_feature",
+                 "time_feature")  # what the scheduler reads from a checkpoint's metadata["env"]
+
+_SETTINGS = ("update_freq", "num_train_steps", "features", "discrete", "action_range", "lr_min", "lr_max")
+_NOT_STATE = ("optimizer", "controller", "evaluate", "_output_weight")
+
+
+def next_lr(lr: float, action: Any, *, discrete: bool, action_range: float, lr_min: float, lr_max: float) -> float:
+    """The LR after a controller's ``action``: ``LREnv._next_lr`` without LR noise.
+
+    Discrete: 0 multiplies by ``action_range``, 1 divides by it, 2 keeps. Continuous: the action is
+    the factor, clipped to ``[1 / action_range, action_range]``. The result is clipped to ``[lr_min, lr_max]``.
+    """
+    if discrete:
+        if np.ndim(action) != 0 or int(action) not in (0, 1, 2):
+            raise ValueError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
+        factor = (action_range, 1 / action_range, 1.0)[int(action)]
+    else:
+        factor = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 1 / action_range, action_range))
+    return float(np.clip(lr * factor, lr_min, lr_max))
+
+
+def _controller_checkpoint(checkpoint: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The controller's checkpoint dict of a best.pt, a last.pt or a loaded dict, and its name for errors."""
+    source = "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+    data = checkpoint if isinstance(checkpoint, dict) else load_torch(checkpoint)
+    if isinstance(data, dict) and "format" not in data and isinstance(data.get("controller"), dict):
+        data = data["controller"]  # a last.pt: PPO state, progress, and the controller
+    return data, source
+
+
+def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source: str) -> dict[str, Any]:
+    """The checkpoint's env settings and feature names, checked against each other and the controller."""
+    metadata = checkpoint.get("metadata")
+    env = metadata.get("env") if isinstance(metadata, dict) else None
+    missing = [key for key in _ENV_SETTINGS if not isinstance(env, dict) or key not in env]
+    if missing:
+        raise ValueError(f"{source}: the controller checkpoint does not record the settings it was trained with "
+                         f"(metadata['env'] lacks {', '.join(missing)})")
+    features = metadata.get("features")
+    producible = [feature_names(lr, time) for lr in LR_FEATURES for time in (False, True)]
+    if not isinstance(features, (list, tuple)) or tuple(features) not in producible:
+        raise ValueError(f"{source}: the controller observes features {features}, not a feature set that "
+                         "alrs.features.feature_names produces")
+    if tuple(features) != feature_names(env["lr_feature"], env["time_feature"]):
+        raise ValueError(f"{source}: features {list(features)} contradict the checkpoint's lr_feature="
+                         f"{env['lr_feature']!r} and time_feature={env['time_feature']!r}")
+    if controller.obs_dim != len(features):
+        raise ValueError(f"{source}: the controller takes {controller.obs_dim} features, its metadata names "
+                         f"{len(features)}")
+    r = env["action_range"]
+    wanted = {"type": "discrete", "n": 3} if env["discrete"] else \
+        {"type": "box", "low": float(np.float32(1 / r)), "high": float(np.float32(r))}
+    if controller.action_spec != wanted:
+        raise ValueError(f"{source}: the controller's actions are {controller.action_spec}, its metadata says {wanted}")
+    return {**{key: env[key] for key in _ENV_SETTINGS}, "features": tuple(features)}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class LearnedLRScheduler(LRScheduler):
+    """A trained controller setting an optimizer's LR every ``update_freq`` steps (see the module's docs).
+
+    Args:
+        optimizer: the optimizer whose LRs are set (the controller was trained with Adam).
+        checkpoint: a controller checkpoint: the path of a ``best.pt``, or of a ``last.pt`` (its
+            controller is used), or such a file's loaded dict.
+        output_layer: the model's output layer (an ``nn.Linear``), or a function returning its
+            weight: two of the features are the mean and variance of these weights.
+        update_freq: optimizer steps per controller step; default: the checkpoint's.
+        evaluate: returns the validation logits and integer targets; the scheduler calls it when
+            it observes. None: give them with :meth:`report_validation`.
+        num_train_steps: the length of the training in optimizer steps, for the time feature
+            (``budget_left``); default: the checkpoint's episode length.
+
+    Attributes:
+        lr: the reference LR the controller sets (the first group's LR).
+        diverged: an observation was not finite, so the LR was kept.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, checkpoint: str | os.PathLike | dict[str, Any],
+                 output_layer: nn.Module | Callable[[], torch.Tensor], update_freq: int | None = None, *,
+                 evaluate: Evaluate | None = None, num_train_steps: int | None = None):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not a torch.optim.Optimizer")
+        if not optimizer.param_groups:
+            raise ValueError("the optimizer has no param groups: there is no LR to schedule")
+        data, source = _controller_checkpoint(checkpoint)
+        try:
+            self.controller = Controller.from_checkpoint(data)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        settings = _checked_settings(data, self.controller, source)
+        self.update_freq = _positive_int("update_freq", settings["update_freq"] if update_freq is None else update_freq)
+        steps = settings["num_train_steps"] if num_train_steps is None else num_train_steps
+        self.num_train_steps = _positive_int("num_train_steps", steps)
+        self.features: tuple[str, ...] = settings["features"]
+        self.discrete, self.action_range = bool(settings["discrete"]), float(settings["action_range"])
+        self.lr_min, self.lr_max = float(settings["lr_min"]), float(settings["lr_max"])
+        if isinstance(output_layer, nn.Module):
+            self._output_weight: Callable[[], torch.Tensor] = lambda: output_layer.weight
+        elif callable(output_layer):
+            self._output_weight = output_layer
+        else:
+            raise ValueError(f"output_layer must be an nn.Linear or a function returning its weight, "
+                             f"got {type(output_layer).__name__}")
+        self.evaluate = evaluate
+        first = optimizer.param_groups[0]
+        self.lr = float(first.get("initial_lr", first["lr"]))  # what LRScheduler takes as the first base LR
+        self.diverged = False
+        self._prev_probs: torch.Tensor | None = None
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # validation reported before its step()
+        self._waiting_at: int | None = None  # the step count of an observation waiting for validation
+        self._waiting_train_loss: torch.Tensor | None = None
+        self._last_obs: torch.Tensor | None = None
+        super().__init__(optimizer)  # its initial step() makes the first observation
+
+    @property
+    def needs_validation(self) -> bool:
+        """True while an observation waits for :meth:`report_validation`; no optimizer step may run until then."""
+        return self._waiting_at is not None
+
+    @property
+    def last_observation(self) -> np.ndarray | None:
+        """The controller's latest observation, as the env gives it (None before the first)."""
+        return None if self._last_obs is None else self._last_obs.numpy().copy()
+
+    def report_train_loss(self, loss: torch.Tensor | float) -> None:
+        """Add one minibatch's loss to the train-loss feature: the mean of the losses reported since the last
+        observation. A tensor stays on its device (no host sync)."""
+        self._check_not_waiting("report_train_loss()")
+        loss = torch.as_tensor(loss).detach()
+        if loss.numel() != 1:
+            raise ValueError(f"report_train_loss() takes one minibatch's mean loss, got shape {tuple(loss.shape)}")
+        if self._loss_sum is None:
+            self._loss_sum = torch.zeros((), device=loss.device)
+        self._loss_sum += loss.reshape(()).to(self._loss_sum.device)
+        self._loss_count += 1
+
+    def report_validation(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Give the validation logits (N, classes) and integer targets (N,) of the model as it is now.
+
+        Call it while :attr:`needs_validation` is true (the observation is made and the LR set at
+        once), or after the optimizer step that ends a controller step, before its :meth:`step`.
+        """
+        if self.evaluate is not None:
+            raise ValueError("this scheduler calls its evaluate() itself; report_validation() is for one made without")
+        due = (self.last_epoch + 1) % self.update_freq == 0
+        if self._waiting_at is None and not due:
+            raise ValueError(f"no observation is due: the controller observes after every {self.update_freq} optimizer "
+                             f"steps, next after step {(self.last_epoch // self.update_freq + 1) * self.update_freq}")
+        val_loss, probs = self._validation(logits, targets)
+        if self._waiting_at is None:
+            self._pending = val_loss, probs
+            return
+        self._observe(self._waiting_at, self._waiting_train_loss, val_loss, probs)
+        self._waiting_at = self._waiting_train_loss = None
+        self._apply_lrs()
+
+    def step(self, epoch: int | None = None) -> None:
+        """Count one optimizer step; after every ``update_freq`` of them, observe and set the LR of the next ones."""
+        if epoch is not None:
+            raise ValueError("LearnedLRScheduler.step() takes no epoch: call it once after every optimizer.step()")
+        if self.last_epoch < 0:  # LRScheduler.__init__'s initial step: before any optimizer step
+            self._observation_due(0, None)
+        else:
+            self._check_not_waiting("step()")
+            steps = self.last_epoch + 1
+            if steps % self.update_freq == 0:
+                if self._loss_sum is None:
+                    raise ValueError(f"no train loss was reported in optimizer steps {steps - self.update_freq + 1} to "
+                                     f"{steps}: call report_train_loss(loss) for every minibatch")
+                train_loss = self._loss_sum / self._loss_count
+                self._loss_sum, self._loss_count = None, 0
+                self._observation_due(steps, train_loss)
+        super().step()
+
+    def get_lr(self) -> list[float]:
+        """Each group's LR: the reference LR times the group's initial LR over the first group's."""
+        first = float(self.base_lrs[0])
+        return [self.lr] + [float(base) * (self.lr / first) for base in self.base_lrs[1:]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue (step count, reference LR, previous predictions, the train losses so far,
+        settings), without the controller, which stays in its checkpoint; it loads with ``weights_only=True``."""
+        return copy.deepcopy({key: value for key, value in self.__dict__.items() if key not in _NOT_STATE})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a scheduler with the same settings; sets the optimizer's LRs too."""
+        missing = [key for key in _SETTINGS if key not in state_dict]
+        if missing:
+            raise ValueError(f"not the state of a LearnedLRScheduler (no {', '.join(missing)})")
+        for key in _SETTINGS:
+            if state_dict[key] != getattr(self, key):
+                raise ValueError(f"the state was saved by a scheduler with {key}={state_dict[key]!r}, "
+                                 f"this one has {getattr(self, key)!r}")
+        self.__dict__.update(copy.deepcopy(state_dict))
+        self._apply_lrs()
+
+    def _check_not_waiting(self, call: str) -> None:
+        if self._waiting_at is not None:
+            raise ValueError(f"{call} while the controller waits for the validation predictions after optimizer step "
+                             f"{self._waiting_at}: call report_validation() before the next optimizer step")
+
+    def _observation_due(self, steps: int, train_loss: torch.Tensor | None) -> None:
+        """Observe now with the validation reported or evaluated, or wait for :meth:`report_validation`."""
+        if self._pending is not None:
+            (val_loss, probs), self._pending = self._pending, None
+        elif self.evaluate is not None:
+            with torch.no_grad():
+                val_loss, probs = self._validation(*self.evaluate())
+        else:
+            self._waiting_at, self._waiting_train_loss = steps, train_loss
+            return
+        self._observe(steps, train_loss, val_loss, probs)
+
+    def _validation(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean validation loss and softmax predictions, on the device (as ``LREnv._evaluate`` computes them)."""
+        if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+            raise ValueError(f"validation logits must have shape (N, classes) and targets (N,), "
+                             f"got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        logits = logits.detach().float()
+        probs = logits.softmax(1)
+        if self._prev_probs is not None and self._prev_probs.shape != probs.shape:
+            raise ValueError(f"the validation predictions have shape {tuple(probs.shape)}, previously "
+                             f"{tuple(self._prev_probs.shape)}: use the same validation examples every time")
+        return F.cross_entropy(logits, targets, reduction="sum") / len(targets), probs
+
+    def _observe(self, steps: int, train_loss: torch.Tensor | None, val_loss: torch.Tensor,
+                 probs: torch.Tensor) -> None:
+        """The env's observation after ``steps`` optimizer steps, and the controller's action on it.
+
+        ``train_loss`` None: the first observation, where the validation loss stands in (``LREnv.reset``).
+        """
+        train_loss = val_loss if train_loss is None else train_loss.to(val_loss.device)
+        prev = None if self._prev_probs is None else self._prev_probs.to(probs.device)[None]
+        weight = self._output_weight().detach()
+        features = child_features(train_loss[None], val_loss[None], probs[None], prev, weight[None])
+        child = features[0].double().tolist()  # the one host sync of an observation
+        tail = observation_tail(self.features, self.lr, steps, self.num_train_steps)
+        obs = np.asarray([*child, *tail], dtype=np.float32)
+        self._prev_probs, self._last_obs = probs, torch.from_numpy(obs)
+        if np.all(np.isfinite(obs)):
+            self.lr = next_lr(self.lr, self.controller.act(obs), discrete=self.discrete, action_range=self.action_range,
+                              lr_min=self.lr_min, lr_max=self.lr_max)
+        else:
+            self.diverged = True
+
+    def _apply_lrs(self) -> None:
+        """Set the groups' LRs outside :meth:`step` (which LRScheduler's own machinery does)."""
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        groups = self.optimizer.param_groups
+        self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in groups]
+
+
+__all__ = ["Evaluate", "LearnedLRScheduler", "next_lr"]
