@@ -47,7 +47,6 @@ def main() -> int:
     config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)  # evaluation: no LR noise
     env = LREnv(config)
     settings = evaluation_settings(config)
-    settings.pop("initial_lr")  # every schedule sets its own
     if not args.baselines_only:
         run = Path(args.run_dir)
         controller_file = run / CHECKPOINTS[args.checkpoint]
@@ -84,9 +83,10 @@ def main() -> int:
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = [args.seed + EVAL_SEED_OFFSET + i for i in range(args.num_seeds)]
     store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})
-    jobs = [(f"{key} | seed {seed}", schedule, seed) for seed in seeds for key, schedule in plan.schedules.items()]
+    # Stored under their labels, as before stable keys existed: earlier results stay reusable.
+    jobs = [(f"{plan.labels[key]} | seed {seed}", schedule, seed) for seed in seeds for key, schedule in plan.schedules.items()]
     results = run_jobs(env, jobs, store, progress=args.progress, desc="test")
-    by_schedule = {key: [results[f"{key} | seed {seed}"] for seed in seeds] for key in plan.schedules}
+    by_schedule = {key: [results[f"{plan.labels[key]} | seed {seed}"] for seed in seeds] for key in plan.schedules}
 
     summary = summarize(by_schedule, plan.labels, plan.comparisons)
     title = f"{config.dataset} / {config.architecture}: {out_name}, {len(seeds)} seeds" + (" (transfer)" if transfer else "")
