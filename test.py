@@ -43,7 +43,9 @@ def main() -> int:
     if not args.baselines_only:
         # The controller starts from each initial LR it was trained on (and from the tuned step decay's).
         start_lrs = list(training_initial_lrs(env_config(args))) if args.start_lr is None else [args.start_lr]
-        args.initial_lr = start_lrs[0]
+        # Every schedule here sets its own initial LR; the env's (kept in summary.json's settings)
+        # is 1e-3 for a controller trained from random ones, as in results stored before this protocol.
+        args.initial_lr = 1e-3 if args.initial_lr == "random" else args.initial_lr
     config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)  # evaluation: no LR noise
     env = LREnv(config)
     settings = evaluation_settings(config)
