@@ -20,8 +20,8 @@ from gymnasium import spaces
 from torch import nn
 
 from alrs.data import Splits, check_dataset, load_dataset
-from alrs.features import (PAPER_FEATURES, check_reward, child_features, divergence_reward, feature_names, observation_tail,
-                           step_reward)
+from alrs.features import (PAPER_FEATURES, check_reward, child_features, divergence_reward, feature_names, next_lr,
+                           observation_tail, step_reward)
 from alrs.models import build_model, check_architecture
 
 FEATURES: tuple[str, ...] = PAPER_FEATURES
@@ -294,18 +294,11 @@ class LREnv(gym.Env):
         return obs, info
 
     def _next_lr(self, action: Any) -> float:
-        """The LR after ``action``: the factor, the optional noise, the bounds."""
+        """The LR after ``action``: the factor, the optional noise, the bounds (:func:`alrs.features.next_lr`)."""
         cfg = self.config
-        if cfg.discrete:
-            if not self.action_space.contains(action) and not (np.ndim(action) == 0 and int(action) in (0, 1, 2)):
-                raise ValueError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
-            factor = (cfg.action_range, 1 / cfg.action_range, 1.0)[int(action)]
-        else:
-            factor = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 1 / cfg.action_range, cfg.action_range))
-        lr = self.lr * factor
-        if cfg.lr_noise:
-            lr *= math.exp(cfg.lr_noise * float(self.np_random.normal()))
-        return float(np.clip(lr, cfg.lr_min, cfg.lr_max))
+        log_noise = cfg.lr_noise * float(self.np_random.normal()) if cfg.lr_noise else 0.0
+        return next_lr(self.lr, action, discrete=cfg.discrete, action_range=cfg.action_range, lr_min=cfg.lr_min,
+                       lr_max=cfg.lr_max, log_noise=log_noise)
 
     def _start_step(self, lr: float) -> None:
         """Check that the episode goes on, and take ``lr`` as the LR of the coming Adam steps."""

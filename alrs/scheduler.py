@@ -24,8 +24,8 @@ before it, after the K-th ``optimizer.step()``). Use the same validation example
 order, every time: a feature is the change of the predictions since the previous observation.
 
 The observation is computed by the env's own code (:func:`alrs.features.child_features` and
-:func:`alrs.features.observation_tail`) and the action applied by :func:`next_lr`, the rule of
-``LREnv._next_lr`` without its optional LR noise: the same model, batches and validation split
+:func:`alrs.features.observation_tail`) and the action applied by :func:`alrs.features.next_lr`,
+the env's rule (without the env's optional LR noise): the same model, batches and validation split
 give the env's LRs and losses. The controller does not act on an observation that is not finite
 (a diverged model: the env ends its episode there); the LR is then kept and ``diverged`` set.
 
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from alrs.features import LR_FEATURES, child_features, feature_names, observation_tail
+from alrs.features import LR_FEATURES, child_features, feature_names, next_lr, observation_tail
 from alrs.io import load_torch
 from alrs.ppo import Controller
 
@@ -59,21 +59,6 @@ _ENV_SETTINGS = ("update_freq", "num_train_steps", "discrete", "action_range", "
 
 _SETTINGS = ("update_freq", "num_train_steps", "features", "discrete", "action_range", "lr_min", "lr_max")
 _NOT_STATE = ("optimizer", "controller", "evaluate", "_output_weight")
-
-
-def next_lr(lr: float, action: Any, *, discrete: bool, action_range: float, lr_min: float, lr_max: float) -> float:
-    """The LR after a controller's ``action``: ``LREnv._next_lr`` without LR noise.
-
-    Discrete: 0 multiplies by ``action_range``, 1 divides by it, 2 keeps. Continuous: the action is
-    the factor, clipped to ``[1 / action_range, action_range]``. The result is clipped to ``[lr_min, lr_max]``.
-    """
-    if discrete:
-        if np.ndim(action) != 0 or int(action) not in (0, 1, 2):
-            raise ValueError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
-        factor = (action_range, 1 / action_range, 1.0)[int(action)]
-    else:
-        factor = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 1 / action_range, action_range))
-    return float(np.clip(lr * factor, lr_min, lr_max))
 
 
 def _controller_checkpoint(checkpoint: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -135,7 +120,7 @@ class LearnedLRScheduler(LRScheduler):
 
     Attributes:
         lr: the reference LR the controller sets (the first group's LR).
-        diverged: an observation was not finite, so the LR was kept.
+        diverged: an observation was not finite (a diverged model), so the controller kept the LR.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, checkpoint: str | os.PathLike | dict[str, Any],
@@ -296,7 +281,7 @@ class LearnedLRScheduler(LRScheduler):
         """
         train_loss = val_loss if train_loss is None else train_loss.to(val_loss.device)
         prev = None if self._prev_probs is None else self._prev_probs.to(probs.device)[None]
-        weight = self._output_weight().detach()
+        weight = self._output_weight().detach().to(probs.device)
         features = child_features(train_loss[None], val_loss[None], probs[None], prev, weight[None])
         child = features[0].double().tolist()  # the one host sync of an observation
         tail = observation_tail(self.features, self.lr, steps, self.num_train_steps)
@@ -319,4 +304,4 @@ class LearnedLRScheduler(LRScheduler):
         self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in groups]
 
 
-__all__ = ["Evaluate", "LearnedLRScheduler", "next_lr"]
+__all__ = ["Evaluate", "LearnedLRScheduler"]
