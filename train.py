@@ -13,7 +13,7 @@ from pathlib import Path
 from alrs.data import load_dataset
 from alrs.env import resolve_device
 from alrs.io import save_json
-from alrs.training import CONFIG_FILE, train_controller
+from alrs.training import CONFIG_FILE, require_tensorboard, train_controller
 from alrs.vector_env import check_batchable
 from utils import env_config, new_run_dir, parse_args, ppo_config, provenance, run_script, set_threads, settings_of
 
@@ -32,6 +32,8 @@ def main() -> int:
     load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))
     if args.batched_envs:
         check_batchable(env_cfg)
+    if args.tensorboard:
+        require_tensorboard()
     run_dir = Path(args.resume) if resume else new_run_dir(args.out_dir, args)
     if not resume:
         save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
@@ -39,7 +41,7 @@ def main() -> int:
     try:
         summary = train_controller(run_dir, env_cfg, ppo_cfg, num_envs=args.num_envs, episodes=args.episodes,
                                    seed=args.seed, resume=resume, progress=args.progress, batched=args.batched_envs,
-                                   eval_every=args.eval_every, eval_seeds=args.eval_seeds)
+                                   eval_every=args.eval_every, eval_seeds=args.eval_seeds, tensorboard=args.tensorboard)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {run_dir / 'last.pt'} holds the last finished iteration. "
               f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)

@@ -32,11 +32,11 @@ PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.le
 }
 RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
                 "num_seeds": 10, "progress": True, "run_baselines": False, "batched_envs": None,
-                "baselines_only": False, "checkpoint": "best", "start_lr": None, "eval_every": 10, "eval_seeds": 4}
+                "baselines_only": False, "checkpoint": "best", "start_lr": None, "eval_every": 10, "eval_seeds": 4, "tensorboard": False}
 DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
 """Every setting a config file may hold, with its built-in default."""
 
-RUNTIME_KEYS = {"episodes", "device", "threads", "data_dir", "progress", "out_dir", "results_dir", "batched_envs"}
+RUNTIME_KEYS = {"episodes", "device", "threads", "data_dir", "progress", "out_dir", "results_dir", "batched_envs", "tensorboard"}
 """Settings a resumed run may change: where and how fast it runs, and how long it goes on."""
 
 
@@ -84,6 +84,8 @@ def build_parser(script: str) -> argparse.ArgumentParser:
         _add(g, "--eval-every", "PPO iterations between deterministic evaluations that choose best.pt (0: none, "
              "best.pt is the controller behind the best episode)", type=int)
         _add(g, "--eval-seeds", "held-out seeds per deterministic evaluation", type=int)
+        _add(g, "--tensorboard", "also write TensorBoard events under the run folder (needs: pip install tensorboard)",
+             action=argparse.BooleanOptionalAction)
         _add(g, "--batched-envs", "train the num-envs children as one vmapped model (unset: only on CUDA, where the "
              "architecture allows)", action=argparse.BooleanOptionalAction)
         _add(g, "--episodes", "episodes to train for", type=int)

@@ -8,6 +8,7 @@ A run folder holds (the one place that fixes this layout):
                   evaluations (eval.csv); with evaluations off (eval_every=0), the controller after
                   whose rollout an episode reached the lowest final validation loss (the seed's rule)
     eval.csv      one row per deterministic evaluation: the policy's mode on held-out seeds
+    tensorboard/  the same figures as TensorBoard events (with ``tensorboard=True``; metrics.csv stays the record)
     episode.png   curves of the latest episode, refreshed every iteration
     training.png  final validation loss and LR of every episode so far: the controller's learning curve
 """
@@ -99,6 +100,7 @@ def train_controller(
     batched: bool | None = None,
     eval_every: int = 10,
     eval_seeds: int = 4,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train a controller with PPO for ``episodes`` episodes, writing the run folder as it goes.
 
@@ -124,6 +126,8 @@ def train_controller(
             lowest mean best validation loss becomes best.pt. 0: no evaluations, and best.pt is
             the controller behind the episode with the lowest final validation loss (the seed's rule).
         eval_seeds: held-out seeds per evaluation.
+        tensorboard: also write every episode's metrics, PPO's statistics and the evaluations as
+            TensorBoard events under ``run_dir/tensorboard`` (needs the tensorboard package).
 
     Returns:
         A summary: episodes done, best final validation loss, paths of the checkpoints.
@@ -135,7 +139,7 @@ def train_controller(
     fixed_scale = tuple(i for i, name in enumerate(env_config.features) if name in FIXED_SCALE_FEATURES)
     ppo = PPO(envs, ppo_config, seed=seed, fixed_scale=fixed_scale)
     state = {"episodes_done": 0, "best_final_val_loss": math.inf, "best_episode": None, "wall_time": 0.0,
-             "best_eval_loss": math.inf, "best_eval_iteration": None}
+             "best_eval_loss": math.inf, "best_eval_iteration": None, "eval_iteration": None, "eval_loss": math.nan}
     metrics_path, eval_path = run_dir / METRICS_FILE, run_dir / EVAL_FILE
     if saved is not None:
         if not isinstance(saved, dict) or not {"ppo", "progress"} <= set(saved):
@@ -155,6 +159,7 @@ def train_controller(
     eval_env = LREnv(replace(env_config, lr_noise=0.0, initial_lr_noise=0.0), data=_env_data(envs)) if eval_every else None
     seeds = [EVAL_SEED_BASE + i for i in range(eval_seeds)]
 
+    writer = _tensorboard_writer(run_dir, purge_step=state["episodes_done"]) if tensorboard else None
     iterations = math.ceil(episodes / num_envs)
     bar = tqdm(total=iterations * num_envs, initial=state["episodes_done"], unit="episode", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter() - state["wall_time"]
@@ -184,6 +189,8 @@ def train_controller(
             if eval_every and (ppo.iteration % eval_every == 0 or ppo.iteration == iterations):
                 _evaluate_and_select(ppo.controller, eval_env, seeds, state, ppo.iteration, run_dir, env_config, ppo_config, seed,
                                      time.perf_counter() - start)
+            if writer is not None:
+                _write_events(writer, rows, stats, state, evaluated=bool(eval_every) and state["eval_iteration"] == ppo.iteration)
             save_torch({"ppo": ppo.state_dict(), "progress": dict(state),
                         "controller": ppo.controller.checkpoint(controller_metadata(env_config, ppo_config, seed=seed))},
                        run_dir / LAST_FILE)
@@ -200,9 +207,37 @@ def train_controller(
     finally:
         bar.close()
         envs.close()
+        if writer is not None:
+            writer.close()
     best = {"best_eval_loss": state["best_eval_loss"], "best_eval_iteration": state["best_eval_iteration"]} if eval_every else \
         {"best_final_val_loss": state["best_final_val_loss"], "best_episode": state["best_episode"]}
     return {"episodes": state["episodes_done"], **best, "last": str(run_dir / LAST_FILE), "best": str(run_dir / BEST_FILE)}
+
+
+def require_tensorboard() -> type:
+    """torch's SummaryWriter, or a one-line error naming the install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+    return SummaryWriter
+
+
+def _tensorboard_writer(run_dir: Path, purge_step: int) -> Any:
+    """A SummaryWriter into ``run_dir/tensorboard``; events past ``purge_step`` (an interrupted iteration's) are dropped."""
+    return require_tensorboard()(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step or None)
+
+
+def _write_events(writer: Any, rows: list[dict[str, Any]], stats: dict[str, float], state: dict[str, Any], evaluated: bool) -> None:
+    """One iteration's TensorBoard events, indexed by episodes done: each episode, PPO's update, the evaluation."""
+    for row in rows:
+        for key in ("return", "final_val_loss", "best_val_loss", "final_lr"):
+            writer.add_scalar(f"episode/{key}", row[key], row["episode"])
+    for key, value in stats.items():
+        writer.add_scalar(f"ppo/{key}", value, state["episodes_done"])
+    if evaluated:
+        writer.add_scalar("eval/mean_best_val_loss", state["eval_loss"], state["episodes_done"])
+    writer.flush()
 
 
 def _env_data(envs: Any) -> Any:
@@ -215,6 +250,7 @@ def _evaluate_and_select(controller: Controller, env: LREnv, seeds: list[int], s
     """One deterministic evaluation: a row of eval.csv, and best.pt if the controller is the best so far."""
     per_lr = evaluate_policy(env, controller, seeds, training_initial_lrs(env_config))
     mean = float(np.mean(list(per_lr.values())))
+    state["eval_iteration"], state["eval_loss"] = iteration, mean
     with open(run_dir / EVAL_FILE, "a", newline="") as f:
         csv.writer(f).writerow([iteration, state["episodes_done"], mean, " ".join(f"{lr:g}:{v:.6f}" for lr, v in per_lr.items()),
                                 round(wall_time, 2)])

@@ -164,3 +164,28 @@ def test_unbatchable_child_fails_before_making_a_run_folder(data_dir: Path, tmp_
     result = _run("train.py", *_small_flags(data_dir), "--architecture", "resnet", "--batched-envs", "--out-dir", str(tmp_path / "runs"))
     assert result.returncode == 2 and "cannot be batched" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_tensorboard_events_load_in_tensorboards_reader(data_dir: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
+                    val_size=500, data_dir=str(data_dir), device="cpu")
+    train_controller(tmp_path, env, PPOConfig(num_steps=4), num_envs=2, episodes=4, progress=False, eval_every=1, eval_seeds=1,
+                     tensorboard=True)
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    returns = events.Scalars("episode/return")
+    assert [e.step for e in returns] == [1, 2, 3, 4]
+    assert [e.value for e in returns] == pytest.approx([float(r["return"]) for r in rows], rel=1e-6)
+    assert [e.step for e in events.Scalars("eval/mean_best_val_loss")] == [2, 4]
+    assert {"ppo/approx_kl", "ppo/entropy", "episode/final_lr"} <= set(events.Tags()["scalars"])
+
+
+def test_tensorboard_without_the_package_is_a_one_line_error(data_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
+                    val_size=500, data_dir=str(data_dir), device="cpu")
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        train_controller(tmp_path, env, PPOConfig(num_steps=4), num_envs=1, episodes=1, progress=False, tensorboard=True)
