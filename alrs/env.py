@@ -104,6 +104,12 @@ class EnvConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        for name in ("action_range", "lr_noise", "initial_lr_noise", "lr_min", "lr_max", "divergence_loss"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not self.divergence_loss > 0:
+            raise ValueError(f"divergence_loss must be positive (a loss), got {self.divergence_loss}")
         check_dataset(self.dataset)
         check_architecture(self.architecture)
         for name in ("batch_size", "update_freq", "num_train_steps", "eval_batch_size"):
@@ -274,8 +280,8 @@ class LREnv(gym.Env):
         lr_noise = float(self.np_random.normal())
         if options and "initial_lr" in options:
             lr = float(options["initial_lr"])
-            if not lr > 0:
-                raise ValueError(f"initial_lr must be positive, got {lr}")
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ValueError(f"initial_lr must be a positive finite number, got {lr}")
         else:
             lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
             if cfg.initial_lr_noise:

@@ -80,6 +80,16 @@ class PPOConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
             raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        for name in ("learning_rate", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm",
+                     "clip_obs", "clip_reward", "init_log_std", *(("target_kl",) if self.target_kl is not None else ())):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 class RunningMeanStd(nn.Module):

@@ -229,3 +229,15 @@ def test_log_lr_and_time_features(small_env_options: dict) -> None:
 def test_unknown_reward_or_feature_is_a_one_line_error(small_env_options: dict, field: str, value: str) -> None:
     with pytest.raises(ValueError, match=f"{field} must be one of"):
         EnvConfig(**{**small_env_options, field: value})
+
+
+@pytest.mark.parametrize("field", ["lr_noise", "initial_lr_noise", "action_range", "lr_min", "divergence_loss"])
+def test_non_finite_settings_are_refused(small_env_options: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        EnvConfig(**{**small_env_options, field: float("nan")})
+
+
+def test_an_infinite_initial_lr_is_refused(small_env_options: dict) -> None:
+    env = make_env(**small_env_options)
+    with pytest.raises(ValueError, match="initial_lr must be a positive finite number"):
+        env.reset(seed=0, options={"initial_lr": float("inf")})

@@ -143,3 +143,11 @@ def test_common_reset_seed_resets_every_env_alike() -> None:
     assert len(set(batch["obs"][0, :, 0].tolist())) == 1  # one sign for all four envs
     signs = {tuple(PPO(envs, PPOConfig(num_steps=1), seed=0).collect_rollout(seed=s)[0]["obs"][0, :, 0].tolist()) for s in range(8)}
     assert any(len(set(s)) > 1 for s in signs)  # without it, the envs draw their own
+
+
+@pytest.mark.parametrize("field,value,message", [("gamma", float("nan"), "finite"), ("gamma", 1.5, r"\[0, 1\]"),
+                                                 ("gae_lambda", -0.1, r"\[0, 1\]"), ("learning_rate", 0.0, "positive"),
+                                                 ("target_kl", float("inf"), "finite")])
+def test_bad_ppo_settings_are_refused_before_any_rollout(field: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must .*{message}"):
+        PPOConfig(**{field: value})
