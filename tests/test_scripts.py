@@ -47,7 +47,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
         {("learned@0.001", ref) for ref in same_lr}
     results = summary["results"]
     assert {r["seed"] for r in results.values()} == {1000, 1001, 1002}
-    assert {r["curves"]["lr"][0] for k, r in results.items() if k.startswith("learned@0.001 ")} == {1e-3}
+    assert {r["curves"]["lr"][0] for k, r in results.items() if k.startswith("learned from lr=0.001 |")} == {1e-3}
     table = (out / "table.md").read_text()
     assert "| learned from lr=0.001 |" in table and "paired t-test p" in table and "| learned from lr=0.001 | cosine (lr=" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
