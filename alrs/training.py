@@ -130,7 +130,8 @@ def train_controller(
             TensorBoard events under ``run_dir/tensorboard`` (needs the tensorboard package).
 
     Returns:
-        A summary: episodes done, best final validation loss, paths of the checkpoints.
+        A summary: episodes done, how best.pt was chosen (the best evaluation and its iteration,
+        or the best final validation loss and its episode), paths of the checkpoints.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
