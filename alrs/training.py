@@ -31,7 +31,7 @@ from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
 from alrs.features import FIXED_SCALE_FEATURES
 from alrs.io import atomic_write, load_torch, save_torch
 from alrs.plotting import plot_episode, plot_training
-from alrs.ppo import PPO, Controller, Episode, PPOConfig
+from alrs.ppo import PPO, Controller, PPOConfig
 from alrs.vector_env import make_lr_envs
 
 CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = "config.json", "metrics.csv", "eval.csv", "last.pt", "best.pt"

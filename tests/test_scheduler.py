@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from gymnasium.utils.seeding import np_random
 
 from alrs.data import load_dataset
-from alrs.env import BatchSampler, EnvConfig, LREnv, init_child, make_env
+from alrs.env import BatchSampler, EnvConfig, LREnv, init_child
 from alrs.evaluation import run_episode
 from alrs.features import FIXED_SCALE_FEATURES, PAPER_FEATURES, next_lr
 from alrs.io import load_torch, save_torch
