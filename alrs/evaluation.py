@@ -134,6 +134,8 @@ def baseline_file(results_dir: str | Path, config: EnvConfig) -> Path:
     return Path(results_dir) / "baselines" / f"{config.dataset}_{config.architecture}{tag}.json"
 
 
+DECAYS_TO_ZERO = {kind.family: kind for kind in (Cosine, Linear)}
+
 BEST_KEYS = {"step-decay": "best_step_decay", "constant": "best_constant", "cosine": "best_cosine", "linear": "best_linear"}
 """Where a grid file names the best point of each family."""
 
@@ -171,10 +173,8 @@ def schedule_from_record(record: dict[str, Any]) -> HandMadeSchedule:
     family = record.get("family") or ("step-decay" if "discount_step" in record else "constant")
     if family == "step-decay":
         return StepDecay(record["initial_lr"], record["discount_step"], record["factor"])
-    if family == "cosine":
-        return Cosine(record["initial_lr"], record["total_steps"])
-    if family == "linear":
-        return Linear(record["initial_lr"], record["total_steps"])
+    if family in DECAYS_TO_ZERO:
+        return DECAYS_TO_ZERO[family](record["initial_lr"], record["total_steps"])
     return Constant(record["initial_lr"])
 
 

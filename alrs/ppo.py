@@ -444,8 +444,9 @@ class PPO:
         if (saved.get("action_space") != self.controller.action_spec or saved.get("obs_dim") != self.controller.obs_dim
                 or tuple(saved.get("fixed_scale", ())) != self.controller.fixed_scale):
             raise ValueError(
-                f"checkpoint controller acts on {saved.get('action_space')} with {saved.get('obs_dim')} features, "
-                f"but this env has {self.controller.action_spec} with {self.controller.obs_dim}"
+                f"checkpoint controller acts on {saved.get('action_space')} with {saved.get('obs_dim')} features "
+                f"(fixed-scale {list(saved.get('fixed_scale', ()))}), but this env has {self.controller.action_spec} with "
+                f"{self.controller.obs_dim} (fixed-scale {list(self.controller.fixed_scale)})"
             )
         try:
             self.controller.load_state_dict(saved["state_dict"])

@@ -98,36 +98,33 @@ class StepDecay(HandMadeSchedule):
         return {**super().describe(), "discount_step": self.discount_step, "factor": self.factor}
 
 
-class Cosine(HandMadeSchedule):
+class DecayToZero(HandMadeSchedule):
+    """A decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps; subclasses give its shape (``lr_at``)."""
+
+    def __init__(self, initial_lr: float, total_steps: int):
+        self.initial_lr, self.total_steps = float(initial_lr), int(total_steps)
+        self.name = f"{self.family} lr={initial_lr:g}"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "total_steps": self.total_steps}
+
+
+class Cosine(DecayToZero):
     """Cosine decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps (a common modern reference)."""
 
     family = "cosine"
 
-    def __init__(self, initial_lr: float, total_steps: int):
-        self.initial_lr, self.total_steps = float(initial_lr), int(total_steps)
-        self.name = f"cosine lr={initial_lr:g}"
-
     def lr_at(self, step: int) -> float:
         return self.initial_lr * 0.5 * (1 + math.cos(math.pi * step / self.total_steps))
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "total_steps": self.total_steps}
 
-
-class Linear(HandMadeSchedule):
+class Linear(DecayToZero):
     """Linear decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps (a common modern reference)."""
 
     family = "linear"
 
-    def __init__(self, initial_lr: float, total_steps: int):
-        self.initial_lr, self.total_steps = float(initial_lr), int(total_steps)
-        self.name = f"linear lr={initial_lr:g}"
-
     def lr_at(self, step: int) -> float:
         return self.initial_lr * max(0.0, 1 - step / self.total_steps)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "total_steps": self.total_steps}
 
 
 class Learned(Schedule):
