@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from alrs.env import LREnv
-from alrs.evaluation import baseline_file, baseline_grid_search
+from alrs.evaluation import baseline_file, baseline_grid_search, grid_schedules
+from alrs.parallel import make_pool
 from alrs.plotting import plot_episode
-from utils import env_config, parse_args, run_script, set_threads
+from utils import env_config, parallel_config, parse_args, run_script, set_threads
 
 
 def main() -> int:
@@ -20,7 +22,13 @@ def main() -> int:
     config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)  # hand-made schedules: no LR noise
     path = baseline_file(args.results_dir, config)
     print(f"grid search on {config.dataset}/{config.architecture}; results in {path}")
-    data = baseline_grid_search(LREnv(config), args.seed, path, progress=args.progress)
+    env = LREnv(config)
+    try:
+        with make_pool(parallel_config(args), config, jobs=len(grid_schedules(config))) as pool:
+            data = baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; every finished point is kept in {path}. Rerun the same command to go on.", file=sys.stderr)
+        return 130
 
     results = data["results"]
     best = results[data["best_step_decay"]]

@@ -16,12 +16,13 @@ from pathlib import Path
 
 from alrs.env import LREnv
 from alrs.evaluation import (BASELINE_KEYS, ResultStore, baseline_file, baseline_grid_search, evaluation_settings,
-                             format_table, plan_test, run_jobs, summarize)
+                             format_table, grid_schedules, plan_test, run_jobs, summarize)
 from alrs.io import load_json, load_torch
+from alrs.parallel import make_pool
 from alrs.plotting import plot_comparison
 from alrs.schedules import Learned
 from alrs.training import BEST_FILE, LAST_FILE, training_initial_lrs
-from utils import env_config, parse_args, run_script, set_threads
+from utils import env_config, parallel_config, parse_args, run_script, set_threads
 
 CHECKPOINTS = {"best": BEST_FILE, "last": LAST_FILE}
 """best.pt: the controller behind the run's best episode; last.pt: the controller where training ended."""
@@ -71,7 +72,8 @@ def main() -> int:
             flags = " ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in BASELINE_KEYS if getattr(config, k) is not None)
             raise ValueError(f"no baseline results at {path}; run: python baselines.py {flags} --seed {args.seed} "
                              "(or add --run-baselines)")
-        baseline_grid_search(env, args.seed, path, progress=args.progress)
+        with make_pool(parallel_config(args), config, jobs=len(grid_schedules(config))) as pool:
+            baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
     grid = load_json(path)
     expected = evaluation_settings(config, BASELINE_KEYS)
     if {k: grid["settings"].get(k) for k in BASELINE_KEYS} != expected or "best_step_decay" not in grid:
@@ -87,7 +89,13 @@ def main() -> int:
     store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})
     # Stored under their labels, as before stable keys existed: earlier results stay reusable.
     jobs = [(f"{plan.labels[key]} | seed {seed}", schedule, seed) for seed in seeds for key, schedule in plan.schedules.items()]
-    results = run_jobs(env, jobs, store, progress=args.progress, desc="test")
+    try:
+        with make_pool(parallel_config(args), config, jobs=len(jobs)) as pool:
+            results = run_jobs(env, jobs, store, progress=args.progress, desc="test", pool=pool)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; every finished run is kept in {out / 'summary.json'}. Rerun the same command to go on.",
+              file=sys.stderr)
+        return 130
     by_schedule = {key: [results[f"{plan.labels[key]} | seed {seed}"] for seed in seeds] for key in plan.schedules}
 
     summary = summarize(by_schedule, plan.labels, plan.comparisons)

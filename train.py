@@ -7,15 +7,18 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 from alrs.data import load_dataset
 from alrs.env import resolve_device
 from alrs.io import save_json
-from alrs.training import CONFIG_FILE, require_tensorboard, train_controller
+from alrs.parallel import WorkerPool
+from alrs.training import CONFIG_FILE, LAST_FILE, require_tensorboard, train_controller
 from alrs.vector_env import check_batchable
-from utils import env_config, new_run_dir, parse_args, ppo_config, provenance, run_script, set_threads, settings_of
+from utils import (env_config, new_run_dir, parallel_config, parse_args, ppo_config, provenance, run_script, set_threads,
+                   settings_of)
 
 
 def main() -> int:
@@ -34,17 +37,34 @@ def main() -> int:
         check_batchable(env_cfg)
     if args.tensorboard:
         require_tensorboard()
-    run_dir = Path(args.resume) if resume else new_run_dir(args.out_dir, args)
-    if not resume:
-        save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
-    print(f"{'resuming' if resume else 'run'} {run_dir}", file=sys.stderr)
+    parallel = parallel_config(args)
+    workers = parallel.num_workers(env_cfg, args.num_envs)
+    if workers > args.num_envs:
+        raise ValueError(f"--workers {workers} is more than the {args.num_envs} children of a PPO iteration; "
+                         f"use --workers {args.num_envs} or fewer (or raise --num-envs)")
+    if workers > 1 and args.batched_envs:
+        raise ValueError("--batched-envs trains every child in one process; drop it or use --workers 1")
+    run_dir = Path(args.resume) if resume else None
     try:
-        summary = train_controller(run_dir, env_cfg, ppo_cfg, num_envs=args.num_envs, episodes=args.episodes,
-                                   seed=args.seed, resume=resume, progress=args.progress, batched=args.batched_envs,
-                                   eval_every=args.eval_every, eval_seeds=args.eval_seeds, tensorboard=args.tensorboard)
+        with WorkerPool(parallel, workers, env_cfg) as pool:  # an unreachable Ray fails here, before any run folder
+            if run_dir is None:
+                run_dir = new_run_dir(args.out_dir, args)
+                save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
+            where = f" on {workers} {'Ray' if parallel.backend == 'ray' else 'local'} workers" if not pool.in_process else ""
+            print(f"{'resuming' if resume else 'run'} {run_dir}{where}", file=sys.stderr)
+            summary = train_controller(run_dir, env_cfg, ppo_cfg, num_envs=args.num_envs, episodes=args.episodes,
+                                       seed=args.seed, resume=resume, progress=args.progress, batched=args.batched_envs,
+                                       eval_every=args.eval_every, eval_seeds=args.eval_seeds, tensorboard=args.tensorboard,
+                                       pool=pool)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; {run_dir / 'last.pt'} holds the last finished iteration. "
-              f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)
+        if run_dir is not None and (run_dir / LAST_FILE).exists():
+            print(f"\ninterrupted; {run_dir / LAST_FILE} holds the last finished iteration. "
+                  f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)
+        elif run_dir is not None and not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            print(f"\ninterrupted before the first iteration ended; nothing to resume, {run_dir} removed", file=sys.stderr)
+        else:
+            print("\ninterrupted", file=sys.stderr)
         return 130
     if args.eval_every:
         chosen = f"best evaluation: mean best validation loss {summary['best_eval_loss']:.4f} (iteration {summary['best_eval_iteration']})"

@@ -18,6 +18,7 @@ import torch
 from alrs.data import DatasetError
 from alrs.env import EnvConfig
 from alrs.io import load_json
+from alrs.parallel import ParallelConfig
 from alrs.ppo import PPOConfig
 from alrs.training import CONFIG_FILE
 
@@ -32,11 +33,13 @@ PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.le
 }
 RUN_DEFAULTS = {"num_envs": 4, "episodes": 1000, "seed": 0, "threads": None, "out_dir": "runs", "results_dir": "results",
                 "num_seeds": 10, "progress": True, "run_baselines": False, "batched_envs": None,
-                "baselines_only": False, "checkpoint": "best", "start_lr": None, "eval_every": 10, "eval_seeds": 4, "tensorboard": False}
+                "baselines_only": False, "checkpoint": "best", "start_lr": None, "eval_every": 10, "eval_seeds": 4, "tensorboard": False,
+                "workers": None, "backend": "local", "ray_address": None}
 DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
 """Every setting a config file may hold, with its built-in default."""
 
-RUNTIME_KEYS = {"episodes", "device", "threads", "data_dir", "progress", "out_dir", "results_dir", "batched_envs", "tensorboard"}
+RUNTIME_KEYS = {"episodes", "device", "threads", "data_dir", "progress", "out_dir", "results_dir", "batched_envs", "tensorboard",
+                "workers", "backend", "ray_address"}
 """Settings a resumed run may change: where and how fast it runs, and how long it goes on."""
 
 
@@ -69,7 +72,11 @@ def build_parser(script: str) -> argparse.ArgumentParser:
     _add(g, "--val-size", "validation examples used for features and reward (default: all 10k)", type=int)
     _add(g, "--data-dir", "dataset folder, torchvision layout")
     _add(g, "--device", "cpu, cuda or auto")
-    _add(g, "--threads", "torch CPU threads (default: torch's choice)", type=int)
+    _add(g, "--threads", "torch CPU threads per worker (default: the cores split among the workers)", type=int)
+    _add(g, "--workers", "child trainings at once, in separate processes or Ray actors (default: one per core on "
+         "the CPU, 1 on CUDA)", type=int)
+    _add(g, "--backend", "where workers run: local (processes on this machine) or ray (a Ray cluster)")
+    _add(g, "--ray-address", "Ray cluster to join with --backend ray, e.g. ray://head:10001 (default: start a local Ray)")
     _add(g, "--seed", "random seed", type=int)
     _add(g, "--config", "JSON file of settings; flags override it")
     _add(g, "--progress", "show progress bars", action=argparse.BooleanOptionalAction)
@@ -159,6 +166,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 _TYPE_NAMES = {"initial_lr": "a number or 'random'", "hidden_sizes": "a list of integers", "val_size": "an integer or null",
                "target_kl": "a number or null", "start_lr": "a number or null", "threads": "an integer or null",
+               "workers": "an integer or null", "ray_address": "a string or null",
                "batched_envs": "true, false or null (automatic)"}
 
 
@@ -169,8 +177,10 @@ def _type_ok(key: str, value: Any) -> bool:
         return value == "random" or (isinstance(value, number) and not isinstance(value, bool))
     if key == "hidden_sizes":
         return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    if key in ("val_size", "threads"):
+    if key in ("val_size", "threads", "workers"):
         return value is None or (isinstance(value, int) and not isinstance(value, bool))
+    if key == "ray_address":
+        return value is None or isinstance(value, str)
     if key == "batched_envs":
         return value is None or isinstance(value, bool)
     if key in ("target_kl", "start_lr"):
@@ -209,6 +219,11 @@ def resolve_run(test_id: str, out_dir: str | os.PathLike) -> Path:
 def env_config(args: argparse.Namespace) -> EnvConfig:
     """The environment settings in ``args``."""
     return EnvConfig(**{k: getattr(args, k) for k in ENV_DEFAULTS})
+
+
+def parallel_config(args: argparse.Namespace) -> ParallelConfig:
+    """Where the work of ``args`` runs."""
+    return ParallelConfig(workers=args.workers, backend=args.backend, ray_address=args.ray_address, threads=args.threads)
 
 
 def ppo_config(args: argparse.Namespace, num_steps: int) -> PPOConfig:

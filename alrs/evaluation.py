@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from alrs.env import EnvConfig, LREnv
 from alrs.io import load_json, save_json
+from alrs.parallel import WorkerPool
 from alrs.schedules import Constant, Cosine, HandMadeSchedule, Linear, Schedule, StepDecay, annealing_grid, paper_grid
 
 
@@ -93,13 +94,20 @@ class ResultStore:
 
 
 def run_jobs(env: LREnv, jobs: Sequence[tuple[str, Schedule, int]], store: ResultStore, test: bool = True,
-             progress: bool = True, desc: str = "") -> dict[str, EpisodeResult]:
-    """Run each ``(key, schedule, seed)`` not yet in ``store``, saving after each; return all results."""
+             progress: bool = True, desc: str = "", pool: WorkerPool | None = None) -> dict[str, EpisodeResult]:
+    """Run each ``(key, schedule, seed)`` not yet in ``store``, saving each as it finishes; return all results.
+
+    Without ``pool`` the jobs run one by one on ``env``; with one, on its workers (envs of ``env.config``),
+    in any order: the store is written by this process alone, so an interruption keeps every finished job.
+    """
     todo = [job for job in jobs if job[0] not in store]
+    args = [(schedule, seed, test) for _, schedule, seed in todo]
+    finished = pool.run(run_episode, env.config, args) if pool else ((i, run_episode(env, *a)) for i, a in enumerate(args))
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not progress, dynamic_ncols=True) as bar:
-        for key, schedule, seed in todo:
-            bar.set_postfix_str(schedule.name, refresh=True)
-            store.add(key, run_episode(env, schedule, seed, test=test))
+        for i, result in finished:
+            key, schedule, _ = todo[i]
+            store.add(key, result)
+            bar.set_postfix_str(schedule.name, refresh=False)
             bar.update()
     return {key: store[key] for key, _, _ in jobs}
 
@@ -140,19 +148,27 @@ BEST_KEYS = {"step-decay": "best_step_decay", "constant": "best_constant", "cosi
 """Where a grid file names the best point of each family."""
 
 
-def baseline_grid_search(env: LREnv, seed: int, path: str | Path, progress: bool = True) -> dict[str, Any]:
+def grid_schedules(config: EnvConfig) -> list[HandMadeSchedule]:
+    """The baseline grid: the paper's 48 step decays, a constant at each of their initial LRs, and
+    (ours) cosine and linear decays to 0 from each of six initial LRs."""
+    grid = paper_grid()
+    constants = [Constant(lr) for lr in sorted({s.initial_lr for s in grid}, reverse=True)]
+    return [*grid, *constants, *annealing_grid(config.num_train_steps)]
+
+
+def baseline_grid_search(env: LREnv, seed: int, path: str | Path, progress: bool = True,
+                         pool: WorkerPool | None = None) -> dict[str, Any]:
     """The paper's 48 step-decay points, a constant schedule at each of their initial LRs, and
     (ours) cosine and linear decay to 0 from each of six initial LRs; one seed each.
 
     Picks the best point of each family by final validation loss (as the seed does), records each
     point's best validation loss too, and keeps everything in ``path`` (resumable: a grid file
-    from before the cosine and linear families gains their points on the next run).
+    from before the cosine and linear families gains their points on the next run). With ``pool``
+    the points run on its workers.
     """
     store = ResultStore(path, {**evaluation_settings(env.config, BASELINE_KEYS), "seed": seed})
-    grid = paper_grid()
-    constants = [Constant(lr) for lr in sorted({s.initial_lr for s in grid}, reverse=True)]
-    jobs = [(s.name, s, seed) for s in [*grid, *constants, *annealing_grid(env.config.num_train_steps)]]
-    results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid")
+    jobs = [(s.name, s, seed) for s in grid_schedules(env.config)]
+    results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid", pool=pool)
     best = {BEST_KEYS[family]: best_of_family(results, family) for family in BEST_KEYS}
     store.update(**best)
     return store.data

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
 from alrs.features import FIXED_SCALE_FEATURES
 from alrs.io import atomic_write, load_torch, save_torch
+from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.plotting import plot_episode, plot_training
 from alrs.ppo import PPO, Controller, PPOConfig
-from alrs.vector_env import make_lr_envs
 
 CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = "config.json", "metrics.csv", "eval.csv", "last.pt", "best.pt"
 EPISODE_PLOT, TRAINING_PLOT = "episode.png", "training.png"
@@ -63,24 +63,27 @@ def training_initial_lrs(config: EnvConfig) -> tuple[float, ...]:
     return RANDOM_INITIAL_LRS if config.initial_lr == "random" else (float(config.initial_lr),)
 
 
-def evaluate_policy(env: LREnv, controller: Controller, seeds: list[int], initial_lrs: tuple[float, ...]) -> dict[float, float]:
-    """Mean best validation loss of the policy's mode (frozen statistics) per initial LR, over ``seeds``.
+def policy_episode(env: LREnv, controller: Controller, seed: int, initial_lr: float) -> float:
+    """Best validation loss of one episode of the policy's mode (frozen statistics) from ``initial_lr``."""
+    obs, info = env.reset(seed=seed, options={"initial_lr": initial_lr})
+    done = False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(controller.act(obs))
+        done = terminated or truncated
+    return info["best_val_loss"]
+
+
+def evaluate_policy(pool: WorkerPool, config: EnvConfig, controller: Controller, seeds: list[int],
+                    initial_lrs: tuple[float, ...]) -> dict[float, float]:
+    """Mean best validation loss of the policy's mode per initial LR, over ``seeds``, on envs of ``config``
+    (one episode per pair, run on ``pool``'s workers).
 
     The best validation loss is the quantity the paper's test evaluates (its checkpoint goes to
     the test set), so it is what selects best.pt.
     """
-    means = {}
-    for lr in initial_lrs:
-        losses = []
-        for seed in seeds:
-            obs, info = env.reset(seed=seed, options={"initial_lr": lr})
-            done = False
-            while not done:
-                obs, _, terminated, truncated, info = env.step(controller.act(obs))
-                done = terminated or truncated
-            losses.append(info["best_val_loss"])
-        means[lr] = float(np.mean(losses))
-    return means
+    jobs = [(controller, seed, lr) for lr in initial_lrs for seed in seeds]
+    losses = dict(pool.run(policy_episode, config, jobs))
+    return {lr: float(np.mean([losses[i] for i, job in enumerate(jobs) if job[2] == lr])) for lr in initial_lrs}
 
 
 def episode_curves(infos: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -101,6 +104,7 @@ def train_controller(
     eval_every: int = 10,
     eval_seeds: int = 4,
     tensorboard: bool = False,
+    pool: WorkerPool | None = None,
 ) -> dict[str, Any]:
     """Train a controller with PPO for ``episodes`` episodes, writing the run folder as it goes.
 
@@ -128,6 +132,8 @@ def train_controller(
         eval_seeds: held-out seeds per evaluation.
         tensorboard: also write every episode's metrics, PPO's statistics and the evaluations as
             TensorBoard events under ``run_dir/tensorboard`` (needs the tensorboard package).
+        pool: where the children and the evaluations run (:mod:`alrs.parallel`); None: in this process.
+            The same seeds give the same episodes on any pool with the same torch threads per child.
 
     Returns:
         A summary: episodes done, how best.pt was chosen (the best evaluation and its iteration,
@@ -136,7 +142,8 @@ def train_controller(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = load_torch(run_dir / LAST_FILE) if resume else None  # a bad checkpoint fails before any work
-    envs = make_lr_envs(env_config, num_envs, batched)
+    pool = pool or WorkerPool(ParallelConfig(workers=1), 1, env_config)
+    envs = pool.vector_env(env_config, num_envs, batched)
     fixed_scale = tuple(i for i, name in enumerate(env_config.features) if name in FIXED_SCALE_FEATURES)
     ppo = PPO(envs, ppo_config, seed=seed, fixed_scale=fixed_scale)
     state = {"episodes_done": 0, "best_final_val_loss": math.inf, "best_episode": None, "wall_time": 0.0,
@@ -156,8 +163,8 @@ def train_controller(
     if eval_every and not eval_path.exists():
         with open(eval_path, "w", newline="") as f:
             csv.writer(f).writerow(EVAL_COLUMNS)
-    # Evaluations run on one plain LREnv without LR noise, from each training initial LR.
-    eval_env = LREnv(replace(env_config, lr_noise=0.0, initial_lr_noise=0.0), data=_env_data(envs)) if eval_every else None
+    # Evaluations run without LR noise, from each training initial LR.
+    eval_config = replace(env_config, lr_noise=0.0, initial_lr_noise=0.0)
     seeds = [EVAL_SEED_BASE + i for i in range(eval_seeds)]
 
     writer = _tensorboard_writer(run_dir, purge_step=state["episodes_done"]) if tensorboard else None
@@ -188,7 +195,7 @@ def train_controller(
             with open(metrics_path, "a", newline="") as f:
                 csv.DictWriter(f, METRICS_COLUMNS).writerows(rows)
             if eval_every and (ppo.iteration % eval_every == 0 or ppo.iteration == iterations):
-                _evaluate_and_select(ppo.controller, eval_env, seeds, state, ppo.iteration, run_dir, env_config, ppo_config, seed,
+                _evaluate_and_select(ppo.controller, pool, eval_config, seeds, state, ppo.iteration, run_dir, env_config, ppo_config, seed,
                                      time.perf_counter() - start)
             if writer is not None:
                 _write_events(writer, rows, stats, state, evaluated=bool(eval_every) and state["eval_iteration"] == ppo.iteration)
@@ -241,15 +248,10 @@ def _write_events(writer: Any, rows: list[dict[str, Any]], stats: dict[str, floa
     writer.flush()
 
 
-def _env_data(envs: Any) -> Any:
-    """The dataset splits the training envs already hold (so the evaluation env loads nothing again)."""
-    return envs.data if hasattr(envs, "data") else envs.envs[0].data
-
-
-def _evaluate_and_select(controller: Controller, env: LREnv, seeds: list[int], state: dict[str, Any], iteration: int,
+def _evaluate_and_select(controller: Controller, pool: WorkerPool, config: EnvConfig, seeds: list[int], state: dict[str, Any], iteration: int,
                          run_dir: Path, env_config: EnvConfig, ppo_config: PPOConfig, seed: int, wall_time: float) -> None:
     """One deterministic evaluation: a row of eval.csv, and best.pt if the controller is the best so far."""
-    per_lr = evaluate_policy(env, controller, seeds, training_initial_lrs(env_config))
+    per_lr = evaluate_policy(pool, config, controller, seeds, training_initial_lrs(env_config))
     mean = float(np.mean(list(per_lr.values())))
     state["eval_iteration"], state["eval_loss"] = iteration, mean
     with open(run_dir / EVAL_FILE, "a", newline="") as f:

@@ -128,7 +128,7 @@ def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluatio
     best.pt is iteration 4's controller throughout, and eval.csv keeps every row across the resume."""
     scores = iter([0.5, 0.3, 0.45, 0.4])
 
-    def scripted(env, controller, seeds, initial_lrs):
+    def scripted(pool, config, controller, seeds, initial_lrs):
         score = next(scores)
         return {lr: score for lr in initial_lrs}
 

@@ -1,0 +1,414 @@
+"""Where work runs: in this process, in local worker processes, or as Ray actors on a cluster.
+
+What runs is the same everywhere. A worker hosts LR environments (built from an
+:class:`~alrs.env.EnvConfig`, sharing one copy of the dataset) and does one of two things with them:
+
+* steps a slice of PPO's children, for :class:`WorkerVectorEnv` (the controller stays in the driver);
+* runs whole episodes: a module-level function ``fn(env, *args)`` such as
+  :func:`alrs.evaluation.run_episode`, for grids, test seeds and deterministic evaluations.
+
+Each child's arithmetic is the same in every backend, so given the same torch threads per child the
+results are equal to the last digit; only the order in which episodes finish changes, and the
+driver, the only process that writes files, stores each result as it arrives.
+
+Local workers are spawned processes that ignore Ctrl-C: the driver gets it, stops them
+(:meth:`WorkerPool.close`) and keeps what it has already written.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import socket
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector.utils import batch_space
+
+from alrs.env import EnvConfig, LREnv, resolve_device
+from alrs.vector_env import make_lr_envs
+
+BACKENDS: tuple[str, ...] = ("local", "ray")
+"""``local``: this process (1 worker) or local processes; ``ray``: Ray actors, local or on a cluster."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Where a script's child trainings run.
+
+    Args:
+        workers: processes (or Ray actors) that train children at once; None: one per core on the
+            CPU (capped by the jobs), one on CUDA, where the batched env fills the GPU instead.
+        backend: ``local`` or ``ray``.
+        ray_address: the Ray cluster to join (``host:port``, ``ray://host:port`` or ``auto``);
+            None starts a local Ray with this machine's cores.
+        threads: torch threads per worker; None: the cores split evenly among the workers.
+    """
+
+    workers: int | None = None
+    backend: str = "local"
+    ray_address: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers <= 0):
+            raise ValueError(f"--workers must be a positive integer, got {self.workers!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.ray_address is not None and self.backend != "ray":
+            raise ValueError("--ray-address needs --backend ray")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads <= 0):
+            raise ValueError(f"--threads must be a positive integer, got {self.threads!r}")
+
+    def num_workers(self, config: EnvConfig, jobs: int) -> int:
+        """Workers for ``jobs`` parallel jobs of ``config``'s children."""
+        if self.workers is not None:
+            return self.workers
+        if self.backend == "ray":
+            return max(1, jobs)  # the cluster's scheduler places them
+        return 1 if resolve_device(config.device).type == "cuda" else max(1, min(jobs, available_cores()))
+
+    def threads_per_worker(self, workers: int) -> int:
+        """Torch threads of each worker: the cores split evenly, so that workers do not oversubscribe them."""
+        return self.threads if self.threads is not None else max(1, available_cores() // workers)
+
+
+class _Host:
+    """The LR environments of one worker and what can be run on them (in a worker process or a Ray actor)."""
+
+    def __init__(self, threads: int | None = None):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.envs: list[LREnv] = []
+        self._episode_envs: dict[EnvConfig, LREnv] = {}
+
+    def env(self, config: EnvConfig) -> LREnv:
+        """The env that runs whole episodes of ``config`` (built once; the dataset is loaded once per process)."""
+        if config not in self._episode_envs:
+            self._episode_envs[config] = LREnv(config)
+        return self._episode_envs[config]
+
+    def make_envs(self, config: EnvConfig, count: int) -> tuple[gym.Space, gym.Space]:
+        """Build this worker's slice of PPO's children; returns their observation and action spaces."""
+        self.envs = [LREnv(config) for _ in range(count)]
+        return self.envs[0].observation_space, self.envs[0].action_space
+
+    def reset(self, seeds: list[int | None], options: dict[str, Any] | None) -> list[tuple[np.ndarray, dict]]:
+        return [env.reset(seed=seed, options=options) for env, seed in zip(self.envs, seeds, strict=True)]
+
+    def step(self, actions: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Step each env; one that ends restarts at once (Gymnasium's SAME_STEP autoreset), its last
+        observation and info returned beside the new ones."""
+        out = []
+        for env, action in zip(self.envs, actions, strict=True):
+            obs, reward, terminated, truncated, info = env.step(action)
+            final = None
+            if terminated or truncated:
+                final = {"final_obs": obs, "final_info": info}
+                obs, info = env.reset()
+            out.append((obs, reward, terminated, truncated, final, info))
+        return out
+
+    def run(self, fn: Callable[..., Any], config: EnvConfig, args: tuple) -> Any:
+        return fn(self.env(config), *args)
+
+
+class _ProcessWorker:
+    """A host in a spawned local process, driven through a pipe."""
+
+    def __init__(self, context: Any, threads: int):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, threads), daemon=True, name="alrs-worker")
+        self.process.start()
+        child.close()
+
+    def submit(self, method: str, *args: Any) -> None:
+        self.conn.send((method, args))
+
+    def result(self) -> Any:
+        try:
+            status, value = self.conn.recv()
+        except (EOFError, ConnectionError) as exc:
+            self.process.join(timeout=1)
+            raise RuntimeError(f"worker process {self.process.pid} died (exit code {self.process.exitcode}); "
+                               "out of memory? try fewer --workers") from exc
+        if status == "error":
+            exc, trace = value
+            exc.add_note(f"in worker process {self.process.pid}:\n{trace}")
+            raise exc
+        return value
+
+    def close(self) -> None:
+        """Stop the process at once: work in flight is discarded (the driver has stored all finished work)."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+    @staticmethod
+    def wait_any(workers: list[_ProcessWorker]) -> list[_ProcessWorker]:
+        ready = multiprocessing.connection.wait([w.conn for w in workers])
+        return [w for w in workers if w.conn in ready]
+
+
+def _serve(conn: multiprocessing.connection.Connection, threads: int) -> None:
+    """A worker process's loop: run the host's methods the driver asks for, send back their results."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
+    host = _Host(threads)
+    while True:
+        try:
+            method, args = conn.recv()
+        except (EOFError, ConnectionError):
+            return  # the driver is gone
+        try:
+            reply: tuple[str, Any] = ("ok", getattr(host, method)(*args))
+        except Exception as exc:
+            trace = traceback.format_exc()
+            try:
+                pickle.dumps(exc)
+            except Exception:
+                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+            reply = ("error", (exc, trace))
+        conn.send(reply)
+
+
+class _RayWorker:
+    """A host as a Ray actor; it declares the CPUs (its torch threads) and the GPU share it needs."""
+
+    def __init__(self, threads: int, num_gpus: float):
+        import ray
+
+        self._ray = ray
+        self.actor = ray.remote(_Host).options(num_cpus=threads, num_gpus=num_gpus).remote(threads)
+        self.ref: Any = None
+
+    def submit(self, method: str, *args: Any) -> None:
+        self.ref = getattr(self.actor, method).remote(*args)
+
+    def result(self) -> Any:
+        ref, self.ref = self.ref, None
+        return self._ray.get(ref)
+
+    def close(self) -> None:
+        self._ray.kill(self.actor)
+
+    @staticmethod
+    def wait_any(workers: list[_RayWorker]) -> list[_RayWorker]:
+        import ray
+
+        ready, _ = ray.wait([w.ref for w in workers], num_returns=1)
+        return [w for w in workers if w.ref in ready]
+
+
+def require_ray() -> Any:
+    """The ray module, or a one-line error naming the install."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("--backend ray needs Ray: pip install 'ray[default]'") from exc
+    return ray
+
+
+def _start_ray(address: str | None, cpus_needed: int) -> bool:
+    """Join the cluster at ``address`` (or start a local Ray); returns whether this call started it."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    if address not in (None, "auto"):
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "localhost", int(port)), timeout=10).close()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot reach the Ray cluster at --ray-address {address} ({exc}); start it with "
+                             "'ray start --head' or fix the address") from exc
+    try:
+        if address is None:
+            ray.init(num_cpus=max(available_cores(), cpus_needed), include_dashboard=False, logging_level="ERROR",
+                     log_to_driver=False)
+        else:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except ConnectionError as exc:
+        raise ValueError(f"cannot connect to Ray at --ray-address {address}: {exc}") from exc
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < cpus_needed:
+        ray.shutdown()
+        raise ValueError(f"the workers need {cpus_needed} CPUs (--workers x --threads) but the Ray cluster has {cpus:g}; "
+                         "lower --workers or --threads")
+    return True
+
+
+class WorkerPool:
+    """Workers for one script's child trainings; one worker on the local backend means this process.
+
+    Use as a context manager: leaving it stops every worker process (and a Ray this pool started).
+
+    Args:
+        parallel: where the work runs.
+        workers: how many workers (see :meth:`ParallelConfig.num_workers`).
+        config: the env settings of the children (decides the GPU share of a Ray worker).
+    """
+
+    def __init__(self, parallel: ParallelConfig, workers: int, config: EnvConfig):
+        self.parallel, self.num_workers = parallel, workers
+        self.threads = parallel.threads_per_worker(workers)
+        self.workers: list[Any] = []
+        self._host: _Host | None = None
+        self._started_ray = False
+        if parallel.backend == "local" and workers == 1:
+            self._host = _Host(parallel.threads)  # in this process: no copies, no pipes
+            return
+        try:
+            if parallel.backend == "ray":
+                self._started_ray = _start_ray(parallel.ray_address, workers * self.threads)
+                gpus = require_ray().cluster_resources().get("GPU", 0) if config.device != "cpu" else 0
+                share = min(1.0, gpus / workers) if gpus else 0.0
+                self.workers = [_RayWorker(self.threads, share) for _ in range(workers)]
+            else:
+                context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+                self.workers = [_ProcessWorker(context, self.threads) for _ in range(workers)]
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def in_process(self) -> bool:
+        return self._host is not None
+
+    def env(self, config: EnvConfig) -> LREnv:
+        """An env of ``config`` in this process (for checks; the in-process backend also runs on it)."""
+        return (self._host or _Host()).env(config)
+
+    def vector_env(self, config: EnvConfig, num_envs: int, batched: bool | None = None) -> gym.vector.VectorEnv:
+        """PPO's ``num_envs`` children: in this process (sequential or batched), else split over the workers."""
+        if self.in_process:
+            return make_lr_envs(config, num_envs, batched)
+        if batched:
+            raise ValueError("--batched-envs trains every child in one process; drop it or use --workers 1")
+        if self.num_workers > num_envs:
+            raise ValueError(f"--workers {self.num_workers} is more than the {num_envs} children of a PPO iteration; "
+                             f"use --workers {num_envs} or fewer (or raise --num-envs)")
+        return WorkerVectorEnv(self.workers, config, num_envs)
+
+    def run(self, fn: Callable[..., Any], config: EnvConfig, jobs: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        """``fn(env, *job)`` for every job, on an env of ``config``; yields ``(job index, result)`` as each finishes.
+
+        ``fn`` must be a module-level function (it is sent to the workers by name).
+        """
+        if self.in_process:
+            env = self.env(config)
+            for i, job in enumerate(jobs):
+                yield i, fn(env, *job)
+            return
+        pending = list(enumerate(jobs))[::-1]
+        busy: dict[Any, int] = {}
+        idle = list(self.workers)
+        while pending or busy:
+            while pending and idle:
+                worker = idle.pop()
+                index, job = pending.pop()
+                worker.submit("run", fn, config, tuple(job))
+                busy[worker] = index
+            for worker in type(self.workers[0]).wait_any(list(busy)):
+                index = busy.pop(worker)
+                yield index, worker.result()
+                idle.append(worker)
+
+    def close(self) -> None:
+        """Stop the workers (work in flight is dropped) and a Ray this pool started."""
+        for worker in self.workers:
+            worker.close()
+        self.workers = []
+        if self._started_ray:
+            require_ray().shutdown()
+            self._started_ray = False
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_pool(parallel: ParallelConfig, config: EnvConfig, jobs: int) -> WorkerPool:
+    """A pool with :meth:`ParallelConfig.num_workers` workers for ``jobs`` parallel jobs."""
+    return WorkerPool(parallel, parallel.num_workers(config, jobs), config)
+
+
+class WorkerVectorEnv(gym.vector.VectorEnv):
+    """PPO's children split into contiguous slices over workers; each worker steps its slice.
+
+    Observations, rewards and infos are assembled exactly as Gymnasium's ``SyncVectorEnv`` does
+    with autoreset mode ``SAME_STEP``, so PPO sees the same batch whichever runs the children.
+    The pool owns the workers: closing this env leaves them running.
+    """
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+
+    def __init__(self, workers: list[Any], config: EnvConfig, num_envs: int):
+        self.workers, self.num_envs = workers, num_envs
+        base, extra = divmod(num_envs, len(workers))
+        sizes = [base + (i < extra) for i in range(len(workers))]
+        self._slices = [slice(sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(workers))]
+        for worker, size in zip(workers, sizes, strict=True):
+            worker.submit("make_envs", config, size)
+        spaces = [worker.result() for worker in workers]
+        self.single_observation_space, self.single_action_space = spaces[0]
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+    def reset(self, *, seed: int | list[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every child; ``seed`` as in Gymnasium's vector envs (an int seeds envs seed, seed+1, ...)."""
+        if options and "reset_mask" in options:
+            raise ValueError("WorkerVectorEnv resets every child at once; it has no reset_mask")
+        if seed is None or isinstance(seed, int):
+            seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
+        elif len(seed) == self.num_envs:
+            seeds = list(seed)
+        else:
+            raise ValueError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
+        for worker, part in zip(self.workers, self._slices, strict=True):
+            worker.submit("reset", seeds[part], options)
+        results = [r for worker in self.workers for r in worker.result()]
+        infos: dict[str, Any] = {}
+        for i, (_, info) in enumerate(results):
+            infos = self._add_info(infos, info, i)
+        return self._stack([obs for obs, _ in results]), infos
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if len(actions) != self.num_envs:
+            raise ValueError(f"need one action per env ({self.num_envs}), got {len(actions)}")
+        for worker, part in zip(self.workers, self._slices, strict=True):
+            worker.submit("step", actions[part])
+        results = [r for worker in self.workers for r in worker.result()]
+        infos: dict[str, Any] = {}
+        for i, (_, _, _, _, final, info) in enumerate(results):
+            if final is not None:
+                infos = self._add_info(infos, final, i)
+            infos = self._add_info(infos, info, i)
+        obs, rewards, terminated, truncated = (list(column) for column in zip(*(r[:4] for r in results), strict=True))
+        return (self._stack(obs), np.array(rewards, dtype=np.float64), np.array(terminated, dtype=np.bool_),
+                np.array(truncated, dtype=np.bool_), infos)
+
+    def _stack(self, obs: list[np.ndarray]) -> np.ndarray:
+        return np.stack(obs).astype(self.single_observation_space.dtype, copy=False)
+
+
+__all__ = ["BACKENDS", "ParallelConfig", "WorkerPool", "WorkerVectorEnv", "available_cores",
+           "make_pool", "require_ray"]
