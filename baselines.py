@@ -1,7 +1,7 @@
 """Grid-search the paper's step-decay baseline (48 points) and constant LRs, resumably.
 
-    python baselines.py --dataset fa-mnist --architecture cnn
-    python baselines.py --config configs/quick.json
+python baselines.py --dataset fa-mnist --architecture cnn
+python baselines.py --config configs/quick.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from utils import env_config, parallel_config, parse_args, run_script, set_threa
 def main() -> int:
     args = parse_args("baselines")
     set_threads(args.threads)
-    config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)  # hand-made schedules: no LR noise
+    config = dataclasses.replace(
+        env_config(args), lr_noise=0.0, initial_lr_noise=0.0
+    )  # hand-made schedules: no LR noise
     path = baseline_file(args.results_dir, config)
     print(f"grid search on {config.dataset}/{config.architecture}; results in {path}")
     env = LREnv(config)
@@ -27,7 +29,9 @@ def main() -> int:
         with make_pool(parallel_config(args), config, jobs=len(grid_schedules(config))) as pool:
             data = baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; every finished point is kept in {path}. Rerun the same command to go on.", file=sys.stderr)
+        print(
+            f"\ninterrupted; every finished point is kept in {path}. Rerun the same command to go on.", file=sys.stderr
+        )
         return 130
 
     results = data["results"]

@@ -11,13 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import sys
 from pathlib import Path
 
 from alrs.env import LREnv
-from alrs.evaluation import (BASELINE_KEYS, ResultStore, baseline_file, baseline_grid_search, evaluation_settings,
-                             format_table, grid_schedules, plan_test, run_jobs, summarize)
-from alrs.io import load_json, load_torch
+from alrs.errors import UserError
+from alrs.evaluation import (
+    BASELINE_KEYS,
+    ResultStore,
+    baseline_file,
+    baseline_grid_search,
+    evaluation_settings,
+    format_table,
+    grid_schedules,
+    plan_test,
+    run_jobs,
+    summarize,
+)
+from alrs.io import FolderLock, load_json, load_torch
 from alrs.parallel import make_pool
 from alrs.plotting import plot_comparison
 from alrs.schedules import Learned
@@ -35,11 +47,13 @@ def main() -> int:
     args = parse_args("test")
     set_threads(args.threads)
     if args.num_seeds <= 0:
-        raise ValueError("--num-seeds must be positive")
+        raise UserError("--num-seeds must be positive")
+    if args.start_lr is not None and not (math.isfinite(args.start_lr) and 0 < args.start_lr <= 1):
+        raise UserError(f"--start-lr must be a learning rate in (0, 1], got {args.start_lr}")
     if args.baselines_only == hasattr(args, "run_dir"):
-        raise ValueError("give either --test-id <run> or --baselines-only")
+        raise UserError("give either --test-id <run> or --baselines-only")
     if args.checkpoint not in CHECKPOINTS:
-        raise ValueError(f"--checkpoint must be best or last, got {args.checkpoint!r}")
+        raise UserError(f"--checkpoint must be best or last, got {args.checkpoint!r}")
     learned, transfer, start_lrs = None, False, []
     if not args.baselines_only:
         # The controller starts from each initial LR it was trained on (and from the tuned step decay's).
@@ -69,44 +83,71 @@ def main() -> int:
     path = baseline_file(args.results_dir, config)
     if not path.exists():
         if not args.run_baselines:
-            flags = " ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in BASELINE_KEYS if getattr(config, k) is not None)
-            raise ValueError(f"no baseline results at {path}; run: python baselines.py {flags} --seed {args.seed} "
-                             "(or add --run-baselines)")
+            flags = " ".join(
+                f"--{k.replace('_', '-')} {getattr(config, k)}" for k in BASELINE_KEYS if getattr(config, k) is not None
+            )
+            raise UserError(
+                f"no baseline results at {path}; run: python baselines.py {flags} --seed {args.seed} "
+                "(or add --run-baselines)"
+            )
         with make_pool(parallel_config(args), config, jobs=len(grid_schedules(config))) as pool:
             baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
     grid = load_json(path)
     expected = evaluation_settings(config, BASELINE_KEYS)
     if {k: grid["settings"].get(k) for k in BASELINE_KEYS} != expected or "best_step_decay" not in grid:
-        raise ValueError(f"{path} is unfinished or was made with other settings; rerun baselines.py with this test's settings")
+        raise UserError(
+            f"{path} is unfinished or was made with other settings; rerun baselines.py with this test's settings"
+        )
     if "best_cosine" not in grid:
-        print(f"{path} has no cosine or linear points: run baselines.py with this test's settings to add them", file=sys.stderr)
+        print(
+            f"{path} has no cosine or linear points: run baselines.py with this test's settings to add them",
+            file=sys.stderr,
+        )
     plan = plan_test(grid, learned, start_lrs)
 
     # Baselines alone go to "baselines" plus the grid file's settings tag, e.g. baselines_bs500_steps200_val1000.
-    out_name = run.name + ("" if args.checkpoint == "best" else "_last") if learned else "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
+    out_name = (
+        run.name + ("" if args.checkpoint == "best" else "_last")
+        if learned
+        else "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
+    )
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = [args.seed + EVAL_SEED_OFFSET + i for i in range(args.num_seeds)]
-    store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})
-    # Stored under their labels, as before stable keys existed: earlier results stay reusable.
-    jobs = [(f"{plan.labels[key]} | seed {seed}", schedule, seed) for seed in seeds for key, schedule in plan.schedules.items()]
-    try:
-        with make_pool(parallel_config(args), config, jobs=len(jobs)) as pool:
-            results = run_jobs(env, jobs, store, progress=args.progress, desc="test", pool=pool)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; every finished run is kept in {out / 'summary.json'}. Rerun the same command to go on.",
-              file=sys.stderr)
-        return 130
-    by_schedule = {key: [results[f"{plan.labels[key]} | seed {seed}"] for seed in seeds] for key in plan.schedules}
+    with FolderLock(out / ".lock", f"result folder {out}"):  # one writer at a time
+        store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})
+        # Stored under their labels, as before stable keys existed: earlier results stay reusable.
+        jobs = [
+            (f"{plan.labels[key]} | seed {seed}", schedule, seed)
+            for seed in seeds
+            for key, schedule in plan.schedules.items()
+        ]
+        try:
+            with make_pool(parallel_config(args), config, jobs=len(jobs)) as pool:
+                results = run_jobs(env, jobs, store, progress=args.progress, desc="test", pool=pool)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted; every finished run is kept in {out / 'summary.json'}. "
+                "Rerun the same command to go on.",
+                file=sys.stderr,
+            )
+            return 130
+        by_schedule = {key: [results[f"{plan.labels[key]} | seed {seed}"] for seed in seeds] for key in plan.schedules}
 
-    summary = summarize(by_schedule, plan.labels, plan.comparisons)
-    title = f"{config.dataset} / {config.architecture}: {out_name}, {len(seeds)} seeds" + (" (transfer)" if transfer else "")
-    table = format_table(summary, reference=plan.reference, title=title)
-    store.update(summary=summary, transfer=transfer, controller=str(controller_file) if learned else None)
-    (out / "table.md").write_text(table)
-    plot_comparison({plan.labels[key]: [r.curves for r in runs] for key, runs in by_schedule.items()}, out / "curves.png", title=title)
-    print(table)
-    print(f"written: {out / 'summary.json'}, {out / 'table.md'}, {out / 'curves.png'}")
-    return 0
+        summary = summarize(by_schedule, plan.labels, plan.comparisons)
+        title = f"{config.dataset} / {config.architecture}: {out_name}, {len(seeds)} seeds" + (
+            " (transfer)" if transfer else ""
+        )
+        table = format_table(summary, reference=plan.reference, title=title)
+        store.update(summary=summary, transfer=transfer, controller=str(controller_file) if learned else None)
+        (out / "table.md").write_text(table)
+        plot_comparison(
+            {plan.labels[key]: [r.curves for r in runs] for key, runs in by_schedule.items()},
+            out / "curves.png",
+            title=title,
+        )
+        print(table)
+        print(f"written: {out / 'summary.json'}, {out / 'table.md'}, {out / 'curves.png'}")
+        return 0
 
 
 if __name__ == "__main__":

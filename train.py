@@ -1,8 +1,8 @@
 """Learn an adaptive learning-rate schedule: train a PPO controller on the LR environment.
 
-    python train.py --config configs/quick.json
-    python train.py --dataset fa-mnist --architecture cnn --episodes 1000
-    python train.py --resume runs/<id>
+python train.py --config configs/quick.json
+python train.py --dataset fa-mnist --architecture cnn --episodes 1000
+python train.py --resume runs/<id>
 """
 
 from __future__ import annotations
@@ -13,12 +13,22 @@ from pathlib import Path
 
 from alrs.data import load_dataset
 from alrs.env import resolve_device
+from alrs.errors import UserError
 from alrs.io import save_json
 from alrs.parallel import WorkerPool
 from alrs.training import CONFIG_FILE, LAST_FILE, require_tensorboard, train_controller
 from alrs.vector_env import check_batchable
-from utils import (env_config, new_run_dir, parallel_config, parse_args, ppo_config, provenance, run_script, set_threads,
-                   settings_of)
+from utils import (
+    env_config,
+    new_run_dir,
+    parallel_config,
+    parse_args,
+    ppo_config,
+    provenance,
+    run_script,
+    set_threads,
+    settings_of,
+)
 
 
 def main() -> int:
@@ -27,9 +37,9 @@ def main() -> int:
     env_cfg = env_config(args)
     ppo_cfg = ppo_config(args, num_steps=env_cfg.num_controller_steps)
     if args.num_envs <= 0 or args.episodes <= 0 or args.eval_seeds <= 0:
-        raise ValueError("--num-envs, --episodes and --eval-seeds must be positive")
+        raise UserError("--num-envs, --episodes and --eval-seeds must be positive")
     if args.eval_every < 0:
-        raise ValueError("--eval-every must be >= 0 (0 turns the evaluations off)")
+        raise UserError("--eval-every must be >= 0 (0 turns the evaluations off)")
     resume = hasattr(args, "resume")
     # Fail before making a run folder: missing data, a child that cannot be batched.
     load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))
@@ -40,34 +50,68 @@ def main() -> int:
     parallel = parallel_config(args)
     workers = parallel.num_workers(env_cfg, args.num_envs)
     if workers > args.num_envs:
-        raise ValueError(f"--workers {workers} is more than the {args.num_envs} children of a PPO iteration; "
-                         f"use --workers {args.num_envs} or fewer (or raise --num-envs)")
+        raise UserError(
+            f"--workers {workers} is more than the {args.num_envs} children of a PPO iteration; "
+            f"use --workers {args.num_envs} or fewer (or raise --num-envs)"
+        )
     if workers > 1 and args.batched_envs:
-        raise ValueError("--batched-envs trains every child in one process; drop it or use --workers 1")
+        raise UserError("--batched-envs trains every child in one process; drop it or use --workers 1")
     run_dir = Path(args.resume) if resume else None
+    if resume and not (run_dir / LAST_FILE).is_file():
+        raise UserError(
+            f"{run_dir} has no {LAST_FILE}: it stopped before its first PPO iteration ended, so there "
+            "is nothing to resume; start a new run"
+        )
     try:
         with WorkerPool(parallel, workers, env_cfg) as pool:  # an unreachable Ray fails here, before any run folder
             if run_dir is None:
                 run_dir = new_run_dir(args.out_dir, args)
                 save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
-            where = f" on {workers} {'Ray' if parallel.backend == 'ray' else 'local'} workers" if not pool.in_process else ""
+            where = (
+                f" on {workers} {'Ray' if parallel.backend == 'ray' else 'local'} workers"
+                if not pool.in_process
+                else ""
+            )
             print(f"{'resuming' if resume else 'run'} {run_dir}{where}", file=sys.stderr)
-            summary = train_controller(run_dir, env_cfg, ppo_cfg, num_envs=args.num_envs, episodes=args.episodes,
-                                       seed=args.seed, resume=resume, progress=args.progress, batched=args.batched_envs,
-                                       eval_every=args.eval_every, eval_seeds=args.eval_seeds, tensorboard=args.tensorboard,
-                                       pool=pool)
-    except KeyboardInterrupt:
+            summary = train_controller(
+                run_dir,
+                env_cfg,
+                ppo_cfg,
+                num_envs=args.num_envs,
+                episodes=args.episodes,
+                seed=args.seed,
+                resume=resume,
+                progress=args.progress,
+                batched=args.batched_envs,
+                eval_every=args.eval_every,
+                eval_seeds=args.eval_seeds,
+                tensorboard=args.tensorboard,
+                pool=pool,
+            )
+    except BaseException as exc:
+        fresh = run_dir is not None and not resume and not (run_dir / LAST_FILE).exists()
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed or was stopped leaves no run folder
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
         if run_dir is not None and (run_dir / LAST_FILE).exists():
-            print(f"\ninterrupted; {run_dir / LAST_FILE} holds the last finished iteration. "
-                  f"Continue with: python train.py --resume {run_dir}", file=sys.stderr)
-        elif run_dir is not None and not resume:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            print(f"\ninterrupted before the first iteration ended; nothing to resume, {run_dir} removed", file=sys.stderr)
+            print(
+                f"\ninterrupted; {run_dir / LAST_FILE} holds the last finished iteration. "
+                f"Continue with: python train.py --resume {run_dir}",
+                file=sys.stderr,
+            )
+        elif fresh:
+            print(
+                f"\ninterrupted before the first iteration ended; nothing to resume, {run_dir} removed", file=sys.stderr
+            )
         else:
             print("\ninterrupted", file=sys.stderr)
         return 130
     if args.eval_every:
-        chosen = f"best evaluation: mean best validation loss {summary['best_eval_loss']:.4f} (iteration {summary['best_eval_iteration']})"
+        chosen = (
+            f"best evaluation: mean best validation loss {summary['best_eval_loss']:.4f} "
+            f"(iteration {summary['best_eval_iteration']})"
+        )
     else:
         chosen = f"best final validation loss {summary['best_final_val_loss']:.4f} (episode {summary['best_episode']})"
     print(f"done: {summary['episodes']} episodes, {chosen}; controller: {summary['best']}")

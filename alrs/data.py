@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alrs.errors import UserError
+
 NUM_VAL = 10_000
 """Validation examples carved out of the official training set (paper: 50k/10k and 40k/10k)."""
 
@@ -57,7 +59,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError):
     """A dataset could not be found, downloaded or parsed; the message says how to fix it."""
 
 
@@ -80,7 +82,7 @@ class Splits:
 def check_dataset(name: str) -> DatasetInfo:
     """The dataset's info, or a one-line error listing the valid names."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -107,7 +109,10 @@ def _load_cached(name: str, data_dir: str, device: str, download: bool) -> Split
         return _load_cached(name, data_dir, "cpu", download).to(device)
     train_x, train_y, test_x, test_y = _read_official(name, Path(data_dir), download)
     if len(train_x) <= NUM_VAL:
-        raise DatasetError(f"{name}: the training set has {len(train_x)} examples, fewer than the {NUM_VAL} validation examples plus one")
+        raise DatasetError(
+            f"{name}: the training set has {len(train_x)} examples, "
+            f"fewer than the {NUM_VAL} validation examples plus one"
+        )
     perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
     val_idx, train_idx = perm[:NUM_VAL], perm[NUM_VAL:]
     return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx], test_x, test_y)
@@ -130,7 +135,7 @@ def _read_official(name: str, data_dir: Path, download: bool) -> tuple[torch.Ten
 
         try:
             getattr(torchvision.datasets, info.torchvision_class)(root=str(data_dir), download=True)
-        except Exception as exc:  # noqa: BLE001 - any download failure becomes one clear message
+        except Exception as exc:
             reason = f"the download into {data_dir} failed ({type(exc).__name__}: {exc})"
         else:
             return _read_folder(name, folders[0])
@@ -161,7 +166,9 @@ def _read_idx_pair(folder: Path, images: str, labels: str) -> tuple[torch.Tensor
     x = _read_idx(folder, images).unsqueeze(1).float().div_(255.0)
     y = _read_idx(folder, labels).long()
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-        raise DatasetError(f"{folder / images} and {folder / labels}: shapes {tuple(x.shape)} and {tuple(y.shape)} do not match")
+        raise DatasetError(
+            f"{folder / images} and {folder / labels}: shapes {tuple(x.shape)} and {tuple(y.shape)} do not match"
+        )
     return x, y
 
 
@@ -178,7 +185,9 @@ def _read_idx(folder: Path, name: str) -> torch.Tensor:
             tmp.flush()
             return read_sn3_pascalvincent_tensor(tmp.name)
     except (OSError, EOFError, AssertionError, RuntimeError, ValueError, KeyError) as exc:
-        raise DatasetError(f"{path}: not a valid IDX file ({type(exc).__name__}: {exc}); delete it and fetch it again") from exc
+        raise DatasetError(
+            f"{path}: not a valid IDX file ({type(exc).__name__}: {exc}); delete it and fetch it again"
+        ) from exc
 
 
 def _read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,9 +200,11 @@ def _read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
             data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(batch["labels"], dtype=np.int64)
             if len(data) != len(labels):
-                raise ValueError(f"{len(data)} images but {len(labels)} labels")
+                raise UserError(f"{len(data)} images but {len(labels)} labels")
         except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
-            raise DatasetError(f"{path}: not a valid CIFAR10 batch ({type(exc).__name__}: {exc}); delete it and fetch it again") from exc
+            raise DatasetError(
+                f"{path}: not a valid CIFAR10 batch ({type(exc).__name__}: {exc}); delete it and fetch it again"
+            ) from exc
         xs.append(torch.from_numpy(data))
         ys.append(torch.from_numpy(labels))
     return torch.cat(xs).float().div_(255.0), torch.cat(ys)

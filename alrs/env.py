@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -20,8 +20,18 @@ from gymnasium import spaces
 from torch import nn
 
 from alrs.data import Splits, check_dataset, load_dataset
-from alrs.features import (PAPER_FEATURES, check_reward, child_features, divergence_reward, feature_names, next_lr,
-                           observation_tail, step_reward)
+from alrs.errors import UserError
+from alrs.features import (
+    PAPER_FEATURES,
+    check_reward,
+    child_features,
+    divergence_reward,
+    feature_names,
+    next_lr,
+    observation_tail,
+    step_reward,
+)
+from alrs.models import ALIASES as ARCHITECTURE_ALIASES
 from alrs.models import build_model, check_architecture
 
 FEATURES: tuple[str, ...] = PAPER_FEATURES
@@ -58,7 +68,8 @@ class EnvConfig:
 
     Args:
         dataset: ``mnist``, ``fa-mnist`` or ``cifar10``.
-        architecture: ``mlp``, ``cnn`` (LeNet-5), ``resnet`` (ResNet-18) or ``paper-cnn``.
+        architecture: ``mlp``, ``lenet5`` (LeNet-5; stored under the seed's name ``cnn``), ``resnet``
+            (ResNet-18) or ``paper-cnn``.
         batch_size: Adam minibatch size (paper: 1000).
         update_freq: Adam steps per controller step (paper: K = 10).
         num_train_steps: Adam steps per episode (paper: 1000).
@@ -107,35 +118,39 @@ class EnvConfig:
         for name in ("action_range", "lr_noise", "initial_lr_noise", "lr_min", "lr_max", "divergence_loss"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+                raise UserError(f"{name} must be a finite number, got {value!r}")
         if not self.divergence_loss > 0:
-            raise ValueError(f"divergence_loss must be positive (a loss), got {self.divergence_loss}")
+            raise UserError(f"divergence_loss must be positive (a loss), got {self.divergence_loss}")
         check_dataset(self.dataset)
         check_architecture(self.architecture)
+        # "lenet5" is stored as "cnn", so results and configs of either name are one and the same.
+        object.__setattr__(self, "architecture", ARCHITECTURE_ALIASES.get(self.architecture, self.architecture))
         for name in ("batch_size", "update_freq", "num_train_steps", "eval_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.num_train_steps % self.update_freq:
-            raise ValueError(
+            raise UserError(
                 f"update_freq={self.update_freq} must divide num_train_steps={self.num_train_steps}; "
                 f"e.g. num_train_steps={self.update_freq * max(1, round(self.num_train_steps / self.update_freq))}"
             )
         if self.initial_lr != "random" and not (isinstance(self.initial_lr, (int, float)) and 0 < self.initial_lr <= 1):
-            raise ValueError(f"initial_lr must be a number in (0, 1] or 'random', got {self.initial_lr!r}")
+            raise UserError(f"initial_lr must be a number in (0, 1] or 'random', got {self.initial_lr!r}")
         if not self.action_range > 1:
-            raise ValueError(f"action_range must be > 1 (a factor such as 1.05), got {self.action_range!r}")
+            raise UserError(f"action_range must be > 1 (a factor such as 1.05), got {self.action_range!r}")
         if self.lr_noise < 0 or self.initial_lr_noise < 0:
-            raise ValueError("lr_noise and initial_lr_noise must be >= 0 (0 turns the noise off)")
+            raise UserError("lr_noise and initial_lr_noise must be >= 0 (0 turns the noise off)")
         if not 0 < self.lr_min < self.lr_max:
-            raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
+            raise UserError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
         if self.initial_lr != "random" and not self.lr_min <= self.initial_lr <= self.lr_max:
-            raise ValueError(f"initial_lr={self.initial_lr} is outside the controller's LR bounds [{self.lr_min}, {self.lr_max}]")
+            raise UserError(
+                f"initial_lr={self.initial_lr} is outside the controller's LR bounds [{self.lr_min}, {self.lr_max}]"
+            )
         if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
-            raise ValueError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
+            raise UserError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
         check_reward(self.reward)
         feature_names(self.lr_feature, self.time_feature)  # checks lr_feature
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be cpu, cuda or auto, got {self.device!r}")
+            raise UserError(f"device must be cpu, cuda or auto, got {self.device!r}")
 
     @property
     def num_controller_steps(self) -> int:
@@ -153,7 +168,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but no CUDA device is available; use --device cpu")
+        raise UserError("device cuda was asked for but no CUDA device is available; use --device cpu")
     return torch.device(device)
 
 
@@ -166,24 +181,24 @@ class LREnv(gym.Env):
     kept so the paper's protocol (test the best-validation checkpoint) can be followed.
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, config: EnvConfig | None = None, data: Splits | None = None, **options: Any):
         """Args:
-            config: the settings (or pass them as keyword ``options``).
-            data: preloaded splits of ``config.dataset``'s shape, e.g. generated ones in a
-                benchmark; by default the dataset is loaded (once per process) from ``data_dir``.
+        config: the settings (or pass them as keyword ``options``).
+        data: preloaded splits of ``config.dataset``'s shape, e.g. generated ones in a
+            benchmark; by default the dataset is loaded (once per process) from ``data_dir``.
         """
         self.config = config if config is not None else EnvConfig(**options)
         if config is not None and options:
-            raise ValueError("pass either an EnvConfig or keyword options, not both")
+            raise UserError("pass either an EnvConfig or keyword options, not both")
         cfg = self.config
         self.device = resolve_device(cfg.device)
         data = load_dataset(cfg.dataset, cfg.data_dir, self.device) if data is None else data.to(self.device)
         if cfg.batch_size > len(data.train_x):
-            raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(data.train_x)} training examples")
+            raise UserError(f"batch_size={cfg.batch_size} exceeds the {len(data.train_x)} training examples")
         if cfg.val_size is not None and cfg.val_size > len(data.val_x):
-            raise ValueError(f"val_size={cfg.val_size} exceeds the {len(data.val_x)} validation examples")
+            raise UserError(f"val_size={cfg.val_size} exceeds the {len(data.val_x)} validation examples")
         self.data = data
         self.val_x, self.val_y = data.val_x[: cfg.val_size], data.val_y[: cfg.val_size]
 
@@ -215,7 +230,9 @@ class LREnv(gym.Env):
         self._prev_probs = probs
         self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         # Before any Adam step there is no train loss yet; the untrained net's validation loss stands in.
-        features = child_features(val_loss[None], val_loss[None], probs[None], None, self.model.output_layer.weight[None])
+        features = child_features(
+            val_loss[None], val_loss[None], probs[None], None, self.model.output_layer.weight[None]
+        )
         return self._first_observation(features[0], val_acc)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -246,8 +263,13 @@ class LREnv(gym.Env):
             loss_sum += loss.detach()  # stays on the device: no host sync inside the Adam steps
 
         val_loss, val_acc, probs = self._evaluate(model, self.val_x, self.val_y, keep_probs=True)
-        features = child_features((loss_sum / cfg.update_freq)[None], val_loss[None], probs[None], self._prev_probs[None],
-                                  model.output_layer.weight[None])
+        features = child_features(
+            (loss_sum / cfg.update_freq)[None],
+            val_loss[None],
+            probs[None],
+            self._prev_probs[None],
+            model.output_layer.weight[None],
+        )
         self._prev_probs = probs
         return self._end_step(features[0], val_acc)
 
@@ -257,7 +279,7 @@ class LREnv(gym.Env):
         if self.model is None:
             raise RuntimeError("call reset() before evaluate_test()")
         if which not in ("best", "current"):
-            raise ValueError(f"which must be 'best' or 'current', got {which!r}")
+            raise UserError(f"which must be 'best' or 'current', got {which!r}")
         model = self.model
         if which == "best":
             model = build_model(self.config.architecture, self.config.dataset)
@@ -281,7 +303,7 @@ class LREnv(gym.Env):
         if options and "initial_lr" in options:
             lr = float(options["initial_lr"])
             if not (lr > 0 and math.isfinite(lr)):
-                raise ValueError(f"initial_lr must be a positive finite number, got {lr}")
+                raise UserError(f"initial_lr must be a positive finite number, got {lr}")
         else:
             lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
             if cfg.initial_lr_noise:
@@ -303,8 +325,15 @@ class LREnv(gym.Env):
         """The LR after ``action``: the factor, the optional noise, the bounds (:func:`alrs.features.next_lr`)."""
         cfg = self.config
         log_noise = cfg.lr_noise * float(self.np_random.normal()) if cfg.lr_noise else 0.0
-        return next_lr(self.lr, action, discrete=cfg.discrete, action_range=cfg.action_range, lr_min=cfg.lr_min,
-                       lr_max=cfg.lr_max, log_noise=log_noise)
+        return next_lr(
+            self.lr,
+            action,
+            discrete=cfg.discrete,
+            action_range=cfg.action_range,
+            lr_min=cfg.lr_min,
+            lr_max=cfg.lr_max,
+            log_noise=log_noise,
+        )
 
     def _start_step(self, lr: float) -> None:
         """Check that the episode goes on, and take ``lr`` as the LR of the coming Adam steps."""
@@ -326,7 +355,9 @@ class LREnv(gym.Env):
             obs[[0, 1]] = cfg.divergence_loss
             self._last_obs = obs
             info.update(train_loss=math.inf, val_loss=math.inf, best_val_loss=self.best_val_loss, diverged=True)
-            reward = divergence_reward(cfg.reward, self.val_loss, self.best_val_loss, steps_left_before, cfg.divergence_loss)
+            reward = divergence_reward(
+                cfg.reward, self.val_loss, self.best_val_loss, steps_left_before, cfg.divergence_loss
+            )
             return obs, reward, True, False, info
 
         prev_val, prev_best = self.val_loss, self.best_val_loss
@@ -341,7 +372,9 @@ class LREnv(gym.Env):
         return obs, reward, terminated, False, info
 
     @torch.inference_mode()
-    def _evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, keep_probs: bool) -> tuple[torch.Tensor, ...]:
+    def _evaluate(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, keep_probs: bool
+    ) -> tuple[torch.Tensor, ...]:
         """Mean loss, accuracy and (optionally) softmax predictions, as device tensors, in chunks."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -362,7 +395,9 @@ class LREnv(gym.Env):
         time left, if asked for) are appended."""
         *child, acc = torch.cat([features.double(), val_acc.double().reshape(1)]).tolist()
         cfg = self.config
-        obs = np.asarray([*child, *observation_tail(cfg.features, self.lr, self.num_steps, cfg.num_train_steps)], dtype=np.float32)
+        obs = np.asarray(
+            [*child, *observation_tail(cfg.features, self.lr, self.num_steps, cfg.num_train_steps)], dtype=np.float32
+        )
         info = {
             "train_loss": child[0],
             "val_loss": child[1],
@@ -389,5 +424,13 @@ def make_env(dataset: str = "fa-mnist", architecture: str = "cnn", **options: An
     return LREnv(EnvConfig(dataset=dataset, architecture=architecture, **options))
 
 
-__all__ = ["FEATURES", "RANDOM_INITIAL_LRS", "BatchSampler", "EnvConfig", "LREnv", "init_child", "make_env",
-           "resolve_device"]
+__all__ = [
+    "FEATURES",
+    "RANDOM_INITIAL_LRS",
+    "BatchSampler",
+    "EnvConfig",
+    "LREnv",
+    "init_child",
+    "make_env",
+    "resolve_device",
+]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from alrs.env import EnvConfig, LREnv
-from alrs.io import load_json, save_json
+from alrs.errors import UserError
+from alrs.io import FolderLock, load_json, save_json
 from alrs.parallel import WorkerPool
 from alrs.schedules import Constant, Cosine, HandMadeSchedule, Linear, Schedule, StepDecay, annealing_grid, paper_grid
 
@@ -57,8 +58,38 @@ def run_episode(env: LREnv, schedule: Schedule, seed: int, test: bool = True) ->
     curves = {key: [i[key] for i in infos] for key in ("step", "train_loss", "val_loss", "lr")}
     test_best = env.evaluate_test("best") if test else (math.nan, math.nan)
     test_final = env.evaluate_test("current") if test and not info["diverged"] else (math.nan, math.nan)
-    return EpisodeResult(schedule.describe(), seed, info["val_loss"], env.best_val_loss, env.best_step, info["diverged"],
-                         *test_best, *test_final, curves)
+    return EpisodeResult(
+        schedule.describe(),
+        seed,
+        info["val_loss"],
+        env.best_val_loss,
+        env.best_step,
+        info["diverged"],
+        *test_best,
+        *test_final,
+        curves,
+    )
+
+
+_FLOAT_FIELDS = {f.name for f in fields(EpisodeResult) if f.type == "float"}
+
+
+def _check_record(record: Any, where: str) -> None:
+    """A one-line error unless ``record`` is a stored :class:`EpisodeResult` (every field, each of its type)."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where} is not an object; the file is damaged: delete it (or the entry) and rerun")
+    for f in fields(EpisodeResult):
+        value = record.get(f.name)
+        ok = {
+            "float": value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+        }.get(str(f.type), isinstance(value, dict))
+        if f.name not in record or not ok:
+            raise UserError(
+                f"{where}: {f.name} = {value!r} is missing or of the wrong type; the file is damaged: "
+                "delete it (or the entry) and rerun"
+            )
 
 
 class ResultStore:
@@ -72,16 +103,30 @@ class ResultStore:
         self.data: dict[str, Any] = {"settings": settings, "results": {}}
         if self.path.exists():
             data = load_json(self.path)
+            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+                raise UserError(
+                    f'{self.path}: not a result store of alrs (no "results" object); delete it or write elsewhere'
+                )
+            for key, record in data["results"].items():
+                _check_record(record, f"{self.path}: result {key!r}")
             if data.get("settings") != settings:
-                diff = sorted(k for k in set(settings) | set(data.get("settings", {})) if settings.get(k) != data.get("settings", {}).get(k))
-                raise ValueError(f"{self.path} was made with other settings ({', '.join(diff)}); delete it or write elsewhere")
+                diff = sorted(
+                    k
+                    for k in set(settings) | set(data.get("settings", {}))
+                    if settings.get(k) != data.get("settings", {}).get(k)
+                )
+                raise UserError(
+                    f"{self.path} was made with other settings ({', '.join(diff)}); delete it or write elsewhere"
+                )
             self.data = data
 
     def __contains__(self, key: str) -> bool:
         return key in self.data["results"]
 
     def __getitem__(self, key: str) -> EpisodeResult:
-        return EpisodeResult(**self.data["results"][key])
+        record = self.data["results"][key]
+        # Strict JSON stores an undefined figure (a diverged child's test loss) as null.
+        return EpisodeResult(**{k: math.nan if v is None and k in _FLOAT_FIELDS else v for k, v in record.items()})
 
     def add(self, key: str, result: EpisodeResult, **extra: Any) -> None:
         self.data["results"][key] = asdict(result)
@@ -93,8 +138,15 @@ class ResultStore:
         save_json(self.data, self.path)
 
 
-def run_jobs(env: LREnv, jobs: Sequence[tuple[str, Schedule, int]], store: ResultStore, test: bool = True,
-             progress: bool = True, desc: str = "", pool: WorkerPool | None = None) -> dict[str, EpisodeResult]:
+def run_jobs(
+    env: LREnv,
+    jobs: Sequence[tuple[str, Schedule, int]],
+    store: ResultStore,
+    test: bool = True,
+    progress: bool = True,
+    desc: str = "",
+    pool: WorkerPool | None = None,
+) -> dict[str, EpisodeResult]:
     """Run each ``(key, schedule, seed)`` not yet in ``store``, saving each as it finishes; return all results.
 
     Without ``pool`` the jobs run one by one on ``env``; with one, on its workers (envs of ``env.config``),
@@ -102,8 +154,12 @@ def run_jobs(env: LREnv, jobs: Sequence[tuple[str, Schedule, int]], store: Resul
     """
     todo = [job for job in jobs if job[0] not in store]
     args = [(schedule, seed, test) for _, schedule, seed in todo]
-    finished = pool.run(run_episode, env.config, args) if pool else ((i, run_episode(env, *a)) for i, a in enumerate(args))
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not progress, dynamic_ncols=True) as bar:
+    finished = (
+        pool.run(run_episode, env.config, args) if pool else ((i, run_episode(env, *a)) for i, a in enumerate(args))
+    )
+    with tqdm(
+        total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for i, result in finished:
             key, schedule, _ = todo[i]
             store.add(key, result)
@@ -135,8 +191,12 @@ def baseline_file(results_dir: str | Path, config: EnvConfig) -> Path:
     """``<results>/baselines/<dataset>_<architecture>.json``; settings other than the paper's
     (batch 1000, 1000 steps, K = 10, full validation) are added to the name, e.g. ``_steps200_val2000``."""
     tag = ""
-    for key, short, paper in (("batch_size", "bs", 1000), ("num_train_steps", "steps", 1000), ("update_freq", "k", 10),
-                              ("val_size", "val", None)):
+    for key, short, paper in (
+        ("batch_size", "bs", 1000),
+        ("num_train_steps", "steps", 1000),
+        ("update_freq", "k", 10),
+        ("val_size", "val", None),
+    ):
         if getattr(config, key) != paper:
             tag += f"_{short}{getattr(config, key)}"
     return Path(results_dir) / "baselines" / f"{config.dataset}_{config.architecture}{tag}.json"
@@ -144,7 +204,12 @@ def baseline_file(results_dir: str | Path, config: EnvConfig) -> Path:
 
 DECAYS_TO_ZERO = {kind.family: kind for kind in (Cosine, Linear)}
 
-BEST_KEYS = {"step-decay": "best_step_decay", "constant": "best_constant", "cosine": "best_cosine", "linear": "best_linear"}
+BEST_KEYS = {
+    "step-decay": "best_step_decay",
+    "constant": "best_constant",
+    "cosine": "best_cosine",
+    "linear": "best_linear",
+}
 """Where a grid file names the best point of each family."""
 
 
@@ -156,8 +221,9 @@ def grid_schedules(config: EnvConfig) -> list[HandMadeSchedule]:
     return [*grid, *constants, *annealing_grid(config.num_train_steps)]
 
 
-def baseline_grid_search(env: LREnv, seed: int, path: str | Path, progress: bool = True,
-                         pool: WorkerPool | None = None) -> dict[str, Any]:
+def baseline_grid_search(
+    env: LREnv, seed: int, path: str | Path, progress: bool = True, pool: WorkerPool | None = None
+) -> dict[str, Any]:
     """The paper's 48 step-decay points, a constant schedule at each of their initial LRs, and
     (ours) cosine and linear decay to 0 from each of six initial LRs; one seed each.
 
@@ -166,20 +232,29 @@ def baseline_grid_search(env: LREnv, seed: int, path: str | Path, progress: bool
     from before the cosine and linear families gains their points on the next run). With ``pool``
     the points run on its workers.
     """
-    store = ResultStore(path, {**evaluation_settings(env.config, BASELINE_KEYS), "seed": seed})
-    jobs = [(s.name, s, seed) for s in grid_schedules(env.config)]
-    results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid", pool=pool)
-    best = {BEST_KEYS[family]: best_of_family(results, family) for family in BEST_KEYS}
-    store.update(**best)
-    return store.data
+    path = Path(path)
+    with FolderLock(path.with_name(f".{path.name}.lock"), f"grid file {path}"):  # one writer at a time
+        store = ResultStore(path, {**evaluation_settings(env.config, BASELINE_KEYS), "seed": seed})
+        jobs = [(s.name, s, seed) for s in grid_schedules(env.config)]
+        results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid", pool=pool)
+        best = {BEST_KEYS[family]: best_of_family(results, family) for family in BEST_KEYS}
+        store.update(**best)
+        return store.data
 
 
 def best_of_family(results: dict[str, EpisodeResult], family: str, initial_lr: float | None = None) -> str:
-    """Key of the grid point of ``family`` (optionally starting at ``initial_lr``) with the lowest final validation loss."""
-    keys = [k for k, r in results.items() if schedule_from_record(r.schedule).family == family
-            and (initial_lr is None or math.isclose(r.schedule["initial_lr"], initial_lr))]
+    """Key of the grid point of ``family`` (optionally starting at ``initial_lr``) with the lowest final
+    validation loss."""
+    keys = [
+        k
+        for k, r in results.items()
+        if schedule_from_record(r.schedule).family == family
+        and (initial_lr is None or math.isclose(r.schedule["initial_lr"], initial_lr))
+    ]
     if not keys:
-        raise ValueError(f"the grid has no {family} schedule" + (f" from lr={initial_lr:g}" if initial_lr is not None else ""))
+        raise UserError(
+            f"the grid has no {family} schedule" + (f" from lr={initial_lr:g}" if initial_lr is not None else "")
+        )
     return min(keys, key=lambda k: _finite(results[k].final_val_loss))
 
 
@@ -198,8 +273,12 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else math.inf
 
 
-METRICS = (("test_loss_best", "test loss"), ("test_acc_best", "test acc"), ("test_loss_final", "final-net test loss"),
-           ("test_acc_final", "final-net test acc"))
+METRICS = (
+    ("test_loss_best", "test loss"),
+    ("test_acc_best", "test acc"),
+    ("test_loss_final", "final-net test loss"),
+    ("test_acc_final", "final-net test acc"),
+)
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
@@ -211,11 +290,18 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample std (ddof=1) of the finite values; NaN where they are too few."""
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample std (ddof=1) of the finite values; NaN where they are too few, with a note saying so
+    (result files store it as null)."""
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
-    return {"mean": float(v.mean()) if len(v) else math.nan, "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan}
+    out: dict[str, Any] = {
+        "mean": float(v.mean()) if len(v) else math.nan,
+        "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+    }
+    if len(v) < 2:
+        out["note"] = f"{len(v)} finite value(s) of {len(values)}: " + ("no std" if len(v) else "no mean and no std")
+    return out
 
 
 def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
@@ -228,7 +314,9 @@ def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.ttest_rel(a[ok], b[ok]).pvalue)
 
 
-def summarize(results: dict[str, list[EpisodeResult]], labels: dict[str, str], comparisons: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def summarize(
+    results: dict[str, list[EpisodeResult]], labels: dict[str, str], comparisons: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
     """Mean and std (ddof=1) of every metric per schedule, and for each ``(schedule, reference)``
     pair the mean paired difference, Welch's p and the paired t-test's p.
 
@@ -239,17 +327,27 @@ def summarize(results: dict[str, list[EpisodeResult]], labels: dict[str, str], c
     """
     table: dict[str, Any] = {"schedules": {}, "comparisons": []}
     for key, runs in results.items():
-        table["schedules"][key] = {"label": labels[key], **{m: _mean_std([getattr(r, m) for r in runs]) for m, _ in METRICS},
-                                   "diverged": sum(r.diverged for r in runs)}
+        table["schedules"][key] = {
+            "label": labels[key],
+            **{m: _mean_std([getattr(r, m) for r in runs]) for m, _ in METRICS},
+            "diverged": sum(r.diverged for r in runs),
+        }
     for key, ref in comparisons:
         a = {m: [getattr(r, m) for r in results[key]] for m, _ in METRICS}
         b = {m: [getattr(r, m) for r in results[ref]] for m, _ in METRICS}
-        table["comparisons"].append({
-            "schedule": key, "reference": ref,
-            "mean_diff": {m: _mean_std(np.subtract(a[m], b[m]))["mean"] for m, _ in METRICS},
-            "welch_p": {m: welch_p(a[m], b[m]) for m, _ in METRICS},
-            "paired_p": {m: paired_p(a[m], b[m]) for m, _ in METRICS},
-        })
+        table["comparisons"].append(
+            {
+                "schedule": key,
+                "reference": ref,
+                "mean_diff": {m: _mean_std(np.subtract(a[m], b[m]))["mean"] for m, _ in METRICS},
+                "welch_p": {m: welch_p(a[m], b[m]) for m, _ in METRICS},
+                "paired_p": {m: paired_p(a[m], b[m]) for m, _ in METRICS},
+            }
+        )
+        if any(math.isnan(table["comparisons"][-1]["welch_p"][m]) for m, _ in METRICS):
+            table["comparisons"][-1]["note"] = (
+                "a null p-value: fewer than 2 finite values on a side, or no spread at all"
+            )
     return table
 
 
@@ -267,17 +365,26 @@ def format_table(summary: dict[str, Any], reference: str | None = None, title: s
             star = "*" if key in welch and welch[key][metric] < 0.05 else ""
             cells.append(f"{row[metric]['mean']:.4f}{star} ({row[metric]['std']:.4f})")
         lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {row['diverged']} |")
-    lines += ["", "Test figures of the best-validation checkpoint (the paper's protocol) and of the final network; "
-                  "mean (std) over seeds."]
+    lines += [
+        "",
+        "Test figures of the best-validation checkpoint (the paper's protocol) and of the final network; "
+        "mean (std) over seeds.",
+    ]
     if summary["comparisons"]:
         label = {key: row["label"] for key, row in summary["schedules"].items()}
         ref_label = f" against {label[reference]}" if reference in label else ""
-        lines += [f"`*`: Welch's t-test{ref_label}, p < 0.05.", "",
-                  "| schedule | against | test loss difference (paired mean) | Welch p | paired t-test p |", "|---|---|---|---|---|"]
+        lines += [
+            f"`*`: Welch's t-test{ref_label}, p < 0.05.",
+            "",
+            "| schedule | against | test loss difference (paired mean) | Welch p | paired t-test p |",
+            "|---|---|---|---|---|",
+        ]
         for c in summary["comparisons"]:
             m = "test_loss_best"
-            lines.append(f"| {label[c['schedule']]} | {label[c['reference']]} | {c['mean_diff'][m]:+.4f} | "
-                         f"{c['welch_p'][m]:.3g} | {c['paired_p'][m]:.3g} |")
+            lines.append(
+                f"| {label[c['schedule']]} | {label[c['reference']]} | {c['mean_diff'][m]:+.4f} | "
+                f"{c['welch_p'][m]:.3g} | {c['paired_p'][m]:.3g} |"
+            )
         lines += ["", "A negative difference: the schedule's test loss is lower than the reference's (better)."]
     return "\n".join(lines).strip() + "\n"
 
@@ -312,7 +419,9 @@ def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: 
     A grid file from before the cosine and linear families has no rows for them (baselines.py adds them).
     """
     results = {k: EpisodeResult(**v) for k, v in grid["results"].items()}
-    tuned = {family: schedule_from_record(results[grid[best]].schedule) for family, best in BEST_KEYS.items() if best in grid}
+    tuned = {
+        family: schedule_from_record(results[grid[best]].schedule) for family, best in BEST_KEYS.items() if best in grid
+    }
     order = [f for f in ("constant", "step-decay", "cosine", "linear") if f in tuned]
     schedules: dict[str, Schedule] = {f: tuned[f] for f in order}
     labels = {f: describe_schedule(tuned[f]) for f in order}
@@ -330,6 +439,9 @@ def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: 
                 same = schedule_from_record(results[best_of_family(results, "step-decay", lr)].schedule)
             except ValueError:
                 continue  # the grid has no step decay from this LR
-            schedules[f"step-decay@{lr:g}"], labels[f"step-decay@{lr:g}"] = same, f"{describe_schedule(same)}, best from lr={lr:g}"
+            schedules[f"step-decay@{lr:g}"], labels[f"step-decay@{lr:g}"] = (
+                same,
+                f"{describe_schedule(same)}, best from lr={lr:g}",
+            )
             comparisons.append((key, f"step-decay@{lr:g}"))
     return TestPlan(schedules, labels, comparisons)

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from alrs.errors import UserError
+
 CHILD_FEATURES: tuple[str, ...] = (
     "train_loss",  # mean minibatch loss over the last update_freq Adam steps
     "val_loss",  # loss on the validation split (or its fixed val_size subset)
@@ -55,7 +57,7 @@ def feature_names(lr_feature: str = "lr", time_feature: bool = False) -> tuple[s
     ``feature_names()`` is the paper's 7 (Sec. 3.1).
     """
     if lr_feature not in LR_FEATURES:
-        raise ValueError(f"lr_feature must be one of {', '.join(LR_FEATURES)}, got {lr_feature!r}")
+        raise UserError(f"lr_feature must be one of {', '.join(LR_FEATURES)}, got {lr_feature!r}")
     return (*CHILD_FEATURES, "lr" if lr_feature == "lr" else "log_lr", *(("budget_left",) if time_feature else ()))
 
 
@@ -71,8 +73,9 @@ def observation_tail(names: tuple[str, ...], lr: float, steps_done: int, total_s
     return tail
 
 
-def next_lr(lr: float, action: Any, *, discrete: bool, action_range: float, lr_min: float, lr_max: float,
-            log_noise: float = 0.0) -> float:
+def next_lr(
+    lr: float, action: Any, *, discrete: bool, action_range: float, lr_min: float, lr_max: float, log_noise: float = 0.0
+) -> float:
     """The LR after a controller's ``action`` (the paper scales the previous LR, Sec. 3.1).
 
     Discrete: 0 multiplies by ``action_range``, 1 divides by it, 2 keeps. Continuous: the action is
@@ -81,12 +84,12 @@ def next_lr(lr: float, action: Any, *, discrete: bool, action_range: float, lr_m
     """
     if discrete:
         if np.ndim(action) != 0 or int(action) not in (0, 1, 2):
-            raise ValueError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
+            raise UserError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
         factor = (action_range, 1 / action_range, 1.0)[int(action)]
     else:
         value = np.asarray(action, dtype=np.float64).reshape(-1)
         if value.size != 1 or not np.isfinite(value[0]):
-            raise ValueError(f"a continuous action is one finite LR factor, got {action!r}")
+            raise UserError(f"a continuous action is one finite LR factor, got {action!r}")
         factor = float(np.clip(value[0], 1 / action_range, action_range))
     return float(np.clip(lr * factor * math.exp(log_noise), lr_min, lr_max))
 
@@ -94,7 +97,7 @@ def next_lr(lr: float, action: Any, *, discrete: bool, action_range: float, lr_m
 def check_reward(reward: str) -> None:
     """A one-line error unless ``reward`` is one of :data:`REWARDS`."""
     if reward not in REWARDS:
-        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+        raise UserError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
 
 
 def step_reward(reward: str, prev_val: float, val: float, prev_best: float, best: float) -> float:
@@ -118,8 +121,13 @@ def divergence_reward(reward: str, prev_val: float, prev_best: float, steps_left
     return math.log(prev_best if reward == "log-best" else prev_val) - math.log(divergence_loss)
 
 
-def child_features(train_loss: torch.Tensor, val_loss: torch.Tensor, probs: torch.Tensor, prev_probs: torch.Tensor | None,
-                   output_weight: torch.Tensor) -> torch.Tensor:
+def child_features(
+    train_loss: torch.Tensor,
+    val_loss: torch.Tensor,
+    probs: torch.Tensor,
+    prev_probs: torch.Tensor | None,
+    output_weight: torch.Tensor,
+) -> torch.Tensor:
     """The six :data:`CHILD_FEATURES` of E children at once.
 
     Args:

@@ -3,30 +3,44 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
+from alrs.errors import UserError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux reports it in /proc; elsewhere it is set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write`` on a temporary file in the same folder, flush it to disk, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed (kill -9)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,26 +52,93 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: strict JSON has no NaN or Infinity
+    (the writer puts the reason for an undefined figure beside it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def save_json(obj: Any, path: str | os.PathLike) -> None:
-    """Pretty JSON, written atomically."""
-    atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+    """Pretty, strict JSON (NaN and infinities written as null), written atomically."""
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def load_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; a missing or malformed one is a one-line ``ValueError`` naming it."""
+    """Parse a JSON file; a missing or malformed one is a one-line :class:`UserError` naming it."""
     try:
         return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise UserError(f"{path} is a folder; name a JSON file") from exc
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file (JSON expected)") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
 
 
 def load_torch(path: str | os.PathLike) -> Any:
     """Load a checkpoint written by :func:`save_torch` (tensors and plain data only)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such checkpoint") from None
-    except Exception as exc:  # noqa: BLE001 - every unreadable file gets the same one-line answer
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}); it may be truncated or from another program") from None
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: no such checkpoint") from exc
+    except Exception as exc:
+        raise UserError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}); it may be truncated or from another program"
+        ) from exc
+
+
+class FolderLock:
+    """An advisory lock: one process at a time writes what ``path`` guards (a run folder, a result file).
+
+    The lock is the kernel's (``fcntl.flock`` on the file ``path``), so it is released when its holder
+    exits, however it exits: a lock file left behind by a dead process is free again. The holder
+    writes its PID into the file, for the message a second writer gets. Where ``fcntl`` is missing
+    (Windows) no lock is taken.
+
+    Args:
+        path: the lock file (created if missing; kept, empty of meaning, after release).
+        what: how the message names what is locked, e.g. ``run folder runs/x``.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        self.path, self.what = Path(path), what
+        self._file: Any = None
+
+    def __enter__(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")  # held open for as long as the lock
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            self._file = None
+            raise UserError(
+                f"{self.what} is in use by process {holder}; wait for it to finish or stop it (kill {holder})"
+            ) from exc
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file releases the lock
+            self._file = None

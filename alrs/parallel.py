@@ -26,7 +26,7 @@ import socket
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 from gymnasium.vector.utils import batch_space
 
 from alrs.env import EnvConfig, LREnv, resolve_device
+from alrs.errors import UserError
 from alrs.vector_env import make_lr_envs
 
 BACKENDS: tuple[str, ...] = ("local", "ray")
@@ -50,8 +51,9 @@ class ParallelConfig:
     """Where a script's child trainings run.
 
     Args:
-        workers: processes (or Ray actors) that train children at once; None: one per core on the
-            CPU (capped by the jobs), one on CUDA, where the batched env fills the GPU instead.
+        workers: processes (or Ray actors) that train children at once; None: on the CPU one per two
+            cores (capped by the jobs), each with two torch threads; one on CUDA, where the batched env
+            fills the GPU instead; with Ray, one per job.
         backend: ``local`` or ``ray``.
         ray_address: the Ray cluster to join (``host:port``, ``ray://host:port`` or ``auto``);
             None starts a local Ray with this machine's cores.
@@ -64,14 +66,18 @@ class ParallelConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers <= 0):
-            raise ValueError(f"--workers must be a positive integer, got {self.workers!r}")
+        if self.workers is not None and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers <= 0
+        ):
+            raise UserError(f"--workers must be a positive integer, got {self.workers!r}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.ray_address is not None and self.backend != "ray":
-            raise ValueError("--ray-address needs --backend ray")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads <= 0):
-            raise ValueError(f"--threads must be a positive integer, got {self.threads!r}")
+            raise UserError("--ray-address needs --backend ray")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads <= 0
+        ):
+            raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
 
     def num_workers(self, config: EnvConfig, jobs: int) -> int:
         """Workers for ``jobs`` parallel jobs of ``config``'s children."""
@@ -79,7 +85,9 @@ class ParallelConfig:
             return self.workers
         if self.backend == "ray":
             return max(1, jobs)  # the cluster's scheduler places them
-        return 1 if resolve_device(config.device).type == "cuda" else max(1, min(jobs, available_cores()))
+        # On 2 cores, one process on both cores beat two single-threaded ones for LeNet-5 and lost
+        # to them for the MLP (benchmarks/throughput.py, README "Speed"): two threads per worker.
+        return 1 if resolve_device(config.device).type == "cuda" else max(1, min(jobs, available_cores() // 2))
 
     def threads_per_worker(self, workers: int) -> int:
         """Torch threads of each worker: the cores split evenly, so that workers do not oversubscribe them."""
@@ -125,6 +133,9 @@ class _Host:
     def run(self, fn: Callable[..., Any], config: EnvConfig, args: tuple) -> Any:
         return fn(self.env(config), *args)
 
+    def ping(self) -> int:
+        return os.getpid()
+
 
 class _ProcessWorker:
     """A host in a spawned local process, driven through a pipe."""
@@ -143,8 +154,10 @@ class _ProcessWorker:
             status, value = self.conn.recv()
         except (EOFError, ConnectionError) as exc:
             self.process.join(timeout=1)
-            raise RuntimeError(f"worker process {self.process.pid} died (exit code {self.process.exitcode}); "
-                               "out of memory? try fewer --workers") from exc
+            raise RuntimeError(
+                f"worker process {self.process.pid} died (exit code {self.process.exitcode}); "
+                "out of memory? try fewer --workers"
+            ) from exc
         if status == "error":
             exc, trace = value
             exc.add_note(f"in worker process {self.process.pid}:\n{trace}")
@@ -221,7 +234,7 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise ValueError("--backend ray needs Ray: pip install 'ray[default]'") from exc
+        raise UserError("--backend ray needs Ray: pip install 'ray[default]'") from exc
     return ray
 
 
@@ -235,21 +248,29 @@ def _start_ray(address: str | None, cpus_needed: int) -> bool:
         try:
             socket.create_connection((host or "localhost", int(port)), timeout=10).close()
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot reach the Ray cluster at --ray-address {address} ({exc}); start it with "
-                             "'ray start --head' or fix the address") from exc
+            raise UserError(
+                f"cannot reach the Ray cluster at --ray-address {address} ({exc}); start it with "
+                "'ray start --head' or fix the address"
+            ) from exc
     try:
         if address is None:
-            ray.init(num_cpus=max(available_cores(), cpus_needed), include_dashboard=False, logging_level="ERROR",
-                     log_to_driver=False)
+            ray.init(
+                num_cpus=max(available_cores(), cpus_needed),
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
         else:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     except ConnectionError as exc:
-        raise ValueError(f"cannot connect to Ray at --ray-address {address}: {exc}") from exc
+        raise UserError(f"cannot connect to Ray at --ray-address {address}: {exc}") from exc
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cpus_needed:
         ray.shutdown()
-        raise ValueError(f"the workers need {cpus_needed} CPUs (--workers x --threads) but the Ray cluster has {cpus:g}; "
-                         "lower --workers or --threads")
+        raise UserError(
+            f"the workers need {cpus_needed} CPUs (--workers x --threads) but the Ray cluster has {cpus:g}; "
+            "lower --workers or --threads"
+        )
     return True
 
 
@@ -282,6 +303,10 @@ class WorkerPool:
             else:
                 context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
                 self.workers = [_ProcessWorker(context, self.threads) for _ in range(workers)]
+            for worker in self.workers:  # wait until each has started: a worker that cannot start fails here
+                worker.submit("ping")
+            for worker in self.workers:
+                worker.result()
         except BaseException:
             self.close()
             raise
@@ -299,10 +324,12 @@ class WorkerPool:
         if self.in_process:
             return make_lr_envs(config, num_envs, batched)
         if batched:
-            raise ValueError("--batched-envs trains every child in one process; drop it or use --workers 1")
+            raise UserError("--batched-envs trains every child in one process; drop it or use --workers 1")
         if self.num_workers > num_envs:
-            raise ValueError(f"--workers {self.num_workers} is more than the {num_envs} children of a PPO iteration; "
-                             f"use --workers {num_envs} or fewer (or raise --num-envs)")
+            raise UserError(
+                f"--workers {self.num_workers} is more than the {num_envs} children of a PPO iteration; "
+                f"use --workers {num_envs} or fewer (or raise --num-envs)"
+            )
         return WorkerVectorEnv(self.workers, config, num_envs)
 
     def run(self, fn: Callable[..., Any], config: EnvConfig, jobs: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
@@ -358,7 +385,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     The pool owns the workers: closing this env leaves them running.
     """
 
-    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
 
     def __init__(self, workers: list[Any], config: EnvConfig, num_envs: int):
         self.workers, self.num_envs = workers, num_envs
@@ -372,17 +399,18 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
-    def reset(self, *, seed: int | list[int | None] | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every child; ``seed`` as in Gymnasium's vector envs (an int seeds envs seed, seed+1, ...)."""
         if options and "reset_mask" in options:
-            raise ValueError("WorkerVectorEnv resets every child at once; it has no reset_mask")
+            raise UserError("WorkerVectorEnv resets every child at once; it has no reset_mask")
         if seed is None or isinstance(seed, int):
             seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
         elif len(seed) == self.num_envs:
             seeds = list(seed)
         else:
-            raise ValueError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
+            raise UserError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
         for worker, part in zip(self.workers, self._slices, strict=True):
             worker.submit("reset", seeds[part], options)
         results = [r for worker in self.workers for r in worker.result()]
@@ -393,7 +421,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if len(actions) != self.num_envs:
-            raise ValueError(f"need one action per env ({self.num_envs}), got {len(actions)}")
+            raise UserError(f"need one action per env ({self.num_envs}), got {len(actions)}")
         for worker, part in zip(self.workers, self._slices, strict=True):
             worker.submit("step", actions[part])
         results = [r for worker in self.workers for r in worker.result()]
@@ -403,12 +431,16 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
                 infos = self._add_info(infos, final, i)
             infos = self._add_info(infos, info, i)
         obs, rewards, terminated, truncated = (list(column) for column in zip(*(r[:4] for r in results), strict=True))
-        return (self._stack(obs), np.array(rewards, dtype=np.float64), np.array(terminated, dtype=np.bool_),
-                np.array(truncated, dtype=np.bool_), infos)
+        return (
+            self._stack(obs),
+            np.array(rewards, dtype=np.float64),
+            np.array(terminated, dtype=np.bool_),
+            np.array(truncated, dtype=np.bool_),
+            infos,
+        )
 
     def _stack(self, obs: list[np.ndarray]) -> np.ndarray:
         return np.stack(obs).astype(self.single_observation_space.dtype, copy=False)
 
 
-__all__ = ["BACKENDS", "ParallelConfig", "WorkerPool", "WorkerVectorEnv", "available_cores",
-           "make_pool", "require_ray"]
+__all__ = ["BACKENDS", "ParallelConfig", "WorkerPool", "WorkerVectorEnv", "available_cores", "make_pool", "require_ray"]

@@ -5,19 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from alrs.io import atomic_write  # noqa: E402
+from alrs.io import atomic_write
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
+def _save(fig: Figure, path: str | os.PathLike) -> None:
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
 
 
 def plot_episode(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, title: str = "") -> None:
@@ -28,9 +24,12 @@ def plot_episode(curves: Mapping[str, Sequence[float]], path: str | os.PathLike,
         path: where the PNG goes.
         title: figure title.
     """
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))  # not pyplot: no global state, no backend chosen
+    axes = fig.subplots(1, 3)
     steps = np.asarray(curves["step"])
-    for ax, key, label in zip(axes, ("train_loss", "val_loss", "lr"), ("train loss", "validation loss", "learning rate")):
+    for ax, key, label in zip(
+        axes, ("train_loss", "val_loss", "lr"), ("train loss", "validation loss", "learning rate"), strict=True
+    ):
         ax.plot(steps, np.asarray(curves[key], dtype=float), drawstyle="steps-pre" if key == "lr" else "default")
         ax.set(xlabel="Adam step", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
@@ -38,7 +37,9 @@ def plot_episode(curves: Mapping[str, Sequence[float]], path: str | os.PathLike,
     _save(fig, path)
 
 
-def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: str | os.PathLike, title: str = "") -> None:
+def plot_comparison(
+    runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: str | os.PathLike, title: str = ""
+) -> None:
     """Mean and min-max band over seeds, one line per schedule: log validation loss, train loss, LR.
 
     Args:
@@ -46,19 +47,27 @@ def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
         path: where the PNG goes.
         title: figure title.
     """
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = Figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
     panels = (("val_loss", "validation loss (log)"), ("train_loss", "train loss (log)"), ("lr", "learning rate (log)"))
     for name, seeds in runs.items():
         steps = np.asarray(seeds[0]["step"])
-        for ax, (key, label) in zip(axes, panels):
+        for ax, (key, _) in zip(axes, panels, strict=True):
             values = np.array([np.asarray(s[key], dtype=float) for s in seeds])
             values = np.where(np.isfinite(values), values, np.nan)
             mean = np.nanmean(values, axis=0)
             (line,) = ax.plot(steps, mean, label=name, drawstyle="steps-pre" if key == "lr" else "default")
             if len(seeds) > 1:
-                ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2,
-                                step="pre" if key == "lr" else None)
-    for ax, (_, label) in zip(axes, panels):  # log scale once every line is drawn: a flat first line has no range
+                ax.fill_between(
+                    steps,
+                    np.nanmin(values, axis=0),
+                    np.nanmax(values, axis=0),
+                    color=line.get_color(),
+                    alpha=0.2,
+                    step="pre" if key == "lr" else None,
+                )
+    # Log scale once every line is drawn: a flat first line has no range.
+    for ax, (_, label) in zip(axes, panels, strict=True):
         ax.set(xlabel="Adam step", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -66,8 +75,14 @@ def plot_comparison(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]],
     _save(fig, path)
 
 
-def plot_training(final_val_losses: Sequence[float], final_lrs: Sequence[float], path: str | os.PathLike, title: str = "",
-                  window: int = 20, evaluations: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+def plot_training(
+    final_val_losses: Sequence[float],
+    final_lrs: Sequence[float],
+    path: str | os.PathLike,
+    title: str = "",
+    window: int = 20,
+    evaluations: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> None:
     """The controller's learning curve: final validation loss and final LR of every episode, with a moving mean.
 
     Args:
@@ -79,9 +94,11 @@ def plot_training(final_val_losses: Sequence[float], final_lrs: Sequence[float],
         evaluations: (episodes done, mean best validation loss) of the deterministic evaluations
             that choose best.pt, drawn on the loss panel.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig = Figure(figsize=(11, 3.6))
+    axes = fig.subplots(1, 2)
     episodes = np.arange(1, len(final_val_losses) + 1)
-    for ax, values, label in zip(axes, (final_val_losses, final_lrs), ("final validation loss", "final learning rate")):
+    labels = ("final validation loss", "final learning rate")
+    for ax, values, label in zip(axes, (final_val_losses, final_lrs), labels, strict=True):
         values = np.asarray(values, dtype=float)
         ax.plot(episodes, values, ".", alpha=0.35, label="episode")
         if len(values) >= window:
@@ -89,7 +106,9 @@ def plot_training(final_val_losses: Sequence[float], final_lrs: Sequence[float],
             mean = np.convolve(np.nan_to_num(finite, nan=np.nanmax(finite)), np.ones(window) / window, mode="valid")
             ax.plot(episodes[window - 1 :], mean, label=f"mean of {window}")
         if evaluations is not None and label == "final validation loss" and len(evaluations[0]):
-            ax.plot(*evaluations, "o-", color="black", markersize=3, label="policy mode, held-out seeds (best val loss)")
+            ax.plot(
+                *evaluations, "o-", color="black", markersize=3, label="policy mode, held-out seeds (best val loss)"
+            )
         ax.set(xlabel="episode", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

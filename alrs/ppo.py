@@ -21,7 +21,12 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-CHECKPOINT_FORMAT = "alrs-controller/1"
+from alrs.controller import Controller, describe_action_space
+from alrs.errors import UserError
+
+MAX_WIDTH = 65_536
+"""The widest hidden layer accepted: a controller maps 7 to 9 features to an action, and a width
+beyond this is a typo that would exhaust memory rather than a choice."""
 
 
 @dataclass(frozen=True)
@@ -77,164 +82,30 @@ class PPOConfig:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         for name in ("num_steps", "num_minibatches", "update_epochs"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
-        for name in ("learning_rate", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef", "max_grad_norm",
-                     "clip_obs", "clip_reward", "init_log_std", *(("target_kl",) if self.target_kl is not None else ())):
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.hidden_sizes or min(self.hidden_sizes) <= 0 or max(self.hidden_sizes) > MAX_WIDTH:
+            raise UserError(f"hidden_sizes must be widths between 1 and {MAX_WIDTH}, got {list(self.hidden_sizes)}")
+        for name in (
+            "learning_rate",
+            "gamma",
+            "gae_lambda",
+            "clip_coef",
+            "ent_coef",
+            "vf_coef",
+            "max_grad_norm",
+            "clip_obs",
+            "clip_reward",
+            "init_log_std",
+            *(("target_kl",) if self.target_kl is not None else ()),
+        ):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+                raise UserError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         for name in ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-
-class RunningMeanStd(nn.Module):
-    """Running mean and variance (parallel algorithm of Chan et al.); buffers, so they are checkpointed."""
-
-    def __init__(self, shape: tuple[int, ...] = ()):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
-        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
-
-    def update(self, x: torch.Tensor) -> None:
-        """Merge a batch (first dimension) into the statistics."""
-        x = x.double()
-        batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
-        delta, total = batch_mean - self.mean, self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.mean += delta * batch_count / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
-
-
-def _layer(in_features: int, out_features: int, gain: float) -> nn.Linear:
-    """Orthogonal weights and zero bias: keeps activations well scaled at the start (PPO's usual init)."""
-    layer = nn.Linear(in_features, out_features)
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def _mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int, out_gain: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in hidden_sizes:
-        layers += [_layer(in_features, width, math.sqrt(2)), nn.Tanh()]
-        in_features = width
-    return nn.Sequential(*layers, _layer(in_features, out_features, out_gain))
-
-
-def describe_action_space(space: spaces.Space) -> dict[str, Any]:
-    """A plain-data description of a Discrete or bounded 1-D Box action space (saved with controllers)."""
-    if isinstance(space, spaces.Discrete):
-        return {"type": "discrete", "n": int(space.n)}
-    if isinstance(space, spaces.Box) and space.shape == (1,) and np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
-        return {"type": "box", "low": float(space.low[0]), "high": float(space.high[0])}
-    raise ValueError(f"PPO here supports a Discrete or a bounded 1-D Box action space, got {space}")
-
-
-class Controller(nn.Module):
-    """Actor, critic and the normalization statistics: everything needed to act, in one module.
-
-    Args:
-        obs_dim: length of the observation vector.
-        action_space: ``{"type": "discrete", "n": N}`` or ``{"type": "box", "low": l, "high": h}``.
-        hidden_sizes: hidden layers of actor and critic.
-        init_log_std: initial log std of the Gaussian policy (box actions).
-        clip_obs: clip of the normalized observations.
-        fixed_scale: indices of observation entries already on a unit scale (a fixed transform):
-            passed through unnormalized, so what the policy sees for them never drifts.
-    """
-
-    def __init__(self, obs_dim: int, action_space: dict[str, Any], hidden_sizes: tuple[int, ...] = (32, 32),
-                 init_log_std: float = -1.0, clip_obs: float = 10.0, fixed_scale: tuple[int, ...] = ()):
-        super().__init__()
-        if any(not 0 <= i < obs_dim for i in fixed_scale):
-            raise ValueError(f"fixed_scale indices {fixed_scale} must lie in [0, {obs_dim})")
-        self.fixed_scale = tuple(sorted(int(i) for i in fixed_scale))
-        self.obs_dim, self.action_spec, self.hidden_sizes, self.clip_obs = obs_dim, dict(action_space), tuple(hidden_sizes), clip_obs
-        self.discrete = action_space["type"] == "discrete"
-        out = action_space["n"] if self.discrete else 1
-        self.actor = _mlp(obs_dim, self.hidden_sizes, out, out_gain=0.01)  # small: near-uniform first policy
-        self.critic = _mlp(obs_dim, self.hidden_sizes, 1, out_gain=1.0)
-        if not self.discrete:
-            self.log_std = nn.Parameter(torch.full((1,), float(init_log_std)))  # state-independent
-        self.obs_rms = RunningMeanStd((obs_dim,))
-        self.return_rms = RunningMeanStd(())
-        self.normalize = True
-
-    def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
-        """Standardize by the running statistics and clip (identity when normalization is off)."""
-        if not self.normalize:
-            return obs.float()
-        norm = ((obs.double() - self.obs_rms.mean) / torch.sqrt(self.obs_rms.var + 1e-8)).clamp(-self.clip_obs, self.clip_obs)
-        if self.fixed_scale:
-            norm[..., self.fixed_scale] = obs[..., self.fixed_scale].double()
-        return norm.float()
-
-    def value(self, norm_obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(norm_obs).squeeze(-1)
-
-    def distribution(self, norm_obs: torch.Tensor) -> torch.distributions.Distribution:
-        out = self.actor(norm_obs)
-        if self.discrete:
-            return torch.distributions.Categorical(logits=out)
-        return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
-
-    def to_env_action(self, raw: torch.Tensor) -> np.ndarray:
-        """Policy output to env action: the index, or the Gaussian sample clipped to [-1, 1] and mapped
-        onto [low, high] (the log-probability stays that of the unclipped sample). A strictly positive
-        range (a scale factor) is interpolated geometrically, so 0 maps to sqrt(low * high), which is
-        "keep" for [1/r, r]; a linear map would centre on (r + 1/r) / 2 and drift the LR upwards."""
-        if self.discrete:
-            return raw.cpu().numpy()
-        low, high = self.action_spec["low"], self.action_spec["high"]
-        t = (raw.clamp(-1, 1) + 1) * 0.5
-        action = low * (high / low) ** t if low > 0 else low + t * (high - low)
-        return action.cpu().numpy().astype(np.float32)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
-        """The env action for one observation, with frozen statistics: the policy's mode by default."""
-        dist = self.distribution(self.normalize_obs(torch.as_tensor(obs).reshape(1, -1)))
-        if deterministic:
-            raw = dist.probs.argmax(-1) if self.discrete else dist.mean
-        else:
-            raw = dist.sample()
-        action = self.to_env_action(raw)[0]
-        return int(action) if self.discrete else action
-
-    def checkpoint(self, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A self-describing dict: architecture, action space, weights, normalizers, and ``metadata``."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "obs_dim": self.obs_dim,
-            "action_space": self.action_spec,
-            "hidden_sizes": list(self.hidden_sizes),
-            "clip_obs": self.clip_obs,
-            "fixed_scale": list(self.fixed_scale),
-            "normalize": self.normalize,
-            "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},  # a snapshot, not live tensors
-            "metadata": metadata or {},
-        }
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Controller:
-        """Rebuild a controller saved by :meth:`checkpoint`."""
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"not an alrs controller checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-        try:
-            controller = cls(checkpoint["obs_dim"], checkpoint["action_space"], tuple(checkpoint["hidden_sizes"]),
-                             clip_obs=checkpoint["clip_obs"], fixed_scale=tuple(checkpoint.get("fixed_scale", ())))
-            controller.load_state_dict(checkpoint["state_dict"])
-            controller.normalize = checkpoint["normalize"]
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise ValueError(f"a damaged alrs controller checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-        return controller
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -272,19 +143,28 @@ class PPO:
         fixed_scale: observation indices the controller does not normalize (see :class:`Controller`).
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, config: PPOConfig = PPOConfig(), seed: int = 0,
-                 fixed_scale: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        envs: gym.vector.VectorEnv,
+        config: PPOConfig = PPOConfig(),
+        seed: int = 0,
+        fixed_scale: tuple[int, ...] = (),
+    ):
         if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
-            raise ValueError("PPO needs a vector env created with autoreset_mode=gym.vector.AutoresetMode.SAME_STEP")
+            raise UserError("PPO needs a vector env created with autoreset_mode=gym.vector.AutoresetMode.SAME_STEP")
         if not isinstance(envs.single_observation_space, spaces.Box) or len(envs.single_observation_space.shape) != 1:
-            raise ValueError(f"PPO here needs a flat Box observation space, got {envs.single_observation_space}")
+            raise UserError(f"PPO here needs a flat Box observation space, got {envs.single_observation_space}")
         self.envs, self.config = envs, config
         self.generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.controller = Controller(
-                envs.single_observation_space.shape[0], describe_action_space(envs.single_action_space),
-                config.hidden_sizes, config.init_log_std, config.clip_obs, fixed_scale,
+                envs.single_observation_space.shape[0],
+                describe_action_space(envs.single_action_space),
+                config.hidden_sizes,
+                config.init_log_std,
+                config.clip_obs,
+                fixed_scale,
             )
         self.controller.normalize = config.norm_obs
         # eps=1e-5 instead of Adam's 1e-8: the PPO implementations' choice, steadier early updates.
@@ -308,7 +188,9 @@ class PPO:
         ep_return, ep_len = np.zeros(n), np.zeros(n, dtype=int)
         ep_infos: list[list[dict]] = [[] for _ in range(n)]
         episodes: list[Episode] = []
-        buf: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "dones")}
+        buf: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "dones")
+        }
 
         for _ in range(cfg.num_steps):
             if cfg.norm_obs:
@@ -347,7 +229,11 @@ class PPO:
                 with torch.no_grad():
                     reward_t[cut] += cfg.gamma * ctrl.value(ctrl.normalize_obs(final_obs)).double()
 
-            for key, value_ in zip(buf, (norm_obs, raw, logprob, value, reward_t.float(), torch.as_tensor(done, dtype=torch.float32))):
+            for key, value_ in zip(
+                buf,
+                (norm_obs, raw, logprob, value, reward_t.float(), torch.as_tensor(done, dtype=torch.float32)),
+                strict=True,
+            ):
                 buf[key].append(value_)
             obs = torch.as_tensor(obs_np)
 
@@ -377,10 +263,14 @@ class PPO:
         cfg, ctrl = self.config, self.controller
         flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
         size = len(flat["values"])
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")}
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+        }
         for _ in range(cfg.update_epochs):
             order = torch.randperm(size, generator=self.generator)
-            for mb in torch.tensor_split(order, min(cfg.num_minibatches, size)):  # near-equal sizes, none of 1 left over
+            for mb in torch.tensor_split(
+                order, min(cfg.num_minibatches, size)
+            ):  # near-equal sizes, none of 1 left over
                 dist = ctrl.distribution(flat["obs"][mb])
                 logprob = dist.log_prob(flat["actions"][mb])
                 entropy = dist.entropy()
@@ -402,16 +292,22 @@ class PPO:
                 if cfg.clip_vloss:
                     # Keep the critic, too, near its old predictions.
                     clipped = flat["values"][mb] + (new_value - flat["values"][mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                    value_loss = 0.5 * torch.max((new_value - flat["returns"][mb]) ** 2, (clipped - flat["returns"][mb]) ** 2).mean()
+                    value_loss = (
+                        0.5
+                        * torch.max((new_value - flat["returns"][mb]) ** 2, (clipped - flat["returns"][mb]) ** 2).mean()
+                    )
                 else:
                     value_loss = 0.5 * ((new_value - flat["returns"][mb]) ** 2).mean()
 
-                loss = policy_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * value_loss  # entropy bonus: keep exploring
+                # The entropy bonus keeps the policy exploring.
+                loss = policy_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * value_loss
                 self.optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(ctrl.parameters(), cfg.max_grad_norm)  # global norm clip: no huge steps
                 self.optimizer.step()
-                for key, value_ in zip(stats, (policy_loss, value_loss, entropy.mean(), approx_kl, clip_fraction)):
+                for key, value_ in zip(
+                    stats, (policy_loss, value_loss, entropy.mean(), approx_kl, clip_fraction), strict=True
+                ):
                     stats[key].append(float(value_.detach()))
             if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
                 break  # the policy moved too far from the one that collected the data
@@ -441,18 +337,24 @@ class PPO:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved; the controller's spaces must match the env's."""
         saved = state.get("controller", {})
-        if (saved.get("action_space") != self.controller.action_spec or saved.get("obs_dim") != self.controller.obs_dim
-                or tuple(saved.get("fixed_scale", ())) != self.controller.fixed_scale):
-            raise ValueError(
+        if (
+            saved.get("action_space") != self.controller.action_spec
+            or saved.get("obs_dim") != self.controller.obs_dim
+            or tuple(saved.get("fixed_scale", ())) != self.controller.fixed_scale
+        ):
+            raise UserError(
                 f"checkpoint controller acts on {saved.get('action_space')} with {saved.get('obs_dim')} features "
-                f"(fixed-scale {list(saved.get('fixed_scale', ()))}), but this env has {self.controller.action_spec} with "
+                f"(fixed-scale {list(saved.get('fixed_scale', ()))}), "
+                f"but this env has {self.controller.action_spec} with "
                 f"{self.controller.obs_dim} (fixed-scale {list(self.controller.fixed_scale)})"
             )
         try:
             self.controller.load_state_dict(saved["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise ValueError(f"the checkpoint does not fit this PPO's settings ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+            raise UserError(
+                f"the checkpoint does not fit this PPO's settings ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from exc
         self.generator.set_state(state["generator"])
         self.iteration, self.global_step = state["iteration"], state["global_step"]
 

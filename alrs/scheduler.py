@@ -47,15 +47,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from alrs.controller import Controller
+from alrs.errors import UserError
 from alrs.features import LR_FEATURES, child_features, feature_names, next_lr, observation_tail
 from alrs.io import load_torch
-from alrs.ppo import Controller
 
 Evaluate = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 """A function returning the model's validation logits (N, classes) and integer targets (N,)."""
 
-_ENV_SETTINGS = ("update_freq", "num_train_steps", "discrete", "action_range", "lr_min", "lr_max", "lr_feature",
-                 "time_feature")  # what the scheduler reads from a checkpoint's metadata["env"]
+_ENV_SETTINGS = (
+    "update_freq",
+    "num_train_steps",
+    "discrete",
+    "action_range",
+    "lr_min",
+    "lr_max",
+    "lr_feature",
+    "time_feature",
+)  # what the scheduler reads from a checkpoint's metadata["env"]
 
 _SETTINGS = ("update_freq", "num_train_steps", "features", "discrete", "action_range", "lr_min", "lr_max")
 _NOT_STATE = ("optimizer", "controller", "evaluate", "_output_weight")
@@ -76,30 +85,40 @@ def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source
     env = metadata.get("env") if isinstance(metadata, dict) else None
     missing = [key for key in _ENV_SETTINGS if not isinstance(env, dict) or key not in env]
     if missing:
-        raise ValueError(f"{source}: the controller checkpoint does not record the settings it was trained with "
-                         f"(metadata['env'] lacks {', '.join(missing)})")
+        raise UserError(
+            f"{source}: the controller checkpoint does not record the settings it was trained with "
+            f"(metadata['env'] lacks {', '.join(missing)})"
+        )
     features = metadata.get("features")
     producible = [feature_names(lr, time) for lr in LR_FEATURES for time in (False, True)]
     if not isinstance(features, (list, tuple)) or tuple(features) not in producible:
-        raise ValueError(f"{source}: the controller observes features {features}, not a feature set that "
-                         "alrs.features.feature_names produces")
+        raise UserError(
+            f"{source}: the controller observes features {features}, not a feature set that "
+            "alrs.features.feature_names produces"
+        )
     if tuple(features) != feature_names(env["lr_feature"], env["time_feature"]):
-        raise ValueError(f"{source}: features {list(features)} contradict the checkpoint's lr_feature="
-                         f"{env['lr_feature']!r} and time_feature={env['time_feature']!r}")
+        raise UserError(
+            f"{source}: features {list(features)} contradict the checkpoint's lr_feature="
+            f"{env['lr_feature']!r} and time_feature={env['time_feature']!r}"
+        )
     if controller.obs_dim != len(features):
-        raise ValueError(f"{source}: the controller takes {controller.obs_dim} features, its metadata names "
-                         f"{len(features)}")
+        raise UserError(
+            f"{source}: the controller takes {controller.obs_dim} features, its metadata names {len(features)}"
+        )
     r = env["action_range"]
-    wanted = {"type": "discrete", "n": 3} if env["discrete"] else \
-        {"type": "box", "low": float(np.float32(1 / r)), "high": float(np.float32(r))}
+    wanted = (
+        {"type": "discrete", "n": 3}
+        if env["discrete"]
+        else {"type": "box", "low": float(np.float32(1 / r)), "high": float(np.float32(r))}
+    )
     if controller.action_spec != wanted:
-        raise ValueError(f"{source}: the controller's actions are {controller.action_spec}, its metadata says {wanted}")
+        raise UserError(f"{source}: the controller's actions are {controller.action_spec}, its metadata says {wanted}")
     return {**{key: env[key] for key in _ENV_SETTINGS}, "features": tuple(features)}
 
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
@@ -123,18 +142,25 @@ class LearnedLRScheduler(LRScheduler):
         diverged: an observation was not finite (a diverged model), so the controller kept the LR.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, checkpoint: str | os.PathLike | dict[str, Any],
-                 output_layer: nn.Module | Callable[[], torch.Tensor], update_freq: int | None = None, *,
-                 evaluate: Evaluate | None = None, num_train_steps: int | None = None):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        checkpoint: str | os.PathLike | dict[str, Any],
+        output_layer: nn.Module | Callable[[], torch.Tensor],
+        update_freq: int | None = None,
+        *,
+        evaluate: Evaluate | None = None,
+        num_train_steps: int | None = None,
+    ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not a torch.optim.Optimizer")
         if not optimizer.param_groups:
-            raise ValueError("the optimizer has no param groups: there is no LR to schedule")
+            raise UserError("the optimizer has no param groups: there is no LR to schedule")
         data, source = _controller_checkpoint(checkpoint)
         try:
             self.controller = Controller.from_checkpoint(data)
         except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
+            raise UserError(f"{source}: {exc}") from exc
         settings = _checked_settings(data, self.controller, source)
         self.update_freq = _positive_int("update_freq", settings["update_freq"] if update_freq is None else update_freq)
         steps = settings["num_train_steps"] if num_train_steps is None else num_train_steps
@@ -147,8 +173,10 @@ class LearnedLRScheduler(LRScheduler):
         elif callable(output_layer):
             self._output_weight = output_layer
         else:
-            raise ValueError(f"output_layer must be an nn.Linear or a function returning its weight, "
-                             f"got {type(output_layer).__name__}")
+            raise UserError(
+                f"output_layer must be an nn.Linear or a function returning its weight, "
+                f"got {type(output_layer).__name__}"
+            )
         self.evaluate = evaluate
         first = optimizer.param_groups[0]
         self.lr = float(first.get("initial_lr", first["lr"]))  # what LRScheduler takes as the first base LR
@@ -178,7 +206,7 @@ class LearnedLRScheduler(LRScheduler):
         self._check_not_waiting("report_train_loss()")
         loss = torch.as_tensor(loss).detach()
         if loss.numel() != 1:
-            raise ValueError(f"report_train_loss() takes one minibatch's mean loss, got shape {tuple(loss.shape)}")
+            raise UserError(f"report_train_loss() takes one minibatch's mean loss, got shape {tuple(loss.shape)}")
         if self._loss_sum is None:
             self._loss_sum = torch.zeros((), device=loss.device)
         self._loss_sum += loss.reshape(()).to(self._loss_sum.device)
@@ -191,11 +219,13 @@ class LearnedLRScheduler(LRScheduler):
         once), or after the optimizer step that ends a controller step, before its :meth:`step`.
         """
         if self.evaluate is not None:
-            raise ValueError("this scheduler calls its evaluate() itself; report_validation() is for one made without")
+            raise UserError("this scheduler calls its evaluate() itself; report_validation() is for one made without")
         due = (self.last_epoch + 1) % self.update_freq == 0
         if self._waiting_at is None and not due:
-            raise ValueError(f"no observation is due: the controller observes after every {self.update_freq} optimizer "
-                             f"steps, next after step {(self.last_epoch // self.update_freq + 1) * self.update_freq}")
+            raise UserError(
+                f"no observation is due: the controller observes after every {self.update_freq} optimizer "
+                f"steps, next after step {(self.last_epoch // self.update_freq + 1) * self.update_freq}"
+            )
         val_loss, probs = self._validation(logits, targets)
         if self._waiting_at is None:
             self._pending = val_loss, probs
@@ -207,7 +237,7 @@ class LearnedLRScheduler(LRScheduler):
     def step(self, epoch: int | None = None) -> None:
         """Count one optimizer step; after every ``update_freq`` of them, observe and set the LR of the next ones."""
         if epoch is not None:
-            raise ValueError("LearnedLRScheduler.step() takes no epoch: call it once after every optimizer.step()")
+            raise UserError("LearnedLRScheduler.step() takes no epoch: call it once after every optimizer.step()")
         if self.last_epoch < 0:  # LRScheduler.__init__'s initial step: before any optimizer step
             self._observation_due(0, None)
         else:
@@ -215,8 +245,10 @@ class LearnedLRScheduler(LRScheduler):
             steps = self.last_epoch + 1
             if steps % self.update_freq == 0:
                 if self._loss_sum is None:
-                    raise ValueError(f"no train loss was reported in optimizer steps {steps - self.update_freq + 1} to "
-                                     f"{steps}: call report_train_loss(loss) for every minibatch")
+                    raise UserError(
+                        f"no train loss was reported in optimizer steps {steps - self.update_freq + 1} to "
+                        f"{steps}: call report_train_loss(loss) for every minibatch"
+                    )
                 train_loss = self._loss_sum / self._loss_count
                 self._loss_sum, self._loss_count = None, 0
                 self._observation_due(steps, train_loss)
@@ -236,18 +268,22 @@ class LearnedLRScheduler(LRScheduler):
         """Continue from :meth:`state_dict` of a scheduler with the same settings; sets the optimizer's LRs too."""
         missing = [key for key in _SETTINGS if key not in state_dict]
         if missing:
-            raise ValueError(f"not the state of a LearnedLRScheduler (no {', '.join(missing)})")
+            raise UserError(f"not the state of a LearnedLRScheduler (no {', '.join(missing)})")
         for key in _SETTINGS:
             if state_dict[key] != getattr(self, key):
-                raise ValueError(f"the state was saved by a scheduler with {key}={state_dict[key]!r}, "
-                                 f"this one has {getattr(self, key)!r}")
+                raise UserError(
+                    f"the state was saved by a scheduler with {key}={state_dict[key]!r}, "
+                    f"this one has {getattr(self, key)!r}"
+                )
         self.__dict__.update(copy.deepcopy(state_dict))
         self._apply_lrs()
 
     def _check_not_waiting(self, call: str) -> None:
         if self._waiting_at is not None:
-            raise ValueError(f"{call} while the controller waits for the validation predictions after optimizer step "
-                             f"{self._waiting_at}: call report_validation() before the next optimizer step")
+            raise UserError(
+                f"{call} while the controller waits for the validation predictions after optimizer step "
+                f"{self._waiting_at}: call report_validation() before the next optimizer step"
+            )
 
     def _observation_due(self, steps: int, train_loss: torch.Tensor | None) -> None:
         """Observe now with the validation reported or evaluated, or wait for :meth:`report_validation`."""
@@ -264,17 +300,22 @@ class LearnedLRScheduler(LRScheduler):
     def _validation(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean validation loss and softmax predictions, on the device (as ``LREnv._evaluate`` computes them)."""
         if logits.dim() != 2 or targets.shape != logits.shape[:1]:
-            raise ValueError(f"validation logits must have shape (N, classes) and targets (N,), "
-                             f"got {tuple(logits.shape)} and {tuple(targets.shape)}")
+            raise UserError(
+                f"validation logits must have shape (N, classes) and targets (N,), "
+                f"got {tuple(logits.shape)} and {tuple(targets.shape)}"
+            )
         logits = logits.detach().float()
         probs = logits.softmax(1)
         if self._prev_probs is not None and self._prev_probs.shape != probs.shape:
-            raise ValueError(f"the validation predictions have shape {tuple(probs.shape)}, previously "
-                             f"{tuple(self._prev_probs.shape)}: use the same validation examples every time")
+            raise UserError(
+                f"the validation predictions have shape {tuple(probs.shape)}, previously "
+                f"{tuple(self._prev_probs.shape)}: use the same validation examples every time"
+            )
         return F.cross_entropy(logits, targets, reduction="sum") / len(targets), probs
 
-    def _observe(self, steps: int, train_loss: torch.Tensor | None, val_loss: torch.Tensor,
-                 probs: torch.Tensor) -> None:
+    def _observe(
+        self, steps: int, train_loss: torch.Tensor | None, val_loss: torch.Tensor, probs: torch.Tensor
+    ) -> None:
         """The env's observation after ``steps`` optimizer steps, and the controller's action on it.
 
         ``train_loss`` None: the first observation, where the validation loss stands in (``LREnv.reset``).
@@ -288,8 +329,14 @@ class LearnedLRScheduler(LRScheduler):
         obs = np.asarray([*child, *tail], dtype=np.float32)
         self._prev_probs, self._last_obs = probs, torch.from_numpy(obs)
         if np.all(np.isfinite(obs)):
-            self.lr = next_lr(self.lr, self.controller.act(obs), discrete=self.discrete, action_range=self.action_range,
-                              lr_min=self.lr_min, lr_max=self.lr_max)
+            self.lr = next_lr(
+                self.lr,
+                self.controller.act(obs),
+                discrete=self.discrete,
+                action_range=self.action_range,
+                lr_min=self.lr_min,
+                lr_max=self.lr_max,
+            )
         else:
             self.diverged = True
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from alrs.controller import Controller, describe_action_space
 from alrs.env import LREnv
-from alrs.ppo import Controller, describe_action_space
+from alrs.errors import UserError
 
 StepResult = tuple[np.ndarray, float, bool, bool, dict[str, Any]]
 
@@ -40,8 +41,8 @@ class Schedule(ABC):
     initial_lr: float | None = None
     """The LR an episode starts from; None keeps the env's own setting."""
 
-    def check(self, env: LREnv) -> None:
-        """Raise a one-line ``ValueError`` if this schedule cannot run on ``env``."""
+    def check(self, env: LREnv) -> None:  # noqa: B027 - optional hook: most schedules run on any env
+        """Raise a one-line :class:`~alrs.errors.UserError` if this schedule cannot run on ``env``."""
 
     @abstractmethod
     def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
@@ -91,8 +92,10 @@ class StepDecay(HandMadeSchedule):
 
     def check(self, env: LREnv) -> None:
         if self.discount_step % env.config.update_freq:
-            raise ValueError(f"discount_step={self.discount_step} must be a multiple of update_freq={env.config.update_freq}: "
-                             "the LR can only change between controller steps")
+            raise UserError(
+                f"discount_step={self.discount_step} must be a multiple of update_freq={env.config.update_freq}: "
+                "the LR can only change between controller steps"
+            )
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "discount_step": self.discount_step, "factor": self.factor}
@@ -152,14 +155,18 @@ class Learned(Schedule):
     def check(self, env: LREnv) -> None:
         features, observed = self.metadata.get("features"), env.config.features
         if features is not None and tuple(features) != observed:
-            raise ValueError(f"the controller was trained on features {features}, this env observes {list(observed)}; "
-                             "test it with the --lr-feature and --time-feature settings it was trained with")
+            raise UserError(
+                f"the controller was trained on features {features}, this env observes {list(observed)}; "
+                "test it with the --lr-feature and --time-feature settings it was trained with"
+            )
         if self.controller.obs_dim != len(observed):
-            raise ValueError(f"the controller takes {self.controller.obs_dim} features, this env gives {len(observed)}")
+            raise UserError(f"the controller takes {self.controller.obs_dim} features, this env gives {len(observed)}")
         wanted = describe_action_space(env.action_space)
         if self.controller.action_spec != wanted:
-            raise ValueError(f"the controller's actions are {self.controller.action_spec} but this env takes {wanted}; "
-                             "use the controller's own --discrete/--action-range settings")
+            raise UserError(
+                f"the controller's actions are {self.controller.action_spec} but this env takes {wanted}; "
+                "use the controller's own --discrete/--action-range settings"
+            )
 
     def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
         return env.step(self.controller.act(obs, deterministic=True))

@@ -8,6 +8,7 @@ A run folder holds (the one place that fixes this layout):
                   evaluations (eval.csv); with evaluations off (eval_every=0), the controller after
                   whose rollout an episode reached the lowest final validation loss (the seed's rule)
     eval.csv      one row per deterministic evaluation: the policy's mode on held-out seeds
+    .lock         held by the process writing the folder (an advisory lock; see alrs.io.FolderLock)
     tensorboard/  the same figures as TensorBoard events (with ``tensorboard=True``; metrics.csv stays the record)
     episode.png   curves of the latest episode, refreshed every iteration
     training.png  final validation loss and LR of every episode so far: the controller's learning curve
@@ -19,7 +20,6 @@ import csv
 import io
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -27,18 +27,38 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from alrs.controller import Controller
 from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
+from alrs.errors import UserError
 from alrs.features import FIXED_SCALE_FEATURES
-from alrs.io import atomic_write, load_torch, save_torch
+from alrs.io import FolderLock, atomic_write, load_torch, save_torch
 from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.plotting import plot_episode, plot_training
-from alrs.ppo import PPO, Controller, PPOConfig
+from alrs.ppo import PPO, PPOConfig
 
-CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = "config.json", "metrics.csv", "eval.csv", "last.pt", "best.pt"
-EPISODE_PLOT, TRAINING_PLOT = "episode.png", "training.png"
+CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = (
+    "config.json",
+    "metrics.csv",
+    "eval.csv",
+    "last.pt",
+    "best.pt",
+)
+EPISODE_PLOT, TRAINING_PLOT, LOCK_FILE = "episode.png", "training.png", ".lock"
 METRICS_COLUMNS = (
-    "episode", "iteration", "env", "return", "final_val_loss", "best_val_loss", "final_lr", "wall_time",
-    "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
+    "episode",
+    "iteration",
+    "env",
+    "return",
+    "final_val_loss",
+    "best_val_loss",
+    "final_lr",
+    "wall_time",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
 )
 
 EVAL_COLUMNS = ("iteration", "episodes", "mean_best_val_loss", "per_initial_lr", "wall_time")
@@ -73,8 +93,9 @@ def policy_episode(env: LREnv, controller: Controller, seed: int, initial_lr: fl
     return info["best_val_loss"]
 
 
-def evaluate_policy(pool: WorkerPool, config: EnvConfig, controller: Controller, seeds: list[int],
-                    initial_lrs: tuple[float, ...]) -> dict[float, float]:
+def evaluate_policy(
+    pool: WorkerPool, config: EnvConfig, controller: Controller, seeds: list[int], initial_lrs: tuple[float, ...]
+) -> dict[float, float]:
     """Mean best validation loss of the policy's mode per initial LR, over ``seeds``, on envs of ``config``
     (one episode per pair, run on ``pool``'s workers).
 
@@ -141,22 +162,63 @@ def train_controller(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(run_dir / LOCK_FILE, f"run folder {run_dir}"):  # a second writer is refused
+        return _train(
+            run_dir,
+            env_config,
+            ppo_config,
+            num_envs,
+            episodes,
+            seed,
+            resume,
+            progress,
+            batched,
+            eval_every,
+            eval_seeds,
+            tensorboard,
+            pool,
+        )
+
+
+def _train(
+    run_dir: Path,
+    env_config: EnvConfig,
+    ppo_config: PPOConfig,
+    num_envs: int,
+    episodes: int,
+    seed: int,
+    resume: bool,
+    progress: bool,
+    batched: bool | None,
+    eval_every: int,
+    eval_seeds: int,
+    tensorboard: bool,
+    pool: WorkerPool | None,
+) -> dict[str, Any]:
+    """:func:`train_controller`'s work, in a run folder this process holds."""
     saved = load_torch(run_dir / LAST_FILE) if resume else None  # a bad checkpoint fails before any work
     pool = pool or WorkerPool(ParallelConfig(workers=1), 1, env_config)
     envs = pool.vector_env(env_config, num_envs, batched)
     fixed_scale = tuple(i for i, name in enumerate(env_config.features) if name in FIXED_SCALE_FEATURES)
     ppo = PPO(envs, ppo_config, seed=seed, fixed_scale=fixed_scale)
-    state = {"episodes_done": 0, "best_final_val_loss": math.inf, "best_episode": None, "wall_time": 0.0,
-             "best_eval_loss": math.inf, "best_eval_iteration": None, "eval_iteration": None, "eval_loss": math.nan}
+    state = {
+        "episodes_done": 0,
+        "best_final_val_loss": math.inf,
+        "best_episode": None,
+        "wall_time": 0.0,
+        "best_eval_loss": math.inf,
+        "best_eval_iteration": None,
+        "eval_iteration": None,
+        "eval_loss": math.nan,
+    }
     metrics_path, eval_path = run_dir / METRICS_FILE, run_dir / EVAL_FILE
     if saved is not None:
-        if not isinstance(saved, dict) or not {"ppo", "progress"} <= set(saved):
-            raise ValueError(f"{run_dir / LAST_FILE}: not a training checkpoint of alrs")
+        _check_last(saved, run_dir / LAST_FILE, env_config, ppo_config, seed, state)
         ppo.load_state_dict(saved["ppo"])
         state = {**state, **saved["progress"]}
-        _truncate_csv(metrics_path, lambda row: int(row[0]) <= state["episodes_done"])
+        _truncate_csv(metrics_path, METRICS_COLUMNS, state["episodes_done"])
         if eval_path.exists():
-            _truncate_csv(eval_path, lambda row: int(row[0]) <= ppo.iteration)
+            _truncate_csv(eval_path, EVAL_COLUMNS, ppo.iteration)
     else:
         with open(metrics_path, "w", newline="") as f:
             csv.writer(f).writerow(METRICS_COLUMNS)
@@ -169,7 +231,13 @@ def train_controller(
 
     writer = _tensorboard_writer(run_dir, purge_step=state["episodes_done"]) if tensorboard else None
     iterations = math.ceil(episodes / num_envs)
-    bar = tqdm(total=iterations * num_envs, initial=state["episodes_done"], unit="episode", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=iterations * num_envs,
+        initial=state["episodes_done"],
+        unit="episode",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     start = time.perf_counter() - state["wall_time"]
     name = f"{env_config.dataset} / {env_config.architecture}"
     try:
@@ -183,43 +251,93 @@ def train_controller(
             for episode in finished:
                 last = episode.infos[-1]
                 state["episodes_done"] += 1
-                rows.append({"episode": state["episodes_done"], "iteration": ppo.iteration, "env": episode.env_index,
-                             "return": episode.episode_return, "final_val_loss": last["val_loss"],
-                             "best_val_loss": last["best_val_loss"], "final_lr": last["lr"],
-                             "wall_time": round(state["wall_time"], 2), **stats})
+                rows.append(
+                    {
+                        "episode": state["episodes_done"],
+                        "iteration": ppo.iteration,
+                        "env": episode.env_index,
+                        "return": episode.episode_return,
+                        "final_val_loss": last["val_loss"],
+                        "best_val_loss": last["best_val_loss"],
+                        "final_lr": last["lr"],
+                        "wall_time": round(state["wall_time"], 2),
+                        **stats,
+                    }
+                )
                 if not eval_every and last["val_loss"] < state["best_final_val_loss"]:
                     state["best_final_val_loss"], state["best_episode"] = last["val_loss"], state["episodes_done"]
-                    snapshot["metadata"] = controller_metadata(env_config, ppo_config, episode=state["episodes_done"],
-                                                               final_val_loss=last["val_loss"], seed=seed)
+                    snapshot["metadata"] = controller_metadata(
+                        env_config,
+                        ppo_config,
+                        episode=state["episodes_done"],
+                        final_val_loss=last["val_loss"],
+                        seed=seed,
+                    )
                     save_torch(snapshot, run_dir / BEST_FILE)
             with open(metrics_path, "a", newline="") as f:
                 csv.DictWriter(f, METRICS_COLUMNS).writerows(rows)
             if eval_every and (ppo.iteration % eval_every == 0 or ppo.iteration == iterations):
-                _evaluate_and_select(ppo.controller, pool, eval_config, seeds, state, ppo.iteration, run_dir, env_config, ppo_config, seed,
-                                     time.perf_counter() - start)
+                _evaluate_and_select(
+                    ppo.controller,
+                    pool,
+                    eval_config,
+                    seeds,
+                    state,
+                    ppo.iteration,
+                    run_dir,
+                    env_config,
+                    ppo_config,
+                    seed,
+                    time.perf_counter() - start,
+                )
             if writer is not None:
-                _write_events(writer, rows, stats, state, evaluated=bool(eval_every) and state["eval_iteration"] == ppo.iteration)
-            save_torch({"ppo": ppo.state_dict(), "progress": dict(state),
-                        "controller": ppo.controller.checkpoint(controller_metadata(env_config, ppo_config, seed=seed))},
-                       run_dir / LAST_FILE)
+                _write_events(
+                    writer, rows, stats, state, evaluated=bool(eval_every) and state["eval_iteration"] == ppo.iteration
+                )
+            save_torch(
+                {
+                    "ppo": ppo.state_dict(),
+                    "progress": dict(state),
+                    "controller": ppo.controller.checkpoint(controller_metadata(env_config, ppo_config, seed=seed)),
+                },
+                run_dir / LAST_FILE,
+            )
             if finished:
-                plot_episode(episode_curves(finished[0].infos), run_dir / EPISODE_PLOT,
-                             title=f"{name}, episode {state['episodes_done'] - len(finished) + 1}")
+                plot_episode(
+                    episode_curves(finished[0].infos),
+                    run_dir / EPISODE_PLOT,
+                    title=f"{name}, episode {state['episodes_done'] - len(finished) + 1}",
+                )
                 evaluations = _csv_columns(eval_path, "episodes", "mean_best_val_loss") if eval_every else None
-                plot_training(*_csv_columns(metrics_path, "final_val_loss", "final_lr"), run_dir / TRAINING_PLOT, title=name,
-                              evaluations=evaluations)
-                bar.set_postfix(ret=f"{np.mean([e.episode_return for e in finished]):.2f}",
-                                val_loss=f"{np.mean([e.infos[-1]['val_loss'] for e in finished]):.4f}",
-                                **({"eval": f"{state['best_eval_loss']:.4f}"} if eval_every else {}), refresh=False)
+                plot_training(
+                    *_csv_columns(metrics_path, "final_val_loss", "final_lr"),
+                    run_dir / TRAINING_PLOT,
+                    title=name,
+                    evaluations=evaluations,
+                )
+                bar.set_postfix(
+                    ret=f"{np.mean([e.episode_return for e in finished]):.2f}",
+                    val_loss=f"{np.mean([e.infos[-1]['val_loss'] for e in finished]):.4f}",
+                    **({"eval": f"{state['best_eval_loss']:.4f}"} if eval_every else {}),
+                    refresh=False,
+                )
             bar.update(len(rows))
     finally:
         bar.close()
         envs.close()
         if writer is not None:
             writer.close()
-    best = {"best_eval_loss": state["best_eval_loss"], "best_eval_iteration": state["best_eval_iteration"]} if eval_every else \
-        {"best_final_val_loss": state["best_final_val_loss"], "best_episode": state["best_episode"]}
-    return {"episodes": state["episodes_done"], **best, "last": str(run_dir / LAST_FILE), "best": str(run_dir / BEST_FILE)}
+    best = (
+        {"best_eval_loss": state["best_eval_loss"], "best_eval_iteration": state["best_eval_iteration"]}
+        if eval_every
+        else {"best_final_val_loss": state["best_final_val_loss"], "best_episode": state["best_episode"]}
+    )
+    return {
+        "episodes": state["episodes_done"],
+        **best,
+        "last": str(run_dir / LAST_FILE),
+        "best": str(run_dir / BEST_FILE),
+    }
 
 
 def require_tensorboard() -> type:
@@ -227,16 +345,19 @@ def require_tensorboard() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
     return SummaryWriter
 
 
 def _tensorboard_writer(run_dir: Path, purge_step: int) -> Any:
-    """A SummaryWriter into ``run_dir/tensorboard``; events past ``purge_step`` (an interrupted iteration's) are dropped."""
+    """A SummaryWriter into ``run_dir/tensorboard``; events past ``purge_step`` (an interrupted
+    iteration's) are dropped."""
     return require_tensorboard()(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step or None)
 
 
-def _write_events(writer: Any, rows: list[dict[str, Any]], stats: dict[str, float], state: dict[str, Any], evaluated: bool) -> None:
+def _write_events(
+    writer: Any, rows: list[dict[str, Any]], stats: dict[str, float], state: dict[str, Any], evaluated: bool
+) -> None:
     """One iteration's TensorBoard events, indexed by episodes done: each episode, PPO's update, the evaluation."""
     for row in rows:
         for key in ("return", "final_val_loss", "best_val_loss", "final_lr"):
@@ -248,19 +369,44 @@ def _write_events(writer: Any, rows: list[dict[str, Any]], stats: dict[str, floa
     writer.flush()
 
 
-def _evaluate_and_select(controller: Controller, pool: WorkerPool, config: EnvConfig, seeds: list[int], state: dict[str, Any], iteration: int,
-                         run_dir: Path, env_config: EnvConfig, ppo_config: PPOConfig, seed: int, wall_time: float) -> None:
+def _evaluate_and_select(
+    controller: Controller,
+    pool: WorkerPool,
+    config: EnvConfig,
+    seeds: list[int],
+    state: dict[str, Any],
+    iteration: int,
+    run_dir: Path,
+    env_config: EnvConfig,
+    ppo_config: PPOConfig,
+    seed: int,
+    wall_time: float,
+) -> None:
     """One deterministic evaluation: a row of eval.csv, and best.pt if the controller is the best so far."""
     per_lr = evaluate_policy(pool, config, controller, seeds, training_initial_lrs(env_config))
     mean = float(np.mean(list(per_lr.values())))
     state["eval_iteration"], state["eval_loss"] = iteration, mean
     with open(run_dir / EVAL_FILE, "a", newline="") as f:
-        csv.writer(f).writerow([iteration, state["episodes_done"], mean, " ".join(f"{lr:g}:{v:.6f}" for lr, v in per_lr.items()),
-                                round(wall_time, 2)])
+        csv.writer(f).writerow(
+            [
+                iteration,
+                state["episodes_done"],
+                mean,
+                " ".join(f"{lr:g}:{v:.6f}" for lr, v in per_lr.items()),
+                round(wall_time, 2),
+            ]
+        )
     if mean < state["best_eval_loss"]:
         state["best_eval_loss"], state["best_eval_iteration"] = mean, iteration
-        metadata = controller_metadata(env_config, ppo_config, iteration=iteration, episode=state["episodes_done"],
-                                       eval_best_val_loss=mean, eval_seeds=seeds, seed=seed)
+        metadata = controller_metadata(
+            env_config,
+            ppo_config,
+            iteration=iteration,
+            episode=state["episodes_done"],
+            eval_best_val_loss=mean,
+            eval_seeds=seeds,
+            seed=seed,
+        )
         save_torch(controller.checkpoint(metadata), run_dir / BEST_FILE)
 
 
@@ -271,10 +417,56 @@ def _csv_columns(path: Path, *columns: str) -> list[list[float]]:
     return [[float(row[c]) for row in rows] for c in columns]
 
 
-def _truncate_csv(path: Path, keep: Callable[[list[str]], bool]) -> None:
-    """Drop the rows past the checkpoint (written by an iteration interrupted before saving); keeps the header."""
+def _check_last(
+    saved: Any, path: Path, env_config: EnvConfig, ppo_config: PPOConfig, seed: int, state: dict[str, Any]
+) -> None:
+    """A one-line error unless ``saved`` is a training checkpoint made with this run's settings."""
+    if not isinstance(saved, dict) or not {"ppo", "progress", "controller"} <= set(saved):
+        raise UserError(f"{path}: not a training checkpoint of alrs")
+    if (
+        not isinstance(saved["progress"], dict)
+        or set(saved["progress"]) != set(state)
+        or not isinstance(saved["progress"].get("episodes_done"), int)
+    ):
+        raise UserError(f"{path}: its progress record is damaged or from another version of alrs")
+    metadata = saved["controller"].get("metadata", {}) if isinstance(saved["controller"], dict) else {}
+    ours = controller_metadata(env_config, ppo_config, seed=seed)
+    runtime = {"data_dir", "device", "eval_batch_size"}  # where and how fast it runs, not what it learns
+    differ = [
+        f"{part}.{k}"
+        for part in ("env", "ppo")
+        for k in ours[part]
+        if k not in runtime and metadata.get(part, {}).get(k) != ours[part][k]
+    ]
+    differ += ["seed"] if metadata.get("seed") != seed else []
+    if differ:
+        raise UserError(
+            f"{path} was made with other settings than this run's config.json ({', '.join(differ[:4])}); "
+            "it belongs to another run: resume that run, or start a new one"
+        )
+
+
+def _truncate_csv(path: Path, columns: tuple[str, ...], keep_up_to: int) -> None:
+    """Check the file's header and that it holds every row up to ``keep_up_to`` (by its first column),
+    then drop the rows past it (written by an iteration interrupted before saving)."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing, but last.pt has progress to match; the run folder is damaged")
     with open(path, newline="") as f:
-        header, *rows = list(csv.reader(f))
+        rows = list(csv.reader(f))
+    if not rows or tuple(rows[0]) != columns:
+        raise UserError(
+            f"{path}: its header is missing or not {','.join(columns[:3])},...; the run folder is damaged "
+            "(restore the file, or start a new run)"
+        )
+    try:
+        kept = [row for row in rows[1:] if int(row[0]) <= keep_up_to]
+    except (ValueError, IndexError) as exc:
+        raise UserError(f"{path}: a row does not start with a number; the run folder is damaged") from exc
+    if path.name == METRICS_FILE and len(kept) < keep_up_to:
+        raise UserError(
+            f"{path} holds {len(kept)} episodes but last.pt has {keep_up_to}; the run folder is damaged "
+            "(restore metrics.csv, or start a new run)"
+        )
     text = io.StringIO()
-    csv.writer(text).writerows([header, *(row for row in rows if keep(row))])
+    csv.writer(text).writerows([rows[0], *kept])
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))

@@ -10,7 +10,7 @@ initialization, minibatch order and learning rate, so the observations and rewar
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +21,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from alrs.data import Splits, load_dataset
 from alrs.env import BatchSampler, EnvConfig, LREnv, init_child, resolve_device
+from alrs.errors import UserError
 from alrs.features import child_features
 from alrs.ppo import make_vector_env
 
@@ -35,8 +36,10 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 def check_batchable(config: EnvConfig) -> None:
     """A one-line error unless ``config``'s child can be trained batched."""
     if config.architecture not in BATCHABLE_ARCHITECTURES:
-        raise ValueError(f"architecture {config.architecture!r} cannot be batched (batch norm); drop --batched-envs "
-                         f"(or pass batched=False), or use one of {', '.join(BATCHABLE_ARCHITECTURES)}")
+        raise UserError(
+            f"architecture {config.architecture!r} cannot be batched (batch norm); drop --batched-envs "
+            f"(or pass batched=False), or use one of {', '.join(BATCHABLE_ARCHITECTURES)}"
+        )
 
 
 class BatchedLREnv(gym.vector.VectorEnv):
@@ -54,12 +57,12 @@ class BatchedLREnv(gym.vector.VectorEnv):
         data: preloaded splits, as for LREnv; by default loaded once from ``config.data_dir``.
     """
 
-    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
 
     def __init__(self, config: EnvConfig, num_envs: int, data: Splits | None = None):
         check_batchable(config)
         if num_envs <= 0:
-            raise ValueError(f"num_envs must be positive, got {num_envs}")
+            raise UserError(f"num_envs must be positive, got {num_envs}")
         device = resolve_device(config.device)
         data = load_dataset(config.dataset, config.data_dir, device) if data is None else data.to(device)
         # One LREnv per child runs that child's episode bookkeeping; its own model stays unbuilt.
@@ -84,22 +87,23 @@ class BatchedLREnv(gym.vector.VectorEnv):
         self._batched_forward = vmap(self._forward, in_dims=(0, None))  # every child, the same inputs
 
     # ------------------------------------------------------------------ gymnasium API
-    def reset(self, *, seed: int | list[int | None] | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every child; ``seed`` as in Gymnasium's vector envs (an int seeds envs seed, seed+1, ...)."""
         if options and "reset_mask" in options:
-            raise ValueError("BatchedLREnv resets every child at once; it has no reset_mask")
+            raise UserError("BatchedLREnv resets every child at once; it has no reset_mask")
         if seed is None or isinstance(seed, int):
             seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
         elif len(seed) == self.num_envs:
             seeds = list(seed)
         else:
-            raise ValueError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
-        child_seeds = [env._begin_episode(s, options) for env, s in zip(self._episodes, seeds)]
+            raise UserError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
+        child_seeds = [env._begin_episode(s, options) for env, s in zip(self._episodes, seeds, strict=True)]
         everyone = list(range(self.num_envs))
         self._init_children(everyone, child_seeds)
         obs, infos = np.zeros((self.num_envs, *self.single_observation_space.shape), np.float32), {}
-        for i, (o, info) in zip(everyone, self._first_observations(everyone)):
+        for i, (o, info) in zip(everyone, self._first_observations(everyone), strict=True):
             obs[i], infos = o, self._add_info(infos, info, i)
         return obs, infos
 
@@ -109,8 +113,8 @@ class BatchedLREnv(gym.vector.VectorEnv):
             raise RuntimeError("call reset() before step()")
         cfg, n = self.config, self.num_envs
         if len(actions) != n:
-            raise ValueError(f"need one action per env ({n}), got {len(actions)}")
-        for env, action in zip(self._episodes, actions):
+            raise UserError(f"need one action per env ({n}), got {len(actions)}")
+        for env, action in zip(self._episodes, actions, strict=True):
             env._start_step(env._next_lr(action))
         lr = torch.tensor([env.lr for env in self._episodes], dtype=torch.float64, device=self.device)
 
@@ -131,12 +135,14 @@ class BatchedLREnv(gym.vector.VectorEnv):
         infos: dict[str, Any] = {}
         for i, env in enumerate(self._episodes):
             obs[i], rewards[i], terminated[i], truncated[i], info = env._end_step(features[i], val_acc[i])
-            infos = self._add_info(infos, {"final_obs": obs[i].copy(), "final_info": info} if terminated[i] or truncated[i] else info, i)
+            infos = self._add_info(
+                infos, {"final_obs": obs[i].copy(), "final_info": info} if terminated[i] or truncated[i] else info, i
+            )
 
         ended = np.flatnonzero(terminated | truncated).tolist()
         if ended:  # SAME_STEP autoreset: ended children restart at once, with fresh draws
             self._init_children(ended, [self._episodes[i]._begin_episode(None, None) for i in ended])
-            for i, (o, info) in zip(ended, self._first_observations(ended)):
+            for i, (o, info) in zip(ended, self._first_observations(ended), strict=True):
                 obs[i], infos = o, self._add_info(infos, info, i)
         return obs, rewards, terminated, truncated, infos
 
@@ -155,7 +161,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
             self._exp_avg[name][slots] = 0.0
             self._exp_avg_sq[name][slots] = 0.0
         self._adam_steps[slots] = 0.0
-        for i, s in zip(indices, child_seeds):
+        for i, s in zip(indices, child_seeds, strict=True):
             self._samplers[i] = BatchSampler(len(self.data.train_x), self.config.batch_size, s, self.device)
 
     def _first_observations(self, indices: list[int]) -> list[tuple[np.ndarray, dict[str, Any]]]:
@@ -166,7 +172,9 @@ class BatchedLREnv(gym.vector.VectorEnv):
             self._prev_probs = torch.empty((self.num_envs, *probs.shape[1:]), device=self.device)
         self._prev_probs[slots] = probs
         # Before any Adam step the untrained net's validation loss stands in for the train loss (as LREnv).
-        features, val_acc = _to_host(child_features(val_loss, val_loss, probs, None, self._output_weight()[slots]), val_acc)
+        features, val_acc = _to_host(
+            child_features(val_loss, val_loss, probs, None, self._output_weight()[slots]), val_acc
+        )
         return [self._episodes[i]._first_observation(features[row], val_acc[row]) for row, i in enumerate(indices)]
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -34,14 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from alrs.data import DATASETS, NUM_VAL, DatasetError, Splits, load_dataset  # noqa: E402
-from alrs.env import EnvConfig, LREnv, resolve_device  # noqa: E402
-from alrs.models import ARCHITECTURES, build_model  # noqa: E402
-from alrs.vector_env import BatchedLREnv  # noqa: E402
+from alrs.data import DATASETS, NUM_VAL, DatasetError, Splits, load_dataset
+from alrs.env import EnvConfig, LREnv, resolve_device
+from alrs.models import ARCHITECTURES, build_model
+from alrs.vector_env import BatchedLREnv
 
 TRAIN_SIZES = {"mnist": 50_000, "fa-mnist": 50_000, "cifar10": 40_000}
 
@@ -54,14 +54,24 @@ def get_data(args: argparse.Namespace) -> tuple[Splits, str]:
         g = torch.Generator().manual_seed(0)
         shape = DATASETS[args.dataset].image_shape
         n = {"train": TRAIN_SIZES[args.dataset], "val": NUM_VAL, "test": 10_000}
-        parts = [t for split in n.values() for t in (torch.rand(split, *shape, generator=g), torch.randint(0, 10, (split,), generator=g))]
+        parts = [
+            t
+            for split in n.values()
+            for t in (torch.rand(split, *shape, generator=g), torch.randint(0, 10, (split,), generator=g))
+        ]
         return Splits(*parts), "generated"
 
 
 def _env_config(args: argparse.Namespace) -> EnvConfig:
     """The env the benchmark steps: the chosen child and batch, episodes too long to end while timed."""
-    return EnvConfig(dataset=args.dataset, architecture=args.architecture, batch_size=args.batch_size,
-                     update_freq=args.update_freq, num_train_steps=10_000 * args.update_freq, device=args.device)
+    return EnvConfig(
+        dataset=args.dataset,
+        architecture=args.architecture,
+        batch_size=args.batch_size,
+        update_freq=args.update_freq,
+        num_train_steps=10_000 * args.update_freq,
+        device=args.device,
+    )
 
 
 def env_step_time(args: argparse.Namespace, data: Splits) -> float:
@@ -83,7 +93,9 @@ def floor_step_time(args: argparse.Namespace, data: Splits) -> float:
     """(b) a bare training loop with validation as often, in the fastest layout the env also uses."""
     device = resolve_device(args.device)
     data = data.to(device)
-    memory_format = torch.channels_last if device.type == "cpu" and args.architecture != "mlp" else torch.contiguous_format
+    memory_format = (
+        torch.channels_last if device.type == "cpu" and args.architecture != "mlp" else torch.contiguous_format
+    )
     model = build_model(args.architecture, args.dataset).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -127,7 +139,9 @@ def naive_step_time(args: argparse.Namespace, data: Splits) -> float:
     device = resolve_device(args.device)
     model = build_model(args.architecture, args.dataset).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train = torch.utils.data.DataLoader(NaiveDataset(data.train_x, data.train_y), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    train = torch.utils.data.DataLoader(
+        NaiveDataset(data.train_x, data.train_y), batch_size=args.batch_size, shuffle=True, drop_last=True
+    )
     val = torch.utils.data.DataLoader(NaiveDataset(data.val_x, data.val_y), batch_size=args.batch_size)
     batches = iter(train)
     state = {"previous": None}
@@ -158,7 +172,14 @@ def naive_step_time(args: argparse.Namespace, data: Splits) -> float:
         change = predictions - state["previous"] if state["previous"] is not None else torch.zeros_like(predictions)
         state["previous"] = copy.deepcopy(predictions)
         w = model.output_layer.weight
-        [np.mean(losses), np.mean(val_losses), predictions.var().item(), change.var().item(), w.mean().item(), w.var().item()]
+        [
+            np.mean(losses),
+            np.mean(val_losses),
+            predictions.var().item(),
+            change.var().item(),
+            w.mean().item(),
+            w.var().item(),
+        ]
 
     return _time(one_step, args, device)
 
@@ -227,11 +248,19 @@ def main() -> None:
             memory[name] = (max(peak_mb, memory.get(name, (0, None))[0]), gpu_mb)
     median = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "dataset": args.dataset, "architecture": args.architecture, "data": get_data(args)[1], "device": args.device,
-        "threads": args.threads or torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "batch_size": args.batch_size, "update_freq": args.update_freq, "steps": args.steps, "rounds": args.rounds,
+        "dataset": args.dataset,
+        "architecture": args.architecture,
+        "data": get_data(args)[1],
+        "device": args.device,
+        "threads": args.threads or torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "batch_size": args.batch_size,
+        "update_freq": args.update_freq,
+        "steps": args.steps,
+        "rounds": args.rounds,
         "num_envs": args.num_envs,
-        "seconds_per_controller_step": median, "all_rounds": times,
+        "seconds_per_controller_step": median,
+        "all_rounds": times,
         "peak_rss_mb": {k: round(v[0]) for k, v in memory.items()},
         "peak_gpu_mb": {k: v[1] and round(v[1]) for k, v in memory.items()},
     }
@@ -244,8 +273,11 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{args.dataset} / {args.architecture}, batch {args.batch_size}, {args.update_freq} Adam steps per controller step, "
-          f"{result['data']} data, {result['threads']} threads, median of {args.rounds} rounds")
+    print(
+        f"\n{args.dataset} / {args.architecture}, batch {args.batch_size}, "
+        f"{args.update_freq} Adam steps per controller step, "
+        f"{result['data']} data, {result['threads']} threads, median of {args.rounds} rounds"
+    )
     for name in args.variants:
         print(f"  {name:<6} {median[name]:8.3f} s per controller step   peak RSS {result['peak_rss_mb'][name]:6d} MB")
     if "naive_over_env" in result:
@@ -253,7 +285,10 @@ def main() -> None:
     if "env_over_floor" in result:
         print(f"  env / floor  = {result['env_over_floor']:.2f}   (target <= 1.10)")
     if "batched_speedup" in result:
-        print(f"  {args.num_envs} x env / batched = {result['batched_speedup']:.2f}   (speed-up of one batched model of {args.num_envs} children)")
+        print(
+            f"  {args.num_envs} x env / batched = {result['batched_speedup']:.2f}   "
+            f"(speed-up of one batched model of {args.num_envs} children)"
+        )
 
 
 if __name__ == "__main__":

@@ -25,5 +25,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def small_env_options(data_dir: Path) -> dict:
     """A cheap episode: the MLP, batch 50, 4 controller steps of 5 Adam steps, 500 validation examples."""
-    return dict(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
-                val_size=500, data_dir=str(data_dir), device="cpu")
+    return dict(
+        dataset="fa-mnist",
+        architecture="mlp",
+        batch_size=50,
+        update_freq=5,
+        num_train_steps=20,
+        val_size=500,
+        data_dir=str(data_dir),
+        device="cpu",
+    )

@@ -49,7 +49,7 @@ def write_cifar_dataset(folder: Path, seed: int = 0) -> None:
     """CIFAR10's five training batches and test batch, as python pickles, in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     x, y = _images(NUM_VAL + NUM_TRAIN_EXTRA, (3, 32, 32), seed, 0)
-    for i, (xs, ys) in enumerate(zip(np.array_split(x, 5), np.array_split(y, 5)), start=1):
+    for i, (xs, ys) in enumerate(zip(np.array_split(x, 5), np.array_split(y, 5), strict=True), start=1):
         with open(folder / f"data_batch_{i}", "wb") as f:
             pickle.dump({"data": xs.reshape(len(xs), -1), "labels": ys.tolist()}, f)
     tx, ty = _images(NUM_TEST, (3, 32, 32), seed, 1)

@@ -13,10 +13,34 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_env_speed_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "env_speed.py"), "--dataset", "mnist", "--architecture", "mlp",
-         "--data-dir", str(tmp_path / "none"), "--steps", "1", "--warmup", "0", "--rounds", "1", "--json", str(out),
-         "--variants", "env", "floor", "naive", "batched", "--num-envs", "2"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "env_speed.py"),
+            "--dataset",
+            "mnist",
+            "--architecture",
+            "mlp",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--rounds",
+            "1",
+            "--json",
+            str(out),
+            "--variants",
+            "env",
+            "floor",
+            "naive",
+            "batched",
+            "--num-envs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())

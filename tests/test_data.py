@@ -41,7 +41,10 @@ def test_uncompressed_idx_files_are_read(data_dir: Path, tmp_path: Path) -> None
     raw.mkdir(parents=True)
     for gz in (data_dir / "FashionMNIST" / "raw").glob("*.gz"):
         (raw / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
-    plain, zipped = load_dataset("fa-mnist", tmp_path, download=False), load_dataset("fa-mnist", data_dir, download=False)
+    plain, zipped = (
+        load_dataset("fa-mnist", tmp_path, download=False),
+        load_dataset("fa-mnist", data_dir, download=False),
+    )
     assert torch.equal(plain.test_x, zipped.test_x)
 
 
@@ -66,7 +69,7 @@ def test_truncated_file_is_named(tmp_path: Path) -> None:
     write_idx_dataset(raw)
     broken = raw / "t10k-images-idx3-ubyte.gz"
     broken.write_bytes(broken.read_bytes()[:200])
-    with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte.gz"):
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\.gz"):
         load_dataset("fa-mnist", tmp_path, download=False)
 
 
@@ -86,7 +89,9 @@ def test_unknown_dataset_lists_valid_names() -> None:
 REAL = Path(SYSTEM_DIRS["fa-mnist"][0])
 
 
-@pytest.mark.skipif(not (REAL / "train-images-idx3-ubyte.gz").exists(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not (REAL / "train-images-idx3-ubyte.gz").exists(), reason="Debian's dataset-fashion-mnist is not installed"
+)
 def test_real_fashion_mnist_from_system_folder(tmp_path: Path) -> None:
     d = load_dataset("fa-mnist", tmp_path, download=False)
     assert (len(d.train_x), len(d.val_x), len(d.test_x)) == (50_000, 10_000, 10_000)

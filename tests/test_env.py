@@ -14,7 +14,15 @@ def test_observation_shape_dtype_order_and_reward(small_env_options: dict) -> No
     env = make_env(**small_env_options)
     obs, info = env.reset(seed=0)
     assert obs.shape == (7,) and obs.dtype == np.float32 and env.observation_space.contains(obs)
-    assert FEATURES == ("train_loss", "val_loss", "pred_var", "pred_change_var", "output_weight_mean", "output_weight_var", "lr")
+    assert FEATURES == (
+        "train_loss",
+        "val_loss",
+        "pred_var",
+        "pred_change_var",
+        "output_weight_mean",
+        "output_weight_var",
+        "lr",
+    )
     assert obs[FEATURES.index("pred_change_var")] == 0.0  # nothing has changed yet
     for _ in range(4):
         obs, reward, terminated, truncated, info = env.step(2)
@@ -23,7 +31,9 @@ def test_observation_shape_dtype_order_and_reward(small_env_options: dict) -> No
         assert obs[0] == pytest.approx(info["train_loss"]) and obs[1] == pytest.approx(info["val_loss"])
         assert obs[6] == pytest.approx(info["lr"])
         w = env.model.output_layer.weight
-        assert obs[4] == pytest.approx(float(w.detach().mean()), abs=1e-7) and obs[5] == pytest.approx(float(w.detach().var()), rel=1e-5)
+        assert obs[4] == pytest.approx(float(w.detach().mean()), abs=1e-7) and obs[5] == pytest.approx(
+            float(w.detach().var()), rel=1e-5
+        )
         assert obs[2] > 0 and obs[3] > 0
     assert terminated and not truncated and info["step"] == 20
     assert set(info) >= {"train_loss", "val_loss", "val_acc", "lr", "step"}
@@ -37,7 +47,9 @@ def test_validation_loss_matches_an_independent_pass(small_env_options: dict) ->
         env.model.eval()
         logits = env.model(env.data.val_x[:500])
     probs = logits.softmax(1)
-    assert info["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, env.data.val_y[:500])), rel=1e-5)
+    assert info["val_loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, env.data.val_y[:500])), rel=1e-5
+    )
     assert info["val_acc"] == pytest.approx(float((logits.argmax(1) == env.data.val_y[:500]).float().mean()))
     assert env._prev_probs.var().item() == pytest.approx(float(probs.var()), rel=1e-5)
 
@@ -87,7 +99,7 @@ def test_same_seed_same_everything(small_env_options: dict) -> None:
         return observations, rewards
 
     a, b, c = rollout(5), rollout(5), rollout(6)
-    assert all(np.array_equal(x, y) for x, y in zip(a[0], b[0])) and a[1] == b[1]
+    assert all(np.array_equal(x, y) for x, y in zip(a[0], b[0], strict=True)) and a[1] == b[1]
     assert not np.array_equal(a[0][-1], c[0][-1])
 
 
@@ -97,7 +109,7 @@ def test_initial_lr_option_keeps_child_and_batches_paired(small_env_options: dic
     weights = [p.clone() for p in env.model.parameters()]
     env.reset(seed=9, options={"initial_lr": 0.05})
     assert env.lr == 0.05
-    assert all(torch.equal(p, q) for p, q in zip(weights, env.model.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(weights, env.model.parameters(), strict=True))
 
 
 def test_divergence_ends_the_episode_with_a_finite_penalty(small_env_options: dict) -> None:
@@ -123,7 +135,9 @@ def test_best_checkpoint_is_the_lowest_validation_loss(small_env_options: dict) 
     model.load_state_dict(env._best_state)
     with torch.no_grad():
         logits = model.eval()(env.data.val_x[:500])
-    assert float(torch.nn.functional.cross_entropy(logits, env.data.val_y[:500])) == pytest.approx(min(losses), rel=1e-5)
+    assert float(torch.nn.functional.cross_entropy(logits, env.data.val_y[:500])) == pytest.approx(
+        min(losses), rel=1e-5
+    )
 
 
 def test_test_set_evaluation(small_env_options: dict) -> None:
@@ -145,7 +159,7 @@ def test_gymnasium_env_checker_passes(small_env_options: dict) -> None:
     "options,message",
     [
         ({"dataset": "svhn"}, "mnist, fa-mnist, cifar10"),
-        ({"architecture": "vgg"}, "mlp, cnn, resnet, paper-cnn"),
+        ({"architecture": "vgg"}, "mlp, lenet5, cnn, resnet, paper-cnn"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"update_freq": 7}, "update_freq=7 must divide num_train_steps=1000"),
         ({"initial_lr": 2.0}, r"initial_lr must be a number in \(0, 1\] or 'random'"),
@@ -178,8 +192,15 @@ def test_pinned_observations_for_a_fixed_seed(small_env_options: dict) -> None:
 
 # Recorded with the first, unoptimized environment (plain NCHW, evaluation in chunks of 2500).
 PINNED_CNN_OBS = np.array(
-    [2.299298048019409, 2.295926809310913, 2.992954796354752e-05, 1.1471458492451347e-05,
-     -0.0013617126969620585, 0.004276981111615896, 0.0010000000474974513],
+    [
+        2.299298048019409,
+        2.295926809310913,
+        2.992954796354752e-05,
+        1.1471458492451347e-05,
+        -0.0013617126969620585,
+        0.004276981111615896,
+        0.0010000000474974513,
+    ],
     dtype=np.float32,
 )
 
@@ -196,9 +217,11 @@ def test_each_reward_on_an_episode_computed_by_hand(small_env_options: dict, rew
         losses.append(info["val_loss"])
         rewards.append(r)
     best = np.minimum.accumulate(losses)
-    expected = {"val-loss": [-v for v in losses[1:]],
-                "log-best": [math.log(best[t - 1]) - math.log(best[t]) for t in range(1, 5)],
-                "log-val": [math.log(losses[t - 1]) - math.log(losses[t]) for t in range(1, 5)]}[reward]
+    expected = {
+        "val-loss": [-v for v in losses[1:]],
+        "log-best": [math.log(best[t - 1]) - math.log(best[t]) for t in range(1, 5)],
+        "log-val": [math.log(losses[t - 1]) - math.log(losses[t]) for t in range(1, 5)],
+    }[reward]
     assert rewards == pytest.approx(expected, rel=1e-12)
     if reward == "log-best":
         assert sum(rewards) == pytest.approx(math.log(losses[0] / min(losses)))
@@ -209,8 +232,12 @@ def test_divergence_rewards_never_pay() -> None:
     from alrs.features import divergence_reward
 
     assert divergence_reward("val-loss", 0.5, 0.4, steps_left=3, divergence_loss=5.0) == -15.0
-    assert divergence_reward("log-best", 0.5, 0.4, steps_left=3, divergence_loss=5.0) == pytest.approx(math.log(0.4 / 5.0))
-    assert divergence_reward("log-val", 0.5, 0.4, steps_left=3, divergence_loss=5.0) == pytest.approx(math.log(0.5 / 5.0))
+    assert divergence_reward("log-best", 0.5, 0.4, steps_left=3, divergence_loss=5.0) == pytest.approx(
+        math.log(0.4 / 5.0)
+    )
+    assert divergence_reward("log-val", 0.5, 0.4, steps_left=3, divergence_loss=5.0) == pytest.approx(
+        math.log(0.5 / 5.0)
+    )
 
 
 def test_log_lr_and_time_features(small_env_options: dict) -> None:

@@ -34,11 +34,11 @@ def test_resnet18_has_eight_basic_blocks_and_no_maxpool() -> None:
 
 def test_paper_cnn_dense_sizes() -> None:
     linears = [m for m in build_model("paper-cnn", "fa-mnist").modules() if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(7 * 7 * 64, 512), (512, 10)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(7 * 7 * 64, 512), (512, 10)]
 
 
 def test_unknown_architecture_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="mlp, cnn, resnet, paper-cnn"):
+    with pytest.raises(ValueError, match="mlp, lenet5, cnn, resnet, paper-cnn"):
         build_model("vgg", "fa-mnist")
 
 
@@ -51,3 +51,11 @@ def test_pooling_before_relu_is_the_same_function(architecture: str) -> None:
     textbook = nn.Sequential(f[0], f[2], f[1], f[3], f[5], f[4], *f[6:], model.output_layer)
     x = torch.rand(16, 1, 28, 28)
     assert torch.equal(model(x), textbook(x))
+
+
+def test_lenet5_is_the_seeds_cnn_and_stored_under_its_name() -> None:
+    """``lenet5`` (the README's name) builds LeNet-5 and is stored as ``cnn``, so results of either name are shared."""
+    from alrs.env import EnvConfig
+
+    assert EnvConfig(architecture="lenet5").architecture == "cnn"
+    assert type(build_model("lenet5", "fa-mnist")) is type(build_model("cnn", "fa-mnist"))

@@ -35,16 +35,35 @@ def local_ray() -> Iterator[None]:
 
 
 def _config(data_dir: Path) -> EnvConfig:
-    return EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20, val_size=500,
-                     data_dir=str(data_dir), device="cpu", initial_lr="random")
+    return EnvConfig(
+        dataset="fa-mnist",
+        architecture="mlp",
+        batch_size=50,
+        update_freq=5,
+        num_train_steps=20,
+        val_size=500,
+        data_dir=str(data_dir),
+        device="cpu",
+        initial_lr="random",
+    )
 
 
 def _train(run: Path, config: EnvConfig, parallel: ParallelConfig) -> tuple[list[list[str]], list[list[str]], dict]:
     """A 3-iteration run of 4 children with an evaluation each iteration: metrics and eval rows
     (without wall times) and the final controller weights."""
     with WorkerPool(parallel, parallel.workers or 1, config) as pool:
-        train_controller(run, config, PPOConfig(num_steps=4), num_envs=4, episodes=12, seed=5, progress=False,
-                         eval_every=1, eval_seeds=2, pool=pool)
+        train_controller(
+            run,
+            config,
+            PPOConfig(num_steps=4),
+            num_envs=4,
+            episodes=12,
+            seed=5,
+            progress=False,
+            eval_every=1,
+            eval_seeds=2,
+            pool=pool,
+        )
     metrics = [row[:7] + row[8:] for row in csv.reader(open(run / "metrics.csv"))]
     evals = [row[:4] for row in csv.reader(open(run / "eval.csv"))]
     return metrics, evals, load_torch(run / "last.pt")["controller"]["state_dict"]
@@ -74,8 +93,9 @@ def _jobs() -> list[tuple[str, object, int]]:
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
-def test_parallel_jobs_equal_sequential_and_an_interrupted_store_resumes(data_dir: Path, tmp_path: Path, backend: str,
-                                                                        request) -> None:
+def test_parallel_jobs_equal_sequential_and_an_interrupted_store_resumes(
+    data_dir: Path, tmp_path: Path, backend: str, request
+) -> None:
     """Test seeds on two workers store the sequential results; interrupted after 3 of 10, the rerun
     runs exactly the 7 missing jobs and ends with the same store."""
     if backend == "ray":
@@ -112,19 +132,43 @@ def test_parallel_jobs_equal_sequential_and_an_interrupted_store_resumes(data_di
     assert results == expected
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--workers", "0"], "--workers must be a positive integer"),
-    (["--workers", "3", "--num-envs", "2"], "--workers 3 is more than the 2 children"),
-    (["--workers", "2", "--num-envs", "2", "--batched-envs"], "--batched-envs trains every child in one process"),
-    (["--backend", "spark"], "--backend must be one of local, ray"),
-    (["--ray-address", "127.0.0.1:9"], "--ray-address needs --backend ray"),
-    (["--backend", "ray", "--ray-address", "127.0.0.1:9"], "cannot reach the Ray cluster at --ray-address 127.0.0.1:9"),
-])
-def test_bad_parallel_settings_are_one_line_errors_before_any_run_folder(data_dir: Path, tmp_path: Path, flags: list[str],
-                                                                         message: str) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data-dir", str(data_dir), "--architecture", "mlp",
-                             "--device", "cpu", "--no-progress", "--out-dir", str(tmp_path / "runs"), *flags],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--workers", "0"], "--workers must be a positive integer"),
+        (["--workers", "3", "--num-envs", "2"], "--workers 3 is more than the 2 children"),
+        (["--workers", "2", "--num-envs", "2", "--batched-envs"], "--batched-envs trains every child in one process"),
+        (["--backend", "spark"], "--backend must be one of local, ray"),
+        (["--ray-address", "127.0.0.1:9"], "--ray-address needs --backend ray"),
+        (
+            ["--backend", "ray", "--ray-address", "127.0.0.1:9"],
+            "cannot reach the Ray cluster at --ray-address 127.0.0.1:9",
+        ),
+    ],
+)
+def test_bad_parallel_settings_are_one_line_errors_before_any_run_folder(
+    data_dir: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--data-dir",
+            str(data_dir),
+            "--architecture",
+            "mlp",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out-dir",
+            str(tmp_path / "runs"),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and message in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "runs").exists()
@@ -151,11 +195,38 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the worker processes through /proc")
 def test_ctrl_c_on_parallel_training_leaves_no_workers_and_resumes_without_loss(data_dir: Path, tmp_path: Path) -> None:
-    flags = ["--data-dir", str(data_dir), "--architecture", "mlp", "--batch-size", "50", "--update-freq", "5",
-             "--num-train-steps", "20", "--val-size", "500", "--device", "cpu", "--no-progress", "--num-envs", "2",
-             "--workers", "2", "--eval-every", "0", "--out-dir", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags, "--episodes", "400"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = [
+        "--data-dir",
+        str(data_dir),
+        "--architecture",
+        "mlp",
+        "--batch-size",
+        "50",
+        "--update-freq",
+        "5",
+        "--num-train-steps",
+        "20",
+        "--val-size",
+        "500",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--num-envs",
+        "2",
+        "--workers",
+        "2",
+        "--eval-every",
+        "0",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *flags, "--episodes", "400"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     metrics: list[Path] = []
     while time.time() < deadline and not (metrics and len(metrics[0].read_text().splitlines()) > 3):
@@ -172,8 +243,13 @@ def test_ctrl_c_on_parallel_training_leaves_no_workers_and_resumes_without_loss(
 
     run = metrics[0].parent
     done = len(metrics[0].read_text().splitlines()) - 1
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--resume", str(run), "--episodes", str(done + 4),
-                             "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--resume", str(run), "--episodes", str(done + 4), "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     episodes = [int(row["episode"]) for row in csv.DictReader(open(run / "metrics.csv"))]
     assert episodes == list(range(1, done + 5))

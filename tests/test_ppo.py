@@ -6,7 +6,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from alrs.ppo import PPO, Controller, PPOConfig, make_vector_env
+from alrs.controller import Controller
+from alrs.ppo import PPO, PPOConfig, make_vector_env
 
 
 class SignEnv(gym.Env):
@@ -62,7 +63,7 @@ def test_first_policy_is_near_uniform_and_untrained_runs_are_seeded() -> None:
     a, b = _train(True, 0, seed=3), _train(True, 0, seed=3)
     probs = a.controller.distribution(torch.zeros(1, 2)).probs
     assert torch.allclose(probs, torch.full((1, 3), 1 / 3), atol=0.02)
-    assert all(torch.equal(p, q) for p, q in zip(a.controller.parameters(), b.controller.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.controller.parameters(), b.controller.parameters(), strict=True))
 
 
 def test_rollout_reports_finished_episodes_with_their_infos() -> None:
@@ -83,7 +84,9 @@ def test_normalization_statistics_round_trip_through_a_checkpoint() -> None:
     assert np.array_equal(restored.act(obs), ppo.controller.act(obs))
     with torch.no_grad():
         ppo.controller.actor[0].weight.add_(1.0)
-    assert not torch.equal(saved["state_dict"]["actor.0.weight"], ppo.controller.state_dict()["actor.0.weight"])  # a snapshot
+    assert not torch.equal(
+        saved["state_dict"]["actor.0.weight"], ppo.controller.state_dict()["actor.0.weight"]
+    )  # a snapshot
     before = restored.obs_rms.mean.clone()
     restored.act(obs)
     assert torch.equal(before, restored.obs_rms.mean)  # acting never updates the statistics
@@ -95,7 +98,12 @@ def test_resumed_training_equals_uninterrupted_training() -> None:
     resumed = PPO(make_vector_env([lambda: SignEnv(True)] * 4), first.config, seed=99)
     resumed.load_state_dict(first.state_dict())
     resumed.train_iteration(seed=2000)
-    assert all(torch.equal(p, q) for p, q in zip(straight.controller.state_dict().values(), resumed.controller.state_dict().values()))
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(
+            straight.controller.state_dict().values(), resumed.controller.state_dict().values(), strict=True
+        )
+    )
 
 
 def test_wrong_action_space_checkpoint_is_refused() -> None:
@@ -141,13 +149,23 @@ def test_common_reset_seed_resets_every_env_alike() -> None:
     ppo = PPO(envs, PPOConfig(num_steps=1, common_reset_seed=True), seed=0)
     batch, _ = ppo.collect_rollout(seed=3)
     assert len(set(batch["obs"][0, :, 0].tolist())) == 1  # one sign for all four envs
-    signs = {tuple(PPO(envs, PPOConfig(num_steps=1), seed=0).collect_rollout(seed=s)[0]["obs"][0, :, 0].tolist()) for s in range(8)}
+    signs = {
+        tuple(PPO(envs, PPOConfig(num_steps=1), seed=0).collect_rollout(seed=s)[0]["obs"][0, :, 0].tolist())
+        for s in range(8)
+    }
     assert any(len(set(s)) > 1 for s in signs)  # without it, the envs draw their own
 
 
-@pytest.mark.parametrize("field,value,message", [("gamma", float("nan"), "finite"), ("gamma", 1.5, r"\[0, 1\]"),
-                                                 ("gae_lambda", -0.1, r"\[0, 1\]"), ("learning_rate", 0.0, "positive"),
-                                                 ("target_kl", float("inf"), "finite")])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("gamma", float("nan"), "finite"),
+        ("gamma", 1.5, r"\[0, 1\]"),
+        ("gae_lambda", -0.1, r"\[0, 1\]"),
+        ("learning_rate", 0.0, "positive"),
+        ("target_kl", float("inf"), "finite"),
+    ],
+)
 def test_bad_ppo_settings_are_refused_before_any_rollout(field: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=f"{field} must .*{message}"):
         PPOConfig(**{field: value})

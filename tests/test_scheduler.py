@@ -14,17 +14,18 @@ import torch
 import torch.nn.functional as F
 from gymnasium.utils.seeding import np_random
 
+from alrs.controller import Controller
 from alrs.data import load_dataset
 from alrs.env import BatchSampler, EnvConfig, LREnv, init_child
 from alrs.evaluation import run_episode
 from alrs.features import FIXED_SCALE_FEATURES, PAPER_FEATURES, next_lr
 from alrs.io import load_torch, save_torch
-from alrs.ppo import Controller, PPOConfig
+from alrs.ppo import PPOConfig
 from alrs.scheduler import LearnedLRScheduler
 from alrs.schedules import Learned
 from alrs.training import controller_metadata
 
-README_EXAMPLE = '''\
+README_EXAMPLE = """\
 import torch
 import torch.nn.functional as F
 
@@ -56,19 +57,25 @@ for step in range(scheduler.num_train_steps):
     scheduler.report_train_loss(loss)
     scheduler.step()
 print(f"final LR {scheduler.get_last_lr()[0]:.3g}")
-'''
+"""
 
 
 def _checkpoint(config: EnvConfig, seed: int = 0) -> dict[str, Any]:
     """An untrained controller whose choices vary: normalization that matters, a large last actor layer."""
     features = config.features
     r = config.action_range
-    space = {"type": "discrete", "n": 3} if config.discrete else \
-        {"type": "box", "low": float(np.float32(1 / r)), "high": float(np.float32(r))}
+    space = (
+        {"type": "discrete", "n": 3}
+        if config.discrete
+        else {"type": "box", "low": float(np.float32(1 / r)), "high": float(np.float32(r))}
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        controller = Controller(len(features), space,
-                                fixed_scale=tuple(i for i, name in enumerate(features) if name in FIXED_SCALE_FEATURES))
+        controller = Controller(
+            len(features),
+            space,
+            fixed_scale=tuple(i for i, name in enumerate(features) if name in FIXED_SCALE_FEATURES),
+        )
     # typical values of the features of this fake data (the log-LR and time features are not normalized)
     mean = torch.tensor([1.8, 1.7, 5e-3, 2e-3, 0.0, 3e-3, 3e-3, 0.5], dtype=torch.float64)[: len(features)]
     std = torch.tensor([0.5, 0.5, 1e-2, 2e-3, 5e-3, 5e-4, 3e-3, 1.0], dtype=torch.float64)[: len(features)]
@@ -87,8 +94,16 @@ class _Loop:
     after step()) or ``before`` (report_validation after the optimizer step, before step()).
     """
 
-    def __init__(self, config: EnvConfig, checkpoint: Any, seed: int, lr: float, mode: str = "evaluate",
-                 head_lr: float | None = None, **options: Any):
+    def __init__(
+        self,
+        config: EnvConfig,
+        checkpoint: Any,
+        seed: int,
+        lr: float,
+        mode: str = "evaluate",
+        head_lr: float | None = None,
+        **options: Any,
+    ):
         data = load_dataset(config.dataset, config.data_dir)
         self.train_x, self.train_y = data.train_x, data.train_y
         self.val_x, self.val_y = data.val_x[: config.val_size], data.val_y[: config.val_size]
@@ -105,8 +120,13 @@ class _Loop:
         self.lrs: list[list[float]] = []  # every group's LR at each Adam step
         self.val_losses: list[float] = []
         self.observations: list[np.ndarray] = []
-        self.scheduler = LearnedLRScheduler(self.optimizer, checkpoint, self.model.output_layer,
-                                            evaluate=self.evaluate if mode == "evaluate" else None, **options)
+        self.scheduler = LearnedLRScheduler(
+            self.optimizer,
+            checkpoint,
+            self.model.output_layer,
+            evaluate=self.evaluate if mode == "evaluate" else None,
+            **options,
+        )
         self.update_freq = self.scheduler.update_freq
         if mode == "evaluate":
             self.observations.append(self.scheduler.last_observation)
@@ -158,8 +178,16 @@ OPTION_SETS = {
 }
 
 
-@pytest.mark.parametrize(("options", "mode"), [("paper", "evaluate"), ("paper", "after"), ("paper", "before"),
-                                               ("log-lr+time", "evaluate"), ("continuous", "evaluate")])
+@pytest.mark.parametrize(
+    ("options", "mode"),
+    [
+        ("paper", "evaluate"),
+        ("paper", "after"),
+        ("paper", "before"),
+        ("log-lr+time", "evaluate"),
+        ("continuous", "evaluate"),
+    ],
+)
 def test_a_plain_loop_gets_the_env_episode(small_env_options: dict, options: str, mode: str) -> None:
     config = EnvConfig(**{**small_env_options, "num_train_steps": 40, **OPTION_SETS[options]})
     checkpoint, seed, lr = _checkpoint(config), 7, 1e-3
@@ -171,8 +199,9 @@ def test_a_plain_loop_gets_the_env_episode(small_env_options: dict, options: str
     k = config.update_freq
     assert len(set(curves["lr"])) >= 3  # the controller does change the LR, both ways or more than once
     # equal in fact, bit for bit: the same arithmetic in the same order
-    assert [group[0] for group in loop.lrs] == pytest.approx([lr for lr in curves["lr"][1:] for _ in range(k)],
-                                                             rel=1e-12)
+    assert [group[0] for group in loop.lrs] == pytest.approx(
+        [lr for lr in curves["lr"][1:] for _ in range(k)], rel=1e-12
+    )
     assert loop.val_losses == pytest.approx(curves["val_loss"], rel=1e-12)
     assert [float(obs[0]) for obs in loop.observations] == pytest.approx(curves["train_loss"], rel=1e-12)
     assert [float(obs[1]) for obs in loop.observations] == pytest.approx(curves["val_loss"], rel=1e-12)
@@ -181,8 +210,9 @@ def test_a_plain_loop_gets_the_env_episode(small_env_options: dict, options: str
 def test_next_lr_scales_clips_and_refuses_bad_actions() -> None:
     """The one action rule that the env and the scheduler share."""
     rule = dict(action_range=1.2, lr_min=1e-5, lr_max=1e-1)
-    assert [next_lr(1e-3, a, discrete=True, **rule) for a in (0, 1, 2, np.int64(1))] == \
-        pytest.approx([1.2e-3, 1e-3 / 1.2, 1e-3, 1e-3 / 1.2], rel=1e-15)
+    assert [next_lr(1e-3, a, discrete=True, **rule) for a in (0, 1, 2, np.int64(1))] == pytest.approx(
+        [1.2e-3, 1e-3 / 1.2, 1e-3, 1e-3 / 1.2], rel=1e-15
+    )
     assert next_lr(0.095, 0, discrete=True, **rule) == 0.1 and next_lr(1e-5, 1, discrete=True, **rule) == 1e-5
     assert next_lr(1e-3, np.array([5.0], dtype=np.float32), discrete=False, **rule) == pytest.approx(1.2e-3)
     assert next_lr(1e-3, 0.5, discrete=False, **rule) == pytest.approx(1e-3 / 1.2)
@@ -204,8 +234,9 @@ def test_param_groups_keep_their_ratio(small_env_options: dict) -> None:
 
 @pytest.mark.parametrize("stop", [22, 25])
 @pytest.mark.parametrize("mode", ["evaluate", "after"])
-def test_state_dict_round_trip_continues_the_same_schedule(small_env_options: dict, tmp_path: Path, stop: int,
-                                                           mode: str) -> None:
+def test_state_dict_round_trip_continues_the_same_schedule(
+    small_env_options: dict, tmp_path: Path, stop: int, mode: str
+) -> None:
     config = EnvConfig(**{**small_env_options, "num_train_steps": 40, **OPTION_SETS["log-lr+time"]})
     checkpoint = _checkpoint(config)
     whole = _Loop(config, checkpoint, 7, 1e-3, mode=mode)
@@ -213,8 +244,14 @@ def test_state_dict_round_trip_continues_the_same_schedule(small_env_options: di
     whole.finish()
     first = _Loop(config, checkpoint, 7, 1e-3, mode=mode)
     first.run(stop)
-    save_torch({"model": first.model.state_dict(), "optimizer": first.optimizer.state_dict(),
-                "scheduler": first.scheduler.state_dict()}, tmp_path / "resume.pt")
+    save_torch(
+        {
+            "model": first.model.state_dict(),
+            "optimizer": first.optimizer.state_dict(),
+            "scheduler": first.scheduler.state_dict(),
+        },
+        tmp_path / "resume.pt",
+    )
     saved = load_torch(tmp_path / "resume.pt")  # weights_only: the scheduler's state is plain data and tensors
 
     second = _Loop(config, checkpoint, 7, 1e-3, mode=mode)  # a fresh child, rebuilt then restored
@@ -253,8 +290,9 @@ def test_bad_use_is_a_one_line_error(small_env_options: dict, tmp_path: Path) ->
     assert waiting.needs_validation
     assert "waits for the validation" in _error(waiting.step)
     assert "waits for the validation" in _error(lambda: waiting.report_train_loss(1.0))
-    assert "calls its evaluate() itself" in _error(lambda: scheduler.report_validation(torch.zeros(3, 10),
-                                                                                         torch.zeros(3)))
+    assert "calls its evaluate() itself" in _error(
+        lambda: scheduler.report_validation(torch.zeros(3, 10), torch.zeros(3))
+    )
 
     wrong = _checkpoint(config)
     wrong["metadata"]["features"] = [*PAPER_FEATURES[:6], "loss_ratio"]
@@ -283,8 +321,9 @@ def test_bad_use_is_a_one_line_error(small_env_options: dict, tmp_path: Path) ->
     reported.run(1)
     assert "no observation is due" in _error(lambda: reported.scheduler.report_validation(*reported.evaluate()))
     reported.run(config.update_freq - 2)  # the next step() observes: a report is welcome, but of the same examples
-    assert "same validation examples" in _error(lambda: reported.scheduler.report_validation(torch.zeros(3, 10),
-                                                                                               torch.zeros(3)))
+    assert "same validation examples" in _error(
+        lambda: reported.scheduler.report_validation(torch.zeros(3, 10), torch.zeros(3))
+    )
     assert "shape (N, classes)" in _error(lambda: reported.scheduler.report_validation(torch.zeros(3), torch.zeros(3)))
     assert "update_freq must be a positive integer" in _error(lambda: _Loop(config, checkpoint, 0, 1e-3, update_freq=0))
 
@@ -324,8 +363,9 @@ def test_a_last_pt_works_like_its_controller(small_env_options: dict, tmp_path: 
     assert runs[0].lrs == runs[1].lrs
 
 
-def test_readme_example_runs(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_example_runs(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The README's example, verbatim, with the released controller, on the fake data."""
     root = Path(__file__).parents[1]
     (tmp_path / "results").symlink_to(root / "results")

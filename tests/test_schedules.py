@@ -9,20 +9,34 @@ import pytest
 import torch
 
 from alrs.env import BatchSampler, make_env
-from alrs.evaluation import BEST_KEYS, EpisodeResult, ResultStore, baseline_grid_search, format_table, run_episode, summarize, welch_p
+from alrs.evaluation import (
+    BEST_KEYS,
+    EpisodeResult,
+    ResultStore,
+    baseline_grid_search,
+    format_table,
+    run_episode,
+    summarize,
+    welch_p,
+)
 from alrs.schedules import PAPER_GRID, Constant, Cosine, Learned, StepDecay, paper_grid
 
 
 def test_step_decay_lr_at_every_step() -> None:
     schedule = StepDecay(0.01, discount_step=20, factor=0.9)
     assert [schedule.lr_at(s) for s in (0, 10, 19, 20, 30, 40, 990)] == pytest.approx(
-        [0.01, 0.01, 0.01, 0.009, 0.009, 0.0081, 0.01 * 0.9**49], rel=1e-12)
+        [0.01, 0.01, 0.01, 0.009, 0.009, 0.0081, 0.01 * 0.9**49], rel=1e-12
+    )
 
 
 def test_constant_and_cosine() -> None:
     assert {Constant(3e-4).lr_at(s) for s in range(0, 1000, 10)} == {3e-4}
     cosine = Cosine(0.1, 1000)
-    assert cosine.lr_at(0) == 0.1 and cosine.lr_at(500) == pytest.approx(0.05) and cosine.lr_at(1000) == pytest.approx(0.0, abs=1e-12)
+    assert (
+        cosine.lr_at(0) == 0.1
+        and cosine.lr_at(500) == pytest.approx(0.05)
+        and cosine.lr_at(1000) == pytest.approx(0.0, abs=1e-12)
+    )
 
 
 def test_hand_made_schedules_set_exactly_that_lr_in_the_env(small_env_options: dict) -> None:
@@ -49,7 +63,9 @@ def test_discount_step_must_fit_controller_steps(small_env_options: dict) -> Non
         run_episode(make_env(**small_env_options), StepDecay(0.01, 7, 0.9), seed=0)
 
 
-def test_paired_seeding_gives_every_schedule_the_same_child(small_env_options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paired_seeding_gives_every_schedule_the_same_child(
+    small_env_options: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = make_env(**small_env_options)
     initial_weights, batches = [], []
     real_reset, real_next = type(env).reset, BatchSampler.next
@@ -69,11 +85,13 @@ def test_paired_seeding_gives_every_schedule_the_same_child(small_env_options: d
     for schedule in (Constant(0.01), StepDecay(0.1, 10, 0.9), Constant(1e-4)):
         batches.append([])
         run_episode(env, schedule, seed=42, test=False)
-    assert all(torch.equal(a, b) for w in initial_weights[1:] for a, b in zip(initial_weights[0], w))
-    assert all(torch.equal(a, b) for run in batches[1:] for a, b in zip(batches[0], run))
+    assert all(torch.equal(a, b) for w in initial_weights[1:] for a, b in zip(initial_weights[0], w, strict=True))
+    assert all(torch.equal(a, b) for run in batches[1:] for a, b in zip(batches[0], run, strict=True))
 
 
-def test_grid_search_resumes_after_an_interruption(small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grid_search_resumes_after_an_interruption(
+    small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import alrs.evaluation as evaluation
 
     env = make_env(**{**small_env_options, "num_train_steps": 10})
@@ -121,8 +139,10 @@ def test_welch_t_test_and_table_on_fixed_numbers() -> None:
     # (Student's pooled-variance test would give 2.92e-4: the test must be Welch's)
     assert welch_p(learned, decay) == pytest.approx(3.2505e-4, rel=1e-3)
     assert math.isnan(welch_p([1.0], [2.0, 3.0])) and math.isnan(welch_p([1.0, 1.0], [1.0, 1.0]))
-    results = {"step-decay": [_result(x, 0.91 - i * 1e-3) for i, x in enumerate(decay)],
-               "learned@0.01": [_result(x, 0.92 + i * 1e-3) for i, x in enumerate(learned)]}
+    results = {
+        "step-decay": [_result(x, 0.91 - i * 1e-3) for i, x in enumerate(decay)],
+        "learned@0.01": [_result(x, 0.92 + i * 1e-3) for i, x in enumerate(learned)],
+    }
     labels = {"step-decay": "step decay", "learned@0.01": "learned from lr=0.01"}
     summary = summarize(results, labels, [("learned@0.01", "step-decay")])
     assert summary["schedules"]["learned@0.01"]["test_loss_best"]["mean"] == pytest.approx(np.mean(learned))
@@ -139,7 +159,7 @@ def test_welch_t_test_and_table_on_fixed_numbers() -> None:
 
 
 def test_learned_schedule_refuses_a_mismatched_env(small_env_options: dict) -> None:
-    from alrs.ppo import Controller
+    from alrs.controller import Controller
 
     continuous = Controller(7, {"type": "box", "low": 1 / 1.05, "high": 1.05}).checkpoint({"features": []})
     with pytest.raises(ValueError, match="trained on features"):
@@ -153,10 +173,12 @@ def test_learned_schedule_refuses_a_mismatched_env(small_env_options: dict) -> N
 
 
 def test_learned_schedule_refuses_another_feature_set(small_env_options: dict) -> None:
-    from alrs.ppo import Controller
+    from alrs.controller import Controller
 
-    paper = Controller(7, {"type": "discrete", "n": 3}).checkpoint({"features": list(make_env(**small_env_options).config.features)})
-    with pytest.raises(ValueError, match="trained on features .* --lr-feature and --time-feature"):
+    paper = Controller(7, {"type": "discrete", "n": 3}).checkpoint(
+        {"features": list(make_env(**small_env_options).config.features)}
+    )
+    with pytest.raises(ValueError, match=r"trained on features .* --lr-feature and --time-feature"):
         Learned(paper).check(make_env(**small_env_options, time_feature=True))
     Learned(paper).check(make_env(**small_env_options))
 
@@ -165,7 +187,11 @@ def test_linear_schedule_and_the_annealing_grid() -> None:
     from alrs.schedules import ANNEALING_GRID_LRS, Linear, annealing_grid
 
     linear = Linear(0.01, 200)
-    assert linear.lr_at(0) == 0.01 and linear.lr_at(100) == pytest.approx(0.005) and linear.lr_at(190) == pytest.approx(5e-4)
+    assert (
+        linear.lr_at(0) == 0.01
+        and linear.lr_at(100) == pytest.approx(0.005)
+        and linear.lr_at(190) == pytest.approx(5e-4)
+    )
     grid = annealing_grid(200)
     assert [s.family for s in grid] == ["cosine"] * 6 + ["linear"] * 6
     assert [s.initial_lr for s in grid[:6]] == list(ANNEALING_GRID_LRS)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_train import _run, _small_flags
 
 
@@ -25,11 +24,27 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     assert result.returncode == 0, result.stderr
     grid = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
     data = json.loads(grid.read_text())
-    assert len(data["results"]) == 64 and data["best_step_decay"].startswith("step decay") and data["best_cosine"].startswith("cosine")
+    assert (
+        len(data["results"]) == 64
+        and data["best_step_decay"].startswith("step decay")
+        and data["best_cosine"].startswith("cosine")
+    )
     assert grid.with_suffix(".png").exists()
 
-    result = _run("test.py", "--test-id", str(trained_run), "--num-seeds", "3", "--data-dir", str(data_dir),
-                  "--device", "cpu", "--results-dir", str(tmp_path), "--no-progress")
+    result = _run(
+        "test.py",
+        "--test-id",
+        str(trained_run),
+        "--num-seeds",
+        "3",
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--results-dir",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "fa-mnist_mlp" / trained_run.name
     summary = json.loads((out / "summary.json").read_text())
@@ -43,27 +58,63 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     assert summary["summary"]["schedules"]["step-decay"]["label"] == f"step decay ({data['best_step_decay'][11:]})"
     assert len(summary["results"]) == 3 * len(summary["summary"]["schedules"]) and summary["transfer"] is False
     pairs = {(c["schedule"], c["reference"]) for c in summary["summary"]["comparisons"]}
-    assert pairs == {(key, ref) for key in learned for ref in ("step-decay", "cosine", "linear")} | \
-        {("learned@0.001", ref) for ref in same_lr}
+    assert pairs == {(key, ref) for key in learned for ref in ("step-decay", "cosine", "linear")} | {
+        ("learned@0.001", ref) for ref in same_lr
+    }
     results = summary["results"]
     assert {r["seed"] for r in results.values()} == {1000, 1001, 1002}
     assert {r["curves"]["lr"][0] for k, r in results.items() if k.startswith("learned from lr=0.001 |")} == {1e-3}
     table = (out / "table.md").read_text()
-    assert "| learned from lr=0.001 |" in table and "paired t-test p" in table and "| learned from lr=0.001 | cosine (lr=" in table
+    assert (
+        "| learned from lr=0.001 |" in table
+        and "paired t-test p" in table
+        and "| learned from lr=0.001 | cosine (lr=" in table
+    )
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    last = _run("test.py", "--test-id", str(trained_run), "--checkpoint", "last", "--num-seeds", "2", "--data-dir", str(data_dir),
-                "--device", "cpu", "--results-dir", str(tmp_path), "--no-progress")
+    last = _run(
+        "test.py",
+        "--test-id",
+        str(trained_run),
+        "--checkpoint",
+        "last",
+        "--num-seeds",
+        "2",
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--results-dir",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert last.returncode == 0, last.stderr
-    assert json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())["controller"].endswith("last.pt")
+    assert json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())[
+        "controller"
+    ].endswith("last.pt")
 
     alone = _run("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
     assert alone.returncode == 0, alone.stderr
     table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
     assert table.count("\n| ") == 5 and "learned" not in table and "Welch" not in table
 
-    transfer = _run("test.py", "--test-id", str(trained_run), "--num-seeds", "2", "--data-dir", str(data_dir), "--device", "cpu",
-                    "--results-dir", str(tmp_path), "--no-progress", "--dataset", "mnist", "--run-baselines")
+    transfer = _run(
+        "test.py",
+        "--test-id",
+        str(trained_run),
+        "--num-seeds",
+        "2",
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--results-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--dataset",
+        "mnist",
+        "--run-baselines",
+    )
     assert transfer.returncode == 0, transfer.stderr
     assert "transfer from fa-mnist/mlp" in transfer.stdout
 
@@ -89,15 +140,36 @@ def test_test_id_is_found_under_the_config_files_out_dir(trained_run: Path, tmp_
 
 
 def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    result = _run("test.py", "--test-id", str(trained_run), "--data-dir", str(data_dir), "--device", "cpu",
-                  "--results-dir", str(tmp_path))
+    result = _run(
+        "test.py",
+        "--test-id",
+        str(trained_run),
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--results-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 2
-    assert ("python baselines.py --dataset fa-mnist --architecture mlp --batch-size 50 --update-freq 5 "
-            "--num-train-steps 20 --val-size 500 --seed 0") in result.stderr and "--run-baselines" in result.stderr
+    assert (
+        "python baselines.py --dataset fa-mnist --architecture mlp --batch-size 50 --update-freq 5 "
+        "--num-train-steps 20 --val-size 500 --seed 0"
+    ) in result.stderr and "--run-baselines" in result.stderr
 
 
 def test_controller_of_another_action_mode_is_refused(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    result = _run("test.py", "--test-id", str(trained_run), "--no-discrete", "--data-dir", str(data_dir), "--device", "cpu",
-                  "--results-dir", str(tmp_path))
+    result = _run(
+        "test.py",
+        "--test-id",
+        str(trained_run),
+        "--no-discrete",
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--results-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 2 and "the controller's actions are" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

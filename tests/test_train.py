@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from alrs import training
 from alrs.env import EnvConfig, LREnv
 from alrs.io import load_torch
 from alrs.ppo import PPO, PPOConfig, make_vector_env
-from alrs import training
 from alrs.training import train_controller
 from utils import parse_args
 
@@ -20,12 +20,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _small_flags(data_dir: Path) -> list[str]:
-    return ["--data-dir", str(data_dir), "--architecture", "mlp", "--batch-size", "50", "--update-freq", "5",
-            "--num-train-steps", "20", "--val-size", "500", "--device", "cpu", "--no-progress"]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--architecture",
+        "mlp",
+        "--batch-size",
+        "50",
+        "--update-freq",
+        "5",
+        "--num-train-steps",
+        "20",
+        "--val-size",
+        "500",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_config_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None:
@@ -35,17 +52,22 @@ def test_config_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None
     assert (args.seed, args.batch_size, args.initial_lr, args.update_freq) == (5, 77, "random", 10)
 
 
-@pytest.mark.parametrize("content,message", [
-    ('{"lr": 0.1}', "unknown setting 'lr'"),
-    ('{"seed": 1,}', "not valid JSON"),
-    ("[1]", "expected a JSON object"),
-    ('{"action_range": "x"}', "action_range = 'x' should be float"),
-    ('{"hidden_sizes": 32}', "should be a list of integers"),
-    ('{"discrete": 1}', "discrete = 1 should be bool"),
-    ('{"initial_lr": "fast"}', "should be a number or 'random'"),
-    ('{"batched_envs": "yes"}', "should be true, false or null"),
-])
-def test_bad_config_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture, content: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"lr": 0.1}', "unknown setting 'lr'"),
+        ('{"seed": 1,}', "not valid JSON"),
+        ("[1]", "expected a JSON object"),
+        ('{"action_range": "x"}', "action_range = 'x' should be float"),
+        ('{"hidden_sizes": 32}', "should be a list of integers"),
+        ('{"discrete": 1}', "discrete = 1 should be bool"),
+        ('{"initial_lr": "fast"}', "should be a number or 'random'"),
+        ('{"batched_envs": "yes"}', "should be true, false or null"),
+    ],
+)
+def test_bad_config_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture, content: str, message: str
+) -> None:
     config = tmp_path / "c.json"
     config.write_text(content)
     with pytest.raises(SystemExit):
@@ -68,8 +90,16 @@ def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> No
     result = _run("train.py", *_small_flags(data_dir), "--num-envs", "2", "--episodes", "2", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     (run,) = tmp_path.iterdir()
-    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.csv", "eval.csv", "last.pt", "best.pt", "episode.png",
-                                           "training.png"}
+    assert {p.name for p in run.iterdir()} == {
+        "config.json",
+        "metrics.csv",
+        "eval.csv",
+        "last.pt",
+        "best.pt",
+        "episode.png",
+        "training.png",
+        ".lock",
+    }
     config = json.loads((run / "config.json").read_text())
     assert config["settings"]["batch_size"] == 50 and len(config["git_commit"]) >= 7 and "torch" in config["versions"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
@@ -80,9 +110,20 @@ def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> No
     assert all((run / png).read_bytes()[:4] == b"\x89PNG" for png in ("episode.png", "training.png"))
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
-                    val_size=500, data_dir=str(data_dir), device="cpu", lr_noise=0.05)
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = EnvConfig(
+        dataset="fa-mnist",
+        architecture="mlp",
+        batch_size=50,
+        update_freq=5,
+        num_train_steps=20,
+        val_size=500,
+        data_dir=str(data_dir),
+        device="cpu",
+        lr_noise=0.05,
+    )
     ppo = PPOConfig(num_steps=4)
     kwargs = dict(env_config=env, ppo_config=ppo, num_envs=2, episodes=6, seed=7, progress=False)
     train_controller(tmp_path / "straight", **kwargs)
@@ -111,10 +152,20 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_dir: Path,
 
 def test_best_checkpoint_is_the_controller_that_played_the_best_episode(data_dir: Path, tmp_path: Path) -> None:
     """best.pt must hold the weights that produced the episode, not the ones after the update."""
-    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
-                    val_size=500, data_dir=str(data_dir), device="cpu")
+    env = EnvConfig(
+        dataset="fa-mnist",
+        architecture="mlp",
+        batch_size=50,
+        update_freq=5,
+        num_train_steps=20,
+        val_size=500,
+        data_dir=str(data_dir),
+        device="cpu",
+    )
     ppo_config = PPOConfig(num_steps=4)
-    train_controller(tmp_path, env, ppo_config, num_envs=2, episodes=2, seed=3, progress=False, eval_every=0)  # one iteration
+    train_controller(
+        tmp_path, env, ppo_config, num_envs=2, episodes=2, seed=3, progress=False, eval_every=0
+    )  # one iteration
     best = load_torch(tmp_path / "best.pt")["state_dict"]
     after_update = load_torch(tmp_path / "last.pt")["controller"]["state_dict"]
     initial = PPO(make_vector_env([lambda: LREnv(env)]), ppo_config, seed=3).controller.state_dict()
@@ -123,7 +174,8 @@ def test_best_checkpoint_is_the_controller_that_played_the_best_episode(data_dir
 
 
 def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluation(
-        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Evaluations after iterations 2, 4, 5 (the last) and, resumed, 6 score 0.5, 0.3, 0.45 and 0.4:
     best.pt is iteration 4's controller throughout, and eval.csv keeps every row across the resume."""
     scores = iter([0.5, 0.3, 0.45, 0.4])
@@ -133,9 +185,26 @@ def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluatio
         return {lr: score for lr in initial_lrs}
 
     monkeypatch.setattr(training, "evaluate_policy", scripted)
-    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
-                    val_size=500, data_dir=str(data_dir), device="cpu", initial_lr="random")
-    kwargs = dict(env_config=env, ppo_config=PPOConfig(num_steps=4), num_envs=1, seed=0, progress=False, eval_every=2, eval_seeds=3)
+    env = EnvConfig(
+        dataset="fa-mnist",
+        architecture="mlp",
+        batch_size=50,
+        update_freq=5,
+        num_train_steps=20,
+        val_size=500,
+        data_dir=str(data_dir),
+        device="cpu",
+        initial_lr="random",
+    )
+    kwargs = dict(
+        env_config=env,
+        ppo_config=PPOConfig(num_steps=4),
+        num_envs=1,
+        seed=0,
+        progress=False,
+        eval_every=2,
+        eval_seeds=3,
+    )
     summary = train_controller(tmp_path, episodes=5, **kwargs)
     assert summary["best_eval_iteration"] == 4 and summary["best_eval_loss"] == 0.3
     best, last = load_torch(tmp_path / "best.pt"), load_torch(tmp_path / "last.pt")
@@ -161,7 +230,15 @@ def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_unbatchable_child_fails_before_making_a_run_folder(data_dir: Path, tmp_path: Path) -> None:
-    result = _run("train.py", *_small_flags(data_dir), "--architecture", "resnet", "--batched-envs", "--out-dir", str(tmp_path / "runs"))
+    result = _run(
+        "train.py",
+        *_small_flags(data_dir),
+        "--architecture",
+        "resnet",
+        "--batched-envs",
+        "--out-dir",
+        str(tmp_path / "runs"),
+    )
     assert result.returncode == 2 and "cannot be batched" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -169,10 +246,27 @@ def test_unbatchable_child_fails_before_making_a_run_folder(data_dir: Path, tmp_
 def test_tensorboard_events_load_in_tensorboards_reader(data_dir: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
-                    val_size=500, data_dir=str(data_dir), device="cpu")
-    train_controller(tmp_path, env, PPOConfig(num_steps=4), num_envs=2, episodes=4, progress=False, eval_every=1, eval_seeds=1,
-                     tensorboard=True)
+    env = EnvConfig(
+        dataset="fa-mnist",
+        architecture="mlp",
+        batch_size=50,
+        update_freq=5,
+        num_train_steps=20,
+        val_size=500,
+        data_dir=str(data_dir),
+        device="cpu",
+    )
+    train_controller(
+        tmp_path,
+        env,
+        PPOConfig(num_steps=4),
+        num_envs=2,
+        episodes=4,
+        progress=False,
+        eval_every=1,
+        eval_seeds=1,
+        tensorboard=True,
+    )
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     returns = events.Scalars("episode/return")
@@ -182,10 +276,21 @@ def test_tensorboard_events_load_in_tensorboards_reader(data_dir: Path, tmp_path
     assert {"ppo/approx_kl", "ppo/entropy", "episode/final_lr"} <= set(events.Tags()["scalars"])
 
 
-def test_tensorboard_without_the_package_is_a_one_line_error(data_dir: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tensorboard_without_the_package_is_a_one_line_error(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
-    env = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=20,
-                    val_size=500, data_dir=str(data_dir), device="cpu")
+    env = EnvConfig(
+        dataset="fa-mnist",
+        architecture="mlp",
+        batch_size=50,
+        update_freq=5,
+        num_train_steps=20,
+        val_size=500,
+        data_dir=str(data_dir),
+        device="cpu",
+    )
     with pytest.raises(ValueError, match="pip install tensorboard"):
-        train_controller(tmp_path, env, PPOConfig(num_steps=4), num_envs=1, episodes=1, progress=False, tensorboard=True)
+        train_controller(
+            tmp_path, env, PPOConfig(num_steps=4), num_envs=1, episodes=1, progress=False, tensorboard=True
+        )

@@ -38,18 +38,33 @@ def _rollout(envs: gym.vector.VectorEnv, actions: np.ndarray, seed: int) -> tupl
     return arrays, all_infos
 
 
-@pytest.mark.parametrize("architecture,discrete,device", [
-    ("mlp", True, "cpu"), ("cnn", False, "cpu"), pytest.param("cnn", True, "cuda", marks=CUDA),
-])
-def test_batched_children_match_separate_envs(small_env_options: dict, architecture: str, discrete: bool, device: str) -> None:
+@pytest.mark.parametrize(
+    "architecture,discrete,device",
+    [
+        ("mlp", True, "cpu"),
+        ("cnn", False, "cpu"),
+        pytest.param("cnn", True, "cuda", marks=CUDA),
+    ],
+)
+def test_batched_children_match_separate_envs(
+    small_env_options: dict, architecture: str, discrete: bool, device: str
+) -> None:
     """Same seeds and actions: the observations, rewards and infos of LREnvs stepped one by one,
     through a divergence that restarts one child alone and through the others' autoresets.
 
     The gradients agree to float rounding (batched sums run in another order); Adam's first
     steps amplify that for near-zero gradients in proportion to the LR, so small LRs (noisy, so
     the children differ) keep it under the tolerance. CUDA's TF32 convolutions need a looser one."""
-    config = EnvConfig(**{**small_env_options, "architecture": architecture, "discrete": discrete, "initial_lr": 1e-4,
-                          "initial_lr_noise": 0.5, "device": device})
+    config = EnvConfig(
+        **{
+            **small_env_options,
+            "architecture": architecture,
+            "discrete": discrete,
+            "initial_lr": 1e-4,
+            "initial_lr_noise": 0.5,
+            "device": device,
+        }
+    )
     rng = np.random.default_rng(0)
     steps = 2 * config.num_controller_steps + 1  # child 0 ends twice, the others once
     actions = rng.integers(0, 3, (steps, 3)) if discrete else rng.uniform(0.9, 1.1, (steps, 3, 1)).astype(np.float32)
@@ -57,10 +72,10 @@ def test_batched_children_match_separate_envs(small_env_options: dict, architect
     batched, batched_infos = _rollout(make_lr_envs(config, 3, batched=True), actions, seed=5)
     rtol = 2e-4 if device == "cpu" else 5e-3
     assert len(separate) == len(batched)
-    for a, b in zip(separate, batched):
+    for a, b in zip(separate, batched, strict=True):
         np.testing.assert_allclose(b, a, rtol=rtol, atol=1e-9)
     assert [sorted(i) for i in separate_infos] == [sorted(i) for i in batched_infos]
-    for a, b in zip(separate_infos, batched_infos):
+    for a, b in zip(separate_infos, batched_infos, strict=True):
         assert b == pytest.approx(a, rel=rtol, abs=1e-9)
     assert sum(i.get("diverged", False) for i in batched_infos) == 1
 
@@ -83,7 +98,7 @@ def test_adam_update_matches_torch_adam_with_one_lr_and_step_count_per_child(sma
             restart(0, 3)  # child 0's step count starts again, child 1's goes on
         grads = {name: torch.randn_like(p) for name, p in envs.params.items()}
         envs._adam_update(grads, torch.tensor(lrs, dtype=torch.float64))
-        for slot, (model, optimizer) in enumerate(zip(models, optimizers)):
+        for slot, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
             for name, p in model.named_parameters():
                 p.grad = grads[name][slot].clone()
             optimizer.step()
@@ -98,7 +113,7 @@ def test_a_diverged_child_restarts_alone(small_env_options: dict) -> None:
     envs.step(np.array([2, 2]))
     healthy = {k: v[1].clone() for k, v in envs.params.items()}
     _poison_child_0(envs)
-    obs, reward, terminated, truncated, infos = envs.step(np.array([2, 2]))
+    obs, reward, terminated, _, infos = envs.step(np.array([2, 2]))
     assert terminated.tolist() == [True, False] and infos["final_info"]["diverged"][0]
     assert reward[0] == -5.0 * (envs.config.num_controller_steps - 1) and np.all(np.isfinite(obs))
     assert all(torch.isfinite(v).all() for v in envs.params.values())  # child 0 restarted with fresh weights
@@ -120,7 +135,7 @@ def test_the_automatic_choice_batches_only_on_cuda(small_env_options: dict) -> N
 
 
 def test_bad_uses_are_one_line_errors(small_env_options: dict) -> None:
-    with pytest.raises(ValueError, match="cannot be batched.*--batched-envs"):
+    with pytest.raises(ValueError, match=r"cannot be batched.*--batched-envs"):
         BatchedLREnv(EnvConfig(**{**small_env_options, "architecture": "resnet"}), num_envs=2)
     envs = BatchedLREnv(EnvConfig(**small_env_options), num_envs=2)
     with pytest.raises(RuntimeError, match="call reset"):

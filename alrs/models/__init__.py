@@ -9,18 +9,30 @@ from __future__ import annotations
 from torch import nn
 
 from alrs.data import check_dataset
+from alrs.errors import UserError
 from alrs.models.lenet import LeNet5
 from alrs.models.mlp import MLP
 from alrs.models.paper_cnn import PaperCNN
 from alrs.models.resnet import ResNet18
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": LeNet5, "resnet": ResNet18, "paper-cnn": PaperCNN}
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "lenet5": LeNet5,
+    "cnn": LeNet5,  # the seed's name for LeNet-5, kept for its configs and the committed results
+    "resnet": ResNet18,
+    "paper-cnn": PaperCNN,
+}
+
+
+ALIASES: dict[str, str] = {"lenet5": "cnn"}
+"""Other names of an architecture -> the name results are stored under (``cnn``, the seed's name for
+LeNet-5, which the committed configs and results use)."""
 
 
 def check_architecture(name: str) -> type[nn.Module]:
     """The model class for ``name``, or a one-line error listing the valid names."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise UserError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 

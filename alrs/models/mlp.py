@@ -14,7 +14,9 @@ HIDDEN_SIZES = (512, 256, 128)
 class MLP(nn.Module):
     """Flatten, three hidden ReLU layers, then a linear output layer over the classes."""
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int = 10, hidden_sizes: tuple[int, ...] = HIDDEN_SIZES):
+    def __init__(
+        self, image_shape: tuple[int, int, int], num_classes: int = 10, hidden_sizes: tuple[int, ...] = HIDDEN_SIZES
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(image_shape)

@@ -33,7 +33,9 @@ class ResNet18(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(image_shape[0], 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(image_shape[0], 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+        )
         stages, in_channels = [], 64
         for out_channels, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             stages += [BasicBlock(in_channels, out_channels, stride), BasicBlock(out_channels, out_channels, 1)]

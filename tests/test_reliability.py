@@ -1,0 +1,336 @@
+"""What a careless user or a damaged file can throw at the toolkit: every case ends in correct
+behaviour or in a one-line error naming the problem and the fix; no traceback, nothing lost."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alrs.env import EnvConfig, LREnv
+from alrs.errors import UserError
+from alrs.evaluation import EpisodeResult, ResultStore
+from alrs.io import FolderLock, load_torch, save_json
+from alrs.ppo import PPOConfig
+from alrs.training import train_controller
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _small(data_dir: Path) -> list[str]:
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--architecture",
+        "mlp",
+        "--batch-size",
+        "50",
+        "--update-freq",
+        "5",
+        "--num-train-steps",
+        "20",
+        "--val-size",
+        "500",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--workers",
+        "1",
+    ]
+
+
+def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """A non-zero exit whose last stderr line is ``<script>: error: ...`` holding ``words``; no traceback."""
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error:" in last and all(w in last for w in words), last
+
+
+def _train_run(data_dir: Path, out: Path, *flags: str) -> Path:
+    result = _run(
+        "train.py",
+        *_small(data_dir),
+        "--num-envs",
+        "2",
+        "--episodes",
+        "4",
+        "--eval-every",
+        "1",
+        "--eval-seeds",
+        "1",
+        "--out-dir",
+        str(out),
+        *flags,
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- files read back
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (None, ["is a folder"]),  # --config names a directory
+        ('{"lr_noise": NaN}', ["lr_noise", "finite"]),  # Python's JSON reader accepts NaN
+        ('{"gamma": Infinity}', ["gamma", "finite"]),
+        ('{"num_envs": "1"}', ["num_envs", "should be int"]),
+        ('{"workers": 1.5}', ["workers", "integer or null"]),
+        ("\x00\xff", ["not valid JSON"]),
+    ],
+)
+def test_a_bad_config_file_is_refused_naming_the_file_and_the_setting(
+    tmp_path: Path, data_dir: Path, content: str | None, words: list[str]
+) -> None:
+    config = tmp_path / "c.json"
+    if content is None:
+        config.mkdir()
+    else:
+        config.write_text(content)
+    result = _run("train.py", *_small(data_dir), "--config", str(config), "--out-dir", str(tmp_path / "runs"))
+    _one_line_error(result, str(config), *words)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_config_with_a_wrongly_typed_setting_is_refused_on_resume(tmp_path: Path, data_dir: Path) -> None:
+    run = _train_run(data_dir, tmp_path / "runs")
+    config = json.loads((run / "config.json").read_text())
+    config["settings"]["num_envs"] = "1"
+    (run / "config.json").write_text(json.dumps(config))
+    _one_line_error(_run("train.py", "--resume", str(run), "--episodes", "6"), "config.json", "num_envs")
+
+
+def test_last_pt_of_another_run_is_refused_and_best_pt_survives(tmp_path: Path, data_dir: Path) -> None:
+    mlp = _train_run(data_dir, tmp_path / "a")
+    other = _train_run(data_dir, tmp_path / "b", "--action-range", "1.2")
+    best = (mlp / "best.pt").read_bytes()
+    (mlp / "last.pt").write_bytes((other / "last.pt").read_bytes())
+    _one_line_error(
+        _run("train.py", "--resume", str(mlp), "--episodes", "8"), "last.pt", "other settings", "env.action_range"
+    )
+    assert (mlp / "best.pt").read_bytes() == best
+
+
+@pytest.mark.parametrize(
+    "damage,words",
+    [
+        (lambda p: p.write_text(""), ["metrics.csv", "header"]),
+        (lambda p: p.write_text(p.read_text().splitlines()[0] + "\n"), ["metrics.csv", "holds 0 episodes", "has 4"]),
+        (lambda p: p.unlink(), ["metrics.csv", "missing"]),
+    ],
+)
+def test_a_damaged_metrics_csv_is_refused_on_resume_and_left_as_it_is(
+    tmp_path: Path, data_dir: Path, damage, words: list[str]
+) -> None:
+    run = _train_run(data_dir, tmp_path / "runs")
+    damage(run / "metrics.csv")
+    before = (run / "metrics.csv").read_bytes() if (run / "metrics.csv").exists() else None
+    _one_line_error(_run("train.py", "--resume", str(run), "--episodes", "6"), *words)
+    after = (run / "metrics.csv").read_bytes() if (run / "metrics.csv").exists() else None
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda d: d["results"].update(x={"seed": 1}), ["'x'", "missing or of the wrong type"]),
+        (lambda d: next(iter(d["results"].values())).update(final_val_loss="low"), ["final_val_loss = 'low'"]),
+        (lambda d: d.update(results=[]), ["not a result store"]),
+    ],
+)
+def test_a_damaged_result_store_is_refused_naming_the_entry(tmp_path: Path, edit, words: list[str]) -> None:
+    path = tmp_path / "store.json"
+    store = ResultStore(path, {"a": 1})
+    store.add("k", EpisodeResult({"name": "c"}, 1, 0.5, 0.4, 3, False, 0.5, 0.8, math.nan, math.nan))
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as info:
+        ResultStore(path, {"a": 1})
+    assert str(path) in str(info.value) and all(w in str(info.value) for w in words)
+
+
+def test_stored_undefined_figures_are_strict_json_and_read_back_as_nan(tmp_path: Path) -> None:
+    path = tmp_path / "store.json"
+    ResultStore(path, {}).add(
+        "k", EpisodeResult({"name": "c"}, 1, math.inf, math.nan, 0, True, math.nan, math.nan, math.nan, math.nan)
+    )
+    text = path.read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+    result = ResultStore(path, {})["k"]
+    assert result.diverged and math.isnan(result.test_loss_best) and math.isnan(result.final_val_loss)
+
+
+# ---------------------------------------------------------------------------------------------- numeric settings
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--gamma", "nan"], ["gamma", "finite"]),
+        (["--lr-noise", "nan"], ["lr_noise", "finite"]),
+        (["--action-range", "inf"], ["action_range", "finite"]),
+        (["--ppo-lr", "-1"], ["learning_rate"]),
+        (["--hidden-sizes", "1000000000000"], ["hidden_sizes", "65536"]),
+        (["--initial-lr", "nan"], ["initial_lr"]),
+        (["--threads", "0"], ["--threads"]),
+        (["--out-dir", "/proc/alrs-cannot-make-this"], ["/proc/alrs-cannot-make-this"]),
+    ],
+)
+def test_bad_numbers_and_paths_are_refused_before_any_run_folder(
+    tmp_path: Path, data_dir: Path, flags: list[str], words: list[str]
+) -> None:
+    out = ["--out-dir", str(tmp_path / "runs")] if "--out-dir" not in flags else []
+    _one_line_error(_run("train.py", *_small(data_dir), *out, *flags), *words)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_out_dir_that_is_a_file_is_a_one_line_error(tmp_path: Path, data_dir: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    _one_line_error(_run("train.py", *_small(data_dir), "--out-dir", str(tmp_path / "file")), "is a file")
+
+
+@pytest.mark.parametrize("lr", [math.inf, math.nan, -1.0, 0.0])
+def test_env_refuses_a_non_finite_or_non_positive_initial_lr(small_env_options: dict, lr: float) -> None:
+    env = LREnv(EnvConfig(**small_env_options))
+    with pytest.raises(UserError, match="initial_lr"):
+        env.reset(seed=0, options={"initial_lr": lr})
+
+
+def test_env_refuses_a_nan_continuous_action(small_env_options: dict) -> None:
+    env = LREnv(EnvConfig(**small_env_options, discrete=False))
+    env.reset(seed=0)
+    with pytest.raises(UserError):
+        env.step(np.array([math.nan], dtype=np.float32))
+
+
+def test_test_py_refuses_a_nan_start_lr(tmp_path: Path) -> None:
+    _one_line_error(
+        _run("test.py", "--baselines-only", "--start-lr", "nan", "--results-dir", str(tmp_path)), "--start-lr"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C
+def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 120) -> str:
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    return stderr
+
+
+def test_ctrl_c_in_baselines_exits_130_without_traceback_and_the_rerun_loses_nothing(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    path = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "baselines.py"), *_small(data_dir), "--results-dir", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stderr = _interrupt_when(proc, lambda: path.exists() and len(json.loads(path.read_text())["results"]) >= 3)
+    assert proc.returncode == 130 and "Traceback" not in stderr and "Rerun the same command" in stderr
+    kept = json.loads(path.read_text())["results"]
+    assert 3 <= len(kept) < 64
+    result = _run("baselines.py", *_small(data_dir), "--results-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    final = json.loads(path.read_text())["results"]
+    assert len(final) == 64 and all(final[k] == v for k, v in kept.items())
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_ctrl_c_in_the_first_iteration_leaves_no_run_folder_and_no_resume_advice(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    out = tmp_path / "runs"
+    flags = [
+        *_small(data_dir),
+        "--num-train-steps",
+        "2000",
+        "--update-freq",
+        "10",
+        "--num-envs",
+        "1",
+        "--out-dir",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stderr = _interrupt_when(proc, lambda: any(out.glob("*/config.json")))
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert "--resume" not in stderr and "nothing to resume" in stderr
+    assert not [p for p in out.iterdir()] if out.exists() else True
+
+
+def test_resuming_a_run_without_last_pt_says_there_is_nothing_to_resume(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"settings": {"architecture": "mlp"}}))
+    _one_line_error(_run("train.py", "--resume", str(run)), "nothing to resume")
+
+
+# ---------------------------------------------------------------------------------------------- one writer
+def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(small_env_options: dict, tmp_path: Path) -> None:
+    config = EnvConfig(**small_env_options)
+    with FolderLock(tmp_path / ".lock", "run folder"):
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+            train_controller(tmp_path, config, PPOConfig(num_steps=4), num_envs=1, episodes=1, progress=False)
+    assert not (tmp_path / "metrics.csv").exists()
+    # Released (or left by a process that died): the lock file is free again.
+    train_controller(tmp_path, config, PPOConfig(num_steps=4), num_envs=1, episodes=1, progress=False, eval_every=0)
+    assert len(list(csv.reader(open(tmp_path / "metrics.csv")))) == 2
+
+
+def test_two_resumes_of_one_run_at_once_never_duplicate_an_episode(tmp_path: Path, data_dir: Path) -> None:
+    run = _train_run(data_dir, tmp_path / "runs")
+    cmd = [sys.executable, str(ROOT / "train.py"), "--resume", str(run), "--episodes", "80", "--no-progress"]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "in use by process" in refused.strip().splitlines()[-1]
+    episodes = [int(r["episode"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+    assert episodes == list(range(1, 81))
+
+
+# ---------------------------------------------------------------------------------------------- leftovers
+def test_a_stray_tmp_file_from_a_killed_write_is_cleared_by_the_next_write(tmp_path: Path) -> None:
+    stray = tmp_path / ".summary.json.abc123.tmp"
+    stray.write_text("half a file")
+    save_json({"a": 1}, tmp_path / "summary.json")
+    assert not stray.exists() and json.loads((tmp_path / "summary.json").read_text()) == {"a": 1}
+
+
+def test_checkpoint_of_a_run_is_loadable_after_resume(tmp_path: Path, data_dir: Path) -> None:
+    """The checks on resume accept the run's own last.pt (the normal case)."""
+    run = _train_run(data_dir, tmp_path / "runs")
+    result = _run("train.py", "--resume", str(run), "--episodes", "6")
+    assert result.returncode == 0, result.stderr
+    assert load_torch(run / "last.pt")["progress"]["episodes_done"] == 6
+    assert torch.load(run / "best.pt", weights_only=True)["format"]
