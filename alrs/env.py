@@ -172,6 +172,133 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class EpisodeTracker:
+    """Everything of one LR-environment episode but the child's arithmetic: the random draws, the
+    LR, the observation, the reward, divergence and the end.
+
+    :class:`LREnv` keeps one for its child; :class:`~alrs.vector_env.BatchedLREnv` keeps one per
+    child of its batched model, so both compute observations and rewards with this same code.
+    The caller trains the child and hands over its six features (:func:`alrs.features.child_features`).
+
+    A step is ``start_step(lr)`` (``lr`` from :meth:`next_lr` for a controller's action, or set by a
+    hand-made schedule), then the caller's ``update_freq`` Adam steps, then :meth:`end_step`.
+    """
+
+    def __init__(self, config: EnvConfig):
+        self.config = config
+        self.np_random: np.random.Generator | None = None
+        self.lr = math.nan
+        self.adam_steps = 0
+        self.diverged = False
+        self.best_val_loss = math.inf
+        self.best_step = 0
+        self.val_loss = math.inf
+        self.improved = False  # whether the last step reached a new best validation loss
+        self._last_obs: np.ndarray | None = None
+
+    def begin(self, np_random: np.random.Generator, options: dict[str, Any] | None) -> int:
+        """Start an episode: draw its randomness from ``np_random`` (kept for the LR noise) and its
+        initial LR; returns the child's seed."""
+        self.np_random = np_random
+        cfg = self.config
+        # The draws happen in a fixed order whatever the options, so a seed fixes the child's
+        # initialization and batch order for every schedule run on it.
+        child_seed = int(np_random.integers(2**62))
+        drawn_lr = RANDOM_INITIAL_LRS[int(np_random.integers(len(RANDOM_INITIAL_LRS)))]
+        lr_noise = float(np_random.normal())
+        if options and "initial_lr" in options:
+            lr = float(options["initial_lr"])
+            if not (lr > 0 and math.isfinite(lr)):
+                raise UserError(f"initial_lr must be a positive finite number, got {lr}")
+        else:
+            lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
+            if cfg.initial_lr_noise:
+                lr = float(np.clip(lr * math.exp(cfg.initial_lr_noise * lr_noise), cfg.lr_min, cfg.lr_max))
+        self.lr = lr
+        self.adam_steps = 0
+        self.diverged = False
+        self.best_val_loss = math.inf
+        self.best_step = 0
+        self.val_loss = math.inf
+        self.improved = False
+        return child_seed
+
+    def first_observation(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
+        """Observation and info of the untrained child."""
+        obs, info = self._observe(features, val_acc)
+        self.best_val_loss = self.val_loss = info["val_loss"]
+        return obs, info
+
+    def next_lr(self, action: Any) -> float:
+        """The LR after ``action``: the factor, the optional noise, the bounds (:func:`alrs.features.next_lr`)."""
+        cfg = self.config
+        log_noise = cfg.lr_noise * float(self.np_random.normal()) if cfg.lr_noise else 0.0
+        return next_lr(
+            self.lr,
+            action,
+            discrete=cfg.discrete,
+            action_range=cfg.action_range,
+            lr_min=cfg.lr_min,
+            lr_max=cfg.lr_max,
+            log_noise=log_noise,
+        )
+
+    def start_step(self, lr: float) -> None:
+        """Check that the episode goes on, and take ``lr`` as the LR of the coming Adam steps."""
+        if self.adam_steps >= self.config.num_train_steps or self.diverged:
+            raise RuntimeError("the episode has ended; call reset()")
+        self.lr = lr
+
+    def end_step(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Observation, reward and end of a controller step, from the child's six features."""
+        cfg = self.config
+        steps_left_before = (cfg.num_train_steps - self.adam_steps) // cfg.update_freq
+        self.adam_steps += cfg.update_freq
+        self.improved = False
+        obs, info = self._observe(features, val_acc)
+        if not np.all(np.isfinite(obs)):
+            # A diverged child (e.g. at LR 0.1) ends the episode: the reward charges
+            # divergence_loss for every step left, and the observation stays finite.
+            self.diverged = True
+            obs = np.where(np.isfinite(obs), obs, self._last_obs).astype(np.float32)
+            obs[[0, 1]] = cfg.divergence_loss
+            self._last_obs = obs
+            info.update(train_loss=math.inf, val_loss=math.inf, best_val_loss=self.best_val_loss, diverged=True)
+            reward = divergence_reward(
+                cfg.reward, self.val_loss, self.best_val_loss, steps_left_before, cfg.divergence_loss
+            )
+            return obs, reward, True, False, info
+
+        prev_val, prev_best = self.val_loss, self.best_val_loss
+        self.val_loss = info["val_loss"]
+        if info["val_loss"] < self.best_val_loss:
+            self.best_val_loss, self.best_step, self.improved = info["val_loss"], self.adam_steps, True
+        terminated = self.adam_steps >= cfg.num_train_steps
+        reward = step_reward(cfg.reward, prev_val, self.val_loss, prev_best, self.best_val_loss)
+        return obs, reward, terminated, False, info
+
+    def _observe(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
+        """One host sync: the six child features and the accuracy come back together; the LR (and the
+        time left, if asked for) are appended."""
+        *child, acc = torch.cat([features.double(), val_acc.double().reshape(1)]).tolist()
+        cfg = self.config
+        obs = np.asarray(
+            [*child, *observation_tail(cfg.features, self.lr, self.adam_steps, cfg.num_train_steps)], dtype=np.float32
+        )
+        info = {
+            "train_loss": child[0],
+            "val_loss": child[1],
+            "val_acc": acc,
+            "lr": self.lr,
+            "step": self.adam_steps,
+            "best_val_loss": min(child[1], self.best_val_loss),
+            "diverged": False,
+        }
+        if np.all(np.isfinite(obs)):
+            self._last_obs = obs
+        return obs, info
+
+
 class LREnv(gym.Env):
     """A Gymnasium environment in which the action scales the learning rate of a training child.
 
@@ -214,14 +341,34 @@ class LREnv(gym.Env):
         self._memory_format = torch.channels_last if conv_on_cpu else torch.contiguous_format
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.lr = math.nan
-        self.num_steps = 0
+        self.episode = EpisodeTracker(cfg)
+
+    # The episode's state, as the tracker keeps it.
+    @property
+    def lr(self) -> float:
+        """The LR of the coming Adam steps."""
+        return self.episode.lr
+
+    @property
+    def adam_steps(self) -> int:
+        """Adam steps done in this episode (a controller step is ``update_freq`` of them)."""
+        return self.episode.adam_steps
+
+    @property
+    def best_val_loss(self) -> float:
+        return self.episode.best_val_loss
+
+    @property
+    def best_step(self) -> int:
+        """The Adam step at which the best validation loss was reached."""
+        return self.episode.best_step
 
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start a fresh child network. ``options={"initial_lr": x}`` overrides the initial LR
         (hand-made schedules use it); it changes nothing else, so runs stay paired by seed."""
-        child_seed = self._begin_episode(seed, options)
+        super().reset(seed=seed)
+        child_seed = self.episode.begin(self.np_random, options)
         cfg = self.config
         self.model = init_child(cfg, child_seed).to(self.device, memory_format=self._memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
@@ -233,11 +380,11 @@ class LREnv(gym.Env):
         features = child_features(
             val_loss[None], val_loss[None], probs[None], None, self.model.output_layer.weight[None]
         )
-        return self._first_observation(features[0], val_acc)
+        return self.episode.first_observation(features[0], val_acc)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Scale the LR by ``action``, train ``update_freq`` Adam steps, observe."""
-        return self.step_lr(self._next_lr(action))
+        return self.step_lr(self.episode.next_lr(action))
 
     def step_lr(self, lr: float) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Train ``update_freq`` Adam steps at exactly ``lr``, then observe.
@@ -247,7 +394,7 @@ class LREnv(gym.Env):
         """
         if self.model is None:
             raise RuntimeError("call reset() before step()")
-        self._start_step(lr)
+        self.episode.start_step(lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         model, optimizer, cfg = self.model, self.optimizer, self.config
@@ -271,7 +418,11 @@ class LREnv(gym.Env):
             model.output_layer.weight[None],
         )
         self._prev_probs = probs
-        return self._end_step(features[0], val_acc)
+        obs, reward, terminated, truncated, info = self.episode.end_step(features[0], val_acc)
+        if self.episode.improved:  # keep the best-validation weights for the test set
+            for name, value in model.state_dict().items():
+                self._best_state[name].copy_(value)
+        return obs, reward, terminated, truncated, info
 
     # ------------------------------------------------------------------ test set
     def evaluate_test(self, which: str = "best") -> tuple[float, float]:
@@ -287,89 +438,6 @@ class LREnv(gym.Env):
             model.load_state_dict(self._best_state)
         loss, acc, _ = self._evaluate(model, self.data.test_x, self.data.test_y, keep_probs=False)
         return float(loss), float(acc)
-
-    # ------------------------------------------------------------------ bookkeeping
-    # Everything of an episode but the child's arithmetic: the random draws, the LR, the
-    # observation, reward, divergence and end. BatchedLREnv reuses it for each of its children.
-    def _begin_episode(self, seed: int | None, options: dict[str, Any] | None) -> int:
-        """Draw the episode's randomness and initial LR; returns the child's seed."""
-        super().reset(seed=seed)
-        cfg = self.config
-        # The draws happen in a fixed order whatever the options, so a seed fixes the child's
-        # initialization and batch order for every schedule run on it.
-        child_seed = int(self.np_random.integers(2**62))
-        drawn_lr = RANDOM_INITIAL_LRS[int(self.np_random.integers(len(RANDOM_INITIAL_LRS)))]
-        lr_noise = float(self.np_random.normal())
-        if options and "initial_lr" in options:
-            lr = float(options["initial_lr"])
-            if not (lr > 0 and math.isfinite(lr)):
-                raise UserError(f"initial_lr must be a positive finite number, got {lr}")
-        else:
-            lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
-            if cfg.initial_lr_noise:
-                lr = float(np.clip(lr * math.exp(cfg.initial_lr_noise * lr_noise), cfg.lr_min, cfg.lr_max))
-        self.lr = lr
-        self.num_steps = 0
-        self.diverged = False
-        self.best_val_loss = math.inf
-        self.best_step = 0
-        self.val_loss = math.inf
-        return child_seed
-
-    def _first_observation(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
-        obs, info = self._observe(features, val_acc)
-        self.best_val_loss = self.val_loss = info["val_loss"]
-        return obs, info
-
-    def _next_lr(self, action: Any) -> float:
-        """The LR after ``action``: the factor, the optional noise, the bounds (:func:`alrs.features.next_lr`)."""
-        cfg = self.config
-        log_noise = cfg.lr_noise * float(self.np_random.normal()) if cfg.lr_noise else 0.0
-        return next_lr(
-            self.lr,
-            action,
-            discrete=cfg.discrete,
-            action_range=cfg.action_range,
-            lr_min=cfg.lr_min,
-            lr_max=cfg.lr_max,
-            log_noise=log_noise,
-        )
-
-    def _start_step(self, lr: float) -> None:
-        """Check that the episode goes on, and take ``lr`` as the LR of the coming Adam steps."""
-        if self.num_steps >= self.config.num_train_steps or self.diverged:
-            raise RuntimeError("the episode has ended; call reset()")
-        self.lr = lr
-
-    def _end_step(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Observation, reward and end of a controller step, from the child's six features."""
-        cfg = self.config
-        steps_left_before = (cfg.num_train_steps - self.num_steps) // cfg.update_freq
-        self.num_steps += cfg.update_freq
-        obs, info = self._observe(features, val_acc)
-        if not np.all(np.isfinite(obs)):
-            # A diverged child (e.g. at LR 0.1) ends the episode: the reward charges
-            # divergence_loss for every step left, and the observation stays finite.
-            self.diverged = True
-            obs = np.where(np.isfinite(obs), obs, self._last_obs).astype(np.float32)
-            obs[[0, 1]] = cfg.divergence_loss
-            self._last_obs = obs
-            info.update(train_loss=math.inf, val_loss=math.inf, best_val_loss=self.best_val_loss, diverged=True)
-            reward = divergence_reward(
-                cfg.reward, self.val_loss, self.best_val_loss, steps_left_before, cfg.divergence_loss
-            )
-            return obs, reward, True, False, info
-
-        prev_val, prev_best = self.val_loss, self.best_val_loss
-        self.val_loss = info["val_loss"]
-        if info["val_loss"] < self.best_val_loss:
-            self.best_val_loss, self.best_step = info["val_loss"], self.num_steps
-            if self.model is not None:  # an env that owns its child keeps the best weights
-                for name, value in self.model.state_dict().items():
-                    self._best_state[name].copy_(value)
-        terminated = self.num_steps >= cfg.num_train_steps
-        reward = step_reward(cfg.reward, prev_val, self.val_loss, prev_best, self.best_val_loss)
-        return obs, reward, terminated, False, info
 
     @torch.inference_mode()
     def _evaluate(
@@ -389,27 +457,6 @@ class LREnv(gym.Env):
                 probs.append(logits.softmax(1))
         model.train()
         return loss_sum / len(x), correct.float() / len(x), torch.cat(probs) if keep_probs else None
-
-    def _observe(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
-        """One host sync: the six child features and the accuracy come back together; the LR (and the
-        time left, if asked for) are appended."""
-        *child, acc = torch.cat([features.double(), val_acc.double().reshape(1)]).tolist()
-        cfg = self.config
-        obs = np.asarray(
-            [*child, *observation_tail(cfg.features, self.lr, self.num_steps, cfg.num_train_steps)], dtype=np.float32
-        )
-        info = {
-            "train_loss": child[0],
-            "val_loss": child[1],
-            "val_acc": acc,
-            "lr": self.lr,
-            "step": self.num_steps,
-            "best_val_loss": min(child[1], getattr(self, "best_val_loss", math.inf)),
-            "diverged": False,
-        }
-        if np.all(np.isfinite(obs)):
-            self._last_obs = obs
-        return obs, info
 
 
 def init_child(config: EnvConfig, child_seed: int) -> nn.Module:

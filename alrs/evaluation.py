@@ -7,6 +7,7 @@ schedules are compared over 10 runs with an independent two-sample t-test (Welch
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -19,9 +20,19 @@ from tqdm.auto import tqdm
 
 from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
-from alrs.io import FolderLock, load_json, save_json
+from alrs.io import FolderLock, load_json, load_torch, save_json
 from alrs.parallel import WorkerPool
-from alrs.schedules import Constant, Cosine, HandMadeSchedule, Linear, Schedule, StepDecay, annealing_grid, paper_grid
+from alrs.schedules import (
+    Constant,
+    Cosine,
+    HandMadeSchedule,
+    Learned,
+    Linear,
+    Schedule,
+    StepDecay,
+    annealing_grid,
+    paper_grid,
+)
 
 
 @dataclass
@@ -445,3 +456,87 @@ def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: 
             )
             comparisons.append((key, f"step-decay@{lr:g}"))
     return TestPlan(schedules, labels, comparisons)
+
+
+CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
+"""What ``test.py --checkpoint`` names: best.pt (chosen by the run's deterministic evaluations) or
+last.pt (the controller where training ended); file names as in :mod:`alrs.training`."""
+
+TEST_SEED_OFFSET = 1000
+"""Test seeds are seed + 1000 + i: apart from the seed the baseline grid was chosen on."""
+
+
+def seeds_for_test(seed: int, num_seeds: int) -> list[int]:
+    """The paired seeds every schedule of a test runs on."""
+    return [seed + TEST_SEED_OFFSET + i for i in range(num_seeds)]
+
+
+def load_learned(run_dir: str | Path, checkpoint: str, env: LREnv) -> tuple[Learned, bool, Path, str]:
+    """The controller of a run as a schedule, checked against ``env``.
+
+    Returns the schedule, whether it is tested on another dataset or child than it was trained on
+    (a transfer; its name says so), its file, and the file's hash (part of a test's settings, so
+    results of another controller are never reused).
+    """
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"--checkpoint must be best or last, got {checkpoint!r}")
+    path = Path(run_dir) / CHECKPOINTS[checkpoint]
+    saved = load_torch(path)
+    if checkpoint == "last":  # a training checkpoint: the controller is one of its parts
+        saved = saved.get("controller") if isinstance(saved, dict) else None
+    learned = Learned(saved)
+    trained_on = learned.metadata.get("env", {})
+    config = env.config
+    transfer = (trained_on.get("dataset"), trained_on.get("architecture")) != (config.dataset, config.architecture)
+    if transfer:
+        learned.name = f"learned (transfer from {trained_on.get('dataset')}/{trained_on.get('architecture')})"
+    learned.check(env)
+    return learned, transfer, path, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_grid(path: Path, config: EnvConfig) -> dict[str, Any]:
+    """A finished grid file made with ``config``'s settings; a one-line error otherwise."""
+    grid = load_json(path)
+    expected = evaluation_settings(config, BASELINE_KEYS)
+    settings = grid.get("settings") if isinstance(grid, dict) else None
+    if not isinstance(settings, dict) or not isinstance(grid.get("results"), dict):
+        raise UserError(f"{path}: not a grid file of baselines.py; delete it and rerun baselines.py")
+    if {k: settings.get(k) for k in BASELINE_KEYS} != expected or "best_step_decay" not in grid:
+        raise UserError(
+            f"{path} is unfinished or was made with other settings; rerun baselines.py with this test's settings"
+        )
+    for key, record in grid["results"].items():
+        _check_record(record, f"{path}: result {key!r}")
+    return grid
+
+
+def missing_grid_error(path: Path, config: EnvConfig, seed: int) -> UserError:
+    """The error for a test whose grid file does not exist, with the command that makes it."""
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {getattr(config, k)}" for k in BASELINE_KEYS if getattr(config, k) is not None
+    )
+    return UserError(
+        f"no baseline results at {path}; run: python baselines.py {flags} --seed {seed} (or add --run-baselines)"
+    )
+
+
+def run_test(
+    env: LREnv,
+    plan: TestPlan,
+    seeds: Sequence[int],
+    store: ResultStore,
+    progress: bool = True,
+    pool: WorkerPool | None = None,
+) -> dict[str, list[EpisodeResult]]:
+    """Every schedule of ``plan`` on every seed (those not yet in ``store``); each schedule's results in
+    seed order.
+
+    Results are stored under their labels, as before stable keys existed, so earlier stores stay reusable.
+    """
+    jobs = [
+        (f"{plan.labels[key]} | seed {seed}", schedule, seed)
+        for seed in seeds
+        for key, schedule in plan.schedules.items()
+    ]
+    results = run_jobs(env, jobs, store, progress=progress, desc="test", pool=pool)
+    return {key: [results[f"{plan.labels[key]} | seed {seed}"] for seed in seeds] for key in plan.schedules}

@@ -36,7 +36,8 @@ class PPOConfig:
     Args:
         hidden_sizes: hidden layers of the actor and of the critic (seed: two of 32; paper: one of 32).
         learning_rate: Adam step size for actor and critic.
-        num_steps: steps per env per rollout (100 = one whole episode of the LR env).
+        num_steps: env steps (for the LR env: controller steps, not Adam steps) per env per rollout
+            (100 = one whole episode of the LR env at the paper's settings).
         gamma: discount factor.
         gae_lambda: lambda of generalized advantage estimation.
         num_minibatches: minibatches per epoch over the rollout.
@@ -116,6 +117,16 @@ class Episode:
     episode_return: float
     length: int
     infos: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Iteration:
+    """What one PPO iteration gives its caller: the finished episodes, the update's statistics, and
+    the checkpoint of the controller that played the episodes (before the update changed it)."""
+
+    episodes: list[Episode]
+    stats: dict[str, float]
+    acting_controller: dict[str, Any]
 
 
 def _info_at(infos: dict[str, Any], i: int) -> dict[str, Any]:
@@ -315,12 +326,13 @@ class PPO:
         explained = 1 - float((returns - values).var() / returns.var()) if returns.var() > 0 else math.nan
         return {**{k: float(np.mean(v)) for k, v in stats.items()}, "explained_variance": explained}
 
-    def train_iteration(self, seed: int) -> tuple[list[Episode], dict[str, float]]:
-        """One rollout from seeded resets and one update; returns finished episodes and update stats."""
+    def train_iteration(self, seed: int) -> Iteration:
+        """One rollout from seeded resets and one update."""
         batch, episodes = self.collect_rollout(seed)
+        acting = self.controller.checkpoint()  # the controller that produced these episodes, before the update
         stats = self.update(batch)
         self.iteration += 1
-        return episodes, stats
+        return Iteration(episodes, stats, acting)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

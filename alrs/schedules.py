@@ -63,7 +63,7 @@ class HandMadeSchedule(Schedule):
         """The LR for the Adam steps starting at ``step``."""
 
     def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
-        return env.step_lr(self.lr_at(env.num_steps))
+        return env.step_lr(self.lr_at(env.adam_steps))
 
 
 class Constant(HandMadeSchedule):

@@ -242,10 +242,8 @@ def _train(
     name = f"{env_config.dataset} / {env_config.architecture}"
     try:
         while ppo.iteration < iterations:
-            batch, finished = ppo.collect_rollout(iteration_seed(seed, ppo.iteration))
-            snapshot = ppo.controller.checkpoint()  # the controller that produced these episodes
-            stats = ppo.update(batch)
-            ppo.iteration += 1
+            step = ppo.train_iteration(iteration_seed(seed, ppo.iteration))
+            finished, stats, snapshot = step.episodes, step.stats, step.acting_controller
             state["wall_time"] = time.perf_counter() - start
             rows = []
             for episode in finished:

@@ -5,7 +5,8 @@ GPU mostly idle; :class:`BatchedLREnv` stacks their parameters and runs every fo
 and Adam step for all of them at once with ``torch.func.vmap``. Each child keeps its own seed,
 initialization, minibatch order and learning rate, so the observations and rewards are those of
 ``num_envs`` separate :class:`~alrs.env.LREnv` (up to float rounding): the episode bookkeeping
-(random draws, LR updates, rewards, divergence) is LREnv's own code, run for each child.
+(random draws, LR updates, rewards, divergence) is LREnv's own :class:`~alrs.env.EpisodeTracker`,
+one for each child.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from alrs.data import Splits, load_dataset
-from alrs.env import BatchSampler, EnvConfig, LREnv, init_child, resolve_device
+from alrs.env import BatchSampler, EnvConfig, EpisodeTracker, LREnv, init_child, resolve_device
 from alrs.errors import UserError
 from alrs.features import child_features
 from alrs.ppo import make_vector_env
@@ -65,13 +67,15 @@ class BatchedLREnv(gym.vector.VectorEnv):
             raise UserError(f"num_envs must be positive, got {num_envs}")
         device = resolve_device(config.device)
         data = load_dataset(config.dataset, config.data_dir, device) if data is None else data.to(device)
-        # One LREnv per child runs that child's episode bookkeeping; its own model stays unbuilt.
-        self._episodes = [LREnv(config, data=data) for _ in range(num_envs)]
-        self.config, self.device, self.data = config, device, self._episodes[0].data
-        self.val_x, self.val_y = self._episodes[0].val_x, self._episodes[0].val_y
+        single = LREnv(config, data=data)  # checks the sizes and gives the spaces; it never builds a child
+        # One tracker per child: that child's episode bookkeeping, LREnv's own code (alrs.env.EpisodeTracker).
+        self._episodes = [EpisodeTracker(config) for _ in range(num_envs)]
+        self._rngs: list[np.random.Generator | None] = [None] * num_envs  # seeded as gymnasium seeds an env
+        self.config, self.device, self.data = config, device, single.data
+        self.val_x, self.val_y = single.val_x, single.val_y
         self.num_envs = num_envs
-        self.single_observation_space = self._episodes[0].observation_space
-        self.single_action_space = self._episodes[0].action_space
+        self.single_observation_space = single.observation_space
+        self.single_action_space = single.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
@@ -99,7 +103,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
             seeds = list(seed)
         else:
             raise UserError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
-        child_seeds = [env._begin_episode(s, options) for env, s in zip(self._episodes, seeds, strict=True)]
+        child_seeds = [self._begin(i, s, options) for i, s in enumerate(seeds)]
         everyone = list(range(self.num_envs))
         self._init_children(everyone, child_seeds)
         obs, infos = np.zeros((self.num_envs, *self.single_observation_space.shape), np.float32), {}
@@ -115,7 +119,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
         if len(actions) != n:
             raise UserError(f"need one action per env ({n}), got {len(actions)}")
         for env, action in zip(self._episodes, actions, strict=True):
-            env._start_step(env._next_lr(action))
+            env.start_step(env.next_lr(action))
         lr = torch.tensor([env.lr for env in self._episodes], dtype=torch.float64, device=self.device)
 
         loss_sum = torch.zeros(n, device=self.device)
@@ -134,19 +138,25 @@ class BatchedLREnv(gym.vector.VectorEnv):
         terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
         infos: dict[str, Any] = {}
         for i, env in enumerate(self._episodes):
-            obs[i], rewards[i], terminated[i], truncated[i], info = env._end_step(features[i], val_acc[i])
+            obs[i], rewards[i], terminated[i], truncated[i], info = env.end_step(features[i], val_acc[i])
             infos = self._add_info(
                 infos, {"final_obs": obs[i].copy(), "final_info": info} if terminated[i] or truncated[i] else info, i
             )
 
         ended = np.flatnonzero(terminated | truncated).tolist()
         if ended:  # SAME_STEP autoreset: ended children restart at once, with fresh draws
-            self._init_children(ended, [self._episodes[i]._begin_episode(None, None) for i in ended])
+            self._init_children(ended, [self._begin(i, None, None) for i in ended])
             for i, (o, info) in zip(ended, self._first_observations(ended), strict=True):
                 obs[i], infos = o, self._add_info(infos, info, i)
         return obs, rewards, terminated, truncated, infos
 
     # ------------------------------------------------------------------ children
+    def _begin(self, i: int, seed: int | None, options: dict[str, Any] | None) -> int:
+        """Child ``i``'s next episode; a seed reseeds its generator, None continues it (as ``gym.Env.reset``)."""
+        if seed is not None or self._rngs[i] is None:
+            self._rngs[i], _ = seeding.np_random(seed)
+        return self._episodes[i].begin(self._rngs[i], options)
+
     def _init_children(self, indices: list[int], child_seeds: list[int]) -> None:
         """Fresh children (and Adam states) in slots ``indices``, initialized as LREnv would."""
         params, _ = stack_module_state([init_child(self.config, s).to(self.device) for s in child_seeds])
@@ -175,7 +185,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
         features, val_acc = _to_host(
             child_features(val_loss, val_loss, probs, None, self._output_weight()[slots]), val_acc
         )
-        return [self._episodes[i]._first_observation(features[row], val_acc[row]) for row, i in enumerate(indices)]
+        return [self._episodes[i].first_observation(features[row], val_acc[row]) for row, i in enumerate(indices)]
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self._base, params, (x,))

@@ -124,7 +124,8 @@ def test_a_diverged_child_restarts_alone(small_env_options: dict) -> None:
 def test_ppo_trains_on_the_batched_env(small_env_options: dict) -> None:
     envs = make_lr_envs(EnvConfig(**small_env_options), 2, batched=True)
     ppo = PPO(envs, PPOConfig(num_steps=4, num_minibatches=2, update_epochs=1))
-    episodes, stats = ppo.train_iteration(seed=0)
+    step = ppo.train_iteration(seed=0)
+    episodes, stats = step.episodes, step.stats
     assert [e.length for e in episodes] == [4, 4] and all(math.isfinite(v) for v in stats.values())
     assert [info["step"] for info in episodes[0].infos] == [5, 10, 15, 20]  # the final infos, not the reset's
 
