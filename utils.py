@@ -8,10 +8,12 @@ import datetime
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,48 +26,111 @@ from alrs.parallel import ParallelConfig
 from alrs.ppo import PPOConfig
 from alrs.training import CONFIG_FILE
 
-ENV_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EnvConfig)}
-PPO_DEFAULTS = {  # flag name -> PPOConfig field default; ppo_lr is PPOConfig.learning_rate
-    "hidden_sizes": list(PPOConfig.hidden_sizes),
-    "ppo_lr": PPOConfig.learning_rate,
-    "gamma": PPOConfig.gamma,
-    "gae_lambda": PPOConfig.gae_lambda,
-    "clip_coef": PPOConfig.clip_coef,
-    "clip_vloss": PPOConfig.clip_vloss,
-    "ent_coef": PPOConfig.ent_coef,
-    "vf_coef": PPOConfig.vf_coef,
-    "max_grad_norm": PPOConfig.max_grad_norm,
-    "update_epochs": PPOConfig.update_epochs,
-    "num_minibatches": PPOConfig.num_minibatches,
-    "target_kl": PPOConfig.target_kl,
-    "norm_obs": PPOConfig.norm_obs,
-    "norm_reward": PPOConfig.norm_reward,
-    "init_log_std": PPOConfig.init_log_std,
-    "common_reset_seed": PPOConfig.common_reset_seed,
-}
-RUN_DEFAULTS = {
-    "num_envs": 4,
-    "episodes": 1000,
-    "seed": 0,
-    "threads": None,
-    "out_dir": "runs",
-    "results_dir": "results",
-    "num_seeds": 10,
-    "progress": True,
-    "run_baselines": False,
-    "batched_envs": None,
-    "baselines_only": False,
-    "checkpoint": "best",
-    "start_lr": None,
-    "eval_every": 10,
-    "eval_seeds": 4,
-    "tensorboard": False,
-    "workers": None,
-    "backend": "local",
-    "ray_address": None,
-}
-DEFAULTS: dict[str, Any] = {**ENV_DEFAULTS, **PPO_DEFAULTS, **RUN_DEFAULTS}
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings of a script's run that are neither the environment's, PPO's nor where work runs.
+
+    Args:
+        seed: random seed (training: the controller and every reset; tests: seed + 1000 + i).
+        num_envs: child trainings per PPO iteration.
+        episodes: episodes to train for.
+        eval_every: PPO iterations between deterministic evaluations that choose best.pt (0: none,
+            best.pt is the controller behind the best episode).
+        eval_seeds: held-out seeds per deterministic evaluation.
+        tensorboard: also write TensorBoard events under the run folder (needs: pip install tensorboard).
+        batched_envs: train the num-envs children as one vmapped model (unset: only on CUDA, where the
+            architecture allows).
+        out_dir: folder of run folders.
+        results_dir: where results are written.
+        num_seeds: seeds per schedule (paper: 10).
+        checkpoint: which controller of the run: best (best.pt) or last (last.pt, where training ended).
+        start_lr: start the controller from this LR only (and from the tuned step decay's); unset: from
+            each initial LR it was trained on.
+        baselines_only: test the tuned baselines alone (no controller; settings from --config and flags).
+        run_baselines: run baselines.py first when its results are missing.
+        progress: show progress bars.
+    """
+
+    seed: int = 0
+    num_envs: int = field(default=4, metadata={"scripts": ("train",)})
+    episodes: int = field(default=1000, metadata={"scripts": ("train",)})
+    eval_every: int = field(default=10, metadata={"scripts": ("train",)})
+    eval_seeds: int = field(default=4, metadata={"scripts": ("train",)})
+    tensorboard: bool = field(default=False, metadata={"scripts": ("train",)})
+    batched_envs: bool | None = field(default=None, metadata={"scripts": ("train",)})
+    out_dir: str = field(default="runs", metadata={"scripts": ("train", "test")})
+    results_dir: str = field(default="results", metadata={"scripts": ("baselines", "test")})
+    num_seeds: int = field(default=10, metadata={"scripts": ("test",)})
+    checkpoint: str = field(default="best", metadata={"scripts": ("test",)})
+    start_lr: float | None = field(default=None, metadata={"scripts": ("test",)})
+    baselines_only: bool = field(default=False, metadata={"scripts": ("test",)})
+    run_baselines: bool = field(default=False, metadata={"scripts": ("test",)})
+    progress: bool = True
+
+
+FLAG_NAMES = {"learning_rate": "ppo_lr"}
+"""Settings whose flag and config key differ from their field's name (PPO's Adam step size is
+``--ppo-lr``, apart from the child's learning rate)."""
+
+SETTINGS: tuple[tuple[str, type, tuple[str, ...]], ...] = (
+    ("child network and environment", EnvConfig, ("train", "baselines", "test")),
+    ("where the work runs", ParallelConfig, ("train", "baselines", "test")),
+    ("run", RunConfig, ("train", "baselines", "test")),
+    ("PPO", PPOConfig, ("train",)),
+)
+"""Every setting is a field of one of these dataclasses: its flag, help, default and type checks
+come from the field and the class's docstring (the one declaration of a setting)."""
+
+NOT_SETTINGS = {"num_steps"}
+"""Fields that are not settings: PPO's rollout length is the episode's controller steps."""
+
+
+def _docs(cls: type) -> dict[str, str]:
+    """``name: text`` entries of the docstring's Args section (continuation lines joined; ``a, b: text`` gives both)."""
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    in_args = False
+    for line in (cls.__doc__ or "").splitlines():
+        stripped = line.strip()
+        if stripped == "Args:":
+            in_args = True
+        elif in_args and stripped and ":" in stripped and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            head, _, text = stripped.partition(":")
+            names = [n.strip() for n in head.split(",")]
+            for n in names:
+                docs[n] = text.strip()
+        elif in_args and stripped and names:
+            for n in names:
+                docs[n] += " " + stripped
+    # Plain text for --help: ``x`` -> x, :mod:`a.b` -> a.b
+    return {k: re.sub(r":\w+:`~?([^`]+)`", r"\1", v).replace("``", "") for k, v in docs.items()}
+
+
+def _fields() -> list[tuple[str, str, dataclasses.Field, str, tuple[str, ...]]]:
+    """(key, group, field, help, scripts) of every setting."""
+    out = []
+    for group, cls, scripts in SETTINGS:
+        docs = _docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in NOT_SETTINGS:
+                continue
+            out.append(
+                (FLAG_NAMES.get(f.name, f.name), group, f, docs.get(f.name, ""), f.metadata.get("scripts", scripts))
+            )
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return list(value) if isinstance(value, tuple) else value
+
+
+FIELDS = {key: f for key, _, f, _, _ in _fields()}
+DEFAULTS: dict[str, Any] = {key: _default(f) for key, f in FIELDS.items()}
 """Every setting a config file may hold, with its built-in default."""
+
+ENV_KEYS = {f.name for f in dataclasses.fields(EnvConfig)}
 
 RUNTIME_KEYS = {
     "episodes",
@@ -84,20 +149,25 @@ RUNTIME_KEYS = {
 }
 """Settings a resumed run may change: where and how fast it runs, and how long it goes on."""
 
-
-def _lr(text: str) -> float | str:
-    return text if text == "random" else float(text)
-
-
-def _add(group: argparse._ArgumentGroup, flag: str, help: str, **kwargs: Any) -> None:
-    dest = flag.lstrip("-").replace("-", "_")
-    default = DEFAULTS.get(dest)
-    group.add_argument(flag, help=f"{help} (default: {default})" if dest in DEFAULTS else help, **kwargs)
+_KINDS = {
+    # annotation -> (argparse keywords, the type a config file must give, in words)
+    "int": ({"type": int}, "int"),
+    "float": ({"type": float}, "float"),
+    "str": ({}, "str"),
+    "bool": ({"action": argparse.BooleanOptionalAction}, "bool"),
+    "int | None": ({"type": int}, "an integer or null"),
+    "float | None": ({"type": float}, "a number or null"),
+    "str | None": ({}, "a string or null"),
+    "bool | None": ({"action": argparse.BooleanOptionalAction}, "true, false or null (automatic)"),
+    "float | str": ({"type": lambda text: text if text == "random" else float(text)}, "a number or 'random'"),
+    "tuple[int, ...]": ({"type": int, "nargs": "+"}, "a list of integers"),
+}
 
 
 def build_parser(script: str) -> argparse.ArgumentParser:
-    """The argument parser of ``script`` (``train``, ``baselines`` or ``test``); no defaults are set
-    on it, so the parsed namespace holds exactly the flags given on the command line."""
+    """The argument parser of ``script`` (``train``, ``baselines`` or ``test``): one flag per setting,
+    generated from the settings' dataclasses; no defaults are set on it, so the parsed namespace
+    holds exactly the flags given on the command line."""
     p = argparse.ArgumentParser(
         prog=f"{script}.py",
         argument_default=argparse.SUPPRESS,
@@ -107,120 +177,24 @@ def build_parser(script: str) -> argparse.ArgumentParser:
             "test": "Compare a learned schedule with the baselines over seeds.",
         }[script],
     )
-    g = p.add_argument_group("child network and environment")
-    _add(g, "--dataset", "mnist, fa-mnist or cifar10")
-    _add(g, "--architecture", "mlp, lenet5 (LeNet-5; also called cnn, as in the seed), resnet (ResNet-18) or paper-cnn")
-    _add(g, "--batch-size", "Adam minibatch size", type=int)
-    _add(g, "--update-freq", "Adam steps per controller step", type=int)
-    _add(g, "--num-train-steps", "Adam steps per episode", type=int)
-    _add(g, "--initial-lr", "initial LR, or 'random' for a draw from {1e-2, 1e-3, 1e-4}", type=_lr)
-    _add(
-        g,
-        "--discrete",
-        "discrete up/down/keep actions (--no-discrete: a continuous factor)",
-        action=argparse.BooleanOptionalAction,
-    )
-    _add(g, "--action-range", "largest LR factor of one controller step", type=float)
-    _add(g, "--val-size", "validation examples used for features and reward (default: all 10k)", type=int)
-    _add(g, "--data-dir", "dataset folder, torchvision layout")
-    _add(g, "--device", "cpu, cuda or auto")
-    _add(g, "--threads", "torch CPU threads per worker (default: the cores split among the workers)", type=int)
-    _add(
-        g,
-        "--workers",
-        "child trainings at once, in separate processes or Ray actors (default: one per two cores on the CPU, "
-        "1 on CUDA)",
-        type=int,
-    )
-    _add(g, "--backend", "where workers run: local (processes on this machine) or ray (a Ray cluster)")
-    _add(
-        g, "--ray-address", "Ray cluster to join with --backend ray, e.g. ray://head:10001 (default: start a local Ray)"
-    )
-    _add(g, "--seed", "random seed", type=int)
-    _add(g, "--config", "JSON file of settings; flags override it")
-    _add(g, "--progress", "show progress bars", action=argparse.BooleanOptionalAction)
-    g.add_argument("--debug", action="store_true", help="show the full traceback of an error (as ALRS_DEBUG=1)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, group, f, text, scripts in _fields():
+        if script not in scripts:
+            continue
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        kwargs, _ = _KINDS[str(f.type)]
+        default = DEFAULTS[key]
+        groups[group].add_argument(
+            f"--{key.replace('_', '-')}", help=f"{text} (default: {default})".replace("%", "%%"), **kwargs
+        )
+    g = p.add_argument_group("files")
+    g.add_argument("--config", help="JSON file of settings; flags override it")
     if script == "train":
-        g.title = "child network, environment and run"
-        _add(g, "--lr-noise", "std of Gaussian noise on log LR after each update", type=float)
-        _add(g, "--initial-lr-noise", "std of Gaussian noise on log initial LR", type=float)
-        _add(g, "--reward", "val-loss (the paper's: minus the validation loss), log-best or log-val (ours)")
-        _add(g, "--lr-feature", "how the LR is observed: lr (the paper's) or log-lr (ours)")
-        _add(
-            g,
-            "--time-feature",
-            "observe the fraction of the episode left (ours)",
-            action=argparse.BooleanOptionalAction,
-        )
-        _add(g, "--num-envs", "child trainings per PPO iteration", type=int)
-        _add(
-            g,
-            "--eval-every",
-            "PPO iterations between deterministic evaluations that choose best.pt (0: none, "
-            "best.pt is the controller behind the best episode)",
-            type=int,
-        )
-        _add(g, "--eval-seeds", "held-out seeds per deterministic evaluation", type=int)
-        _add(
-            g,
-            "--tensorboard",
-            "also write TensorBoard events under the run folder (needs: pip install tensorboard)",
-            action=argparse.BooleanOptionalAction,
-        )
-        _add(
-            g,
-            "--batched-envs",
-            "train the num-envs children as one vmapped model (unset: only on CUDA, where the architecture allows)",
-            action=argparse.BooleanOptionalAction,
-        )
-        _add(g, "--episodes", "episodes to train for", type=int)
-        _add(g, "--out-dir", "folder of run folders")
-        _add(g, "--resume", "continue the run in this folder")
-        h = p.add_argument_group("PPO")
-        _add(h, "--hidden-sizes", "hidden layer widths of actor and critic", type=int, nargs="+")
-        _add(h, "--ppo-lr", "Adam step size of the controller", type=float)
-        for flag, kind, text in (
-            ("--gamma", float, "discount"),
-            ("--gae-lambda", float, "GAE lambda"),
-            ("--clip-coef", float, "surrogate clip epsilon"),
-            ("--ent-coef", float, "entropy bonus weight"),
-            ("--vf-coef", float, "value loss weight"),
-            ("--max-grad-norm", float, "gradient-norm clip"),
-            ("--update-epochs", int, "epochs per update"),
-            ("--num-minibatches", int, "minibatches per epoch"),
-            ("--target-kl", float, "early-stop KL (default: none)"),
-            ("--init-log-std", float, "initial log std (continuous)"),
-        ):
-            _add(h, flag, text, type=kind)
-        for flag, text in (
-            ("--clip-vloss", "clip the value loss"),
-            ("--norm-obs", "normalize observations"),
-            ("--common-reset-seed", "one child seed for every env of a PPO iteration (ours)"),
-            ("--norm-reward", "scale rewards by the return's std"),
-        ):
-            _add(h, flag, text, action=argparse.BooleanOptionalAction)
-    if script in ("baselines", "test"):
-        _add(g, "--results-dir", "where results are written")
+        g.add_argument("--resume", help="continue the run in this folder")
     if script == "test":
-        t = p.add_argument_group("test")
-        _add(t, "--test-id", "run to test: an id under --out-dir, or a run folder")
-        _add(t, "--checkpoint", "which controller of the run: best (best.pt) or last (last.pt, where training ended)")
-        _add(
-            t,
-            "--baselines-only",
-            "test the best step decay and constant LR alone (no controller; settings from --config and flags)",
-            action="store_true",
-        )
-        _add(t, "--out-dir", "folder of run folders")
-        _add(t, "--num-seeds", "seeds per schedule (paper: 10)", type=int)
-        _add(
-            t,
-            "--start-lr",
-            "start the controller from this LR only (and from the tuned step decay's); default: "
-            "from each initial LR it was trained on",
-            type=float,
-        )
-        _add(t, "--run-baselines", "run baselines.py first when its results are missing", action="store_true")
+        g.add_argument("--test-id", help="run to test: an id under --out-dir, or a run folder")
+    g.add_argument("--debug", action="store_true", help="show the full traceback of an error (as ALRS_DEBUG=1)")
     return p
 
 
@@ -239,9 +213,7 @@ def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Names
         config_file = read_config_file(given["config"]) if "config" in given else {}
         if "test_id" in given:
             run = resolve_run(given["test_id"], given.get("out_dir", config_file.get("out_dir", DEFAULTS["out_dir"])))
-            settings.update(
-                {k: v for k, v in read_run_config(run).items() if k in ENV_DEFAULTS and k not in RUNTIME_KEYS}
-            )
+            settings.update({k: v for k, v in read_run_config(run).items() if k in ENV_KEYS and k not in RUNTIME_KEYS})
             settings["run_dir"] = str(run)
         settings.update(config_file)
     except UserError as exc:
@@ -266,47 +238,27 @@ def _check_types(settings: dict[str, Any], path: str | os.PathLike) -> None:
     """A one-line error naming the file and the first setting whose value has the wrong type or is not finite."""
     for key, value in settings.items():
         if not _type_ok(key, value):
-            raise UserError(f"{path}: {key} = {value!r} should be {_TYPE_NAMES.get(key, type(DEFAULTS[key]).__name__)}")
+            raise UserError(f"{path}: {key} = {value!r} should be {_KINDS[str(FIELDS[key].type)][1]}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{path}: {key} = {value!r} should be a finite number")
 
 
-_TYPE_NAMES = {
-    "initial_lr": "a number or 'random'",
-    "hidden_sizes": "a list of integers",
-    "val_size": "an integer or null",
-    "target_kl": "a number or null",
-    "start_lr": "a number or null",
-    "threads": "an integer or null",
-    "workers": "an integer or null",
-    "ray_address": "a string or null",
-    "batched_envs": "true, false or null (automatic)",
-}
-
-
 def _type_ok(key: str, value: Any) -> bool:
-    """Whether a config-file value has the type of its setting (ints pass for floats, bools for nothing else)."""
-    number = (int, float)
-    if key == "initial_lr":
-        return value == "random" or (isinstance(value, number) and not isinstance(value, bool))
-    if key == "hidden_sizes":
-        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    if key in ("val_size", "threads", "workers"):
-        return value is None or (isinstance(value, int) and not isinstance(value, bool))
-    if key == "ray_address":
-        return value is None or isinstance(value, str)
-    if key == "batched_envs":
-        return value is None or isinstance(value, bool)
-    if key in ("target_kl", "start_lr"):
-        return value is None or (isinstance(value, number) and not isinstance(value, bool))
-    default = DEFAULTS[key]
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, number) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, type(default))
+    """Whether a config-file value has its setting's type (ints pass for floats, bools for nothing else)."""
+    kind = str(FIELDS[key].type)
+    if value is None:
+        return kind.endswith("| None")
+    if isinstance(value, bool):
+        return kind.startswith("bool")
+    number = isinstance(value, (int, float))
+    return {
+        "int": isinstance(value, int),
+        "float": number,
+        "str": isinstance(value, str),
+        "float | str": number or value == "random",
+        "tuple[int, ...]": isinstance(value, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+    }.get(kind.removesuffix(" | None"), False)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -336,7 +288,7 @@ def resolve_run(test_id: str, out_dir: str | os.PathLike) -> Path:
 
 def env_config(args: argparse.Namespace) -> EnvConfig:
     """The environment settings in ``args``."""
-    return EnvConfig(**{k: getattr(args, k) for k in ENV_DEFAULTS})
+    return EnvConfig(**{k: getattr(args, k) for k in ENV_KEYS})
 
 
 def parallel_config(args: argparse.Namespace) -> ParallelConfig:
@@ -348,8 +300,12 @@ def parallel_config(args: argparse.Namespace) -> ParallelConfig:
 
 def ppo_config(args: argparse.Namespace, num_steps: int) -> PPOConfig:
     """The PPO settings in ``args``; a rollout is one episode of ``num_steps`` controller steps."""
-    values = {k: getattr(args, k) for k in PPO_DEFAULTS if k != "ppo_lr"}
-    return PPOConfig(learning_rate=args.ppo_lr, num_steps=num_steps, **values)
+    values = {
+        f.name: getattr(args, FLAG_NAMES.get(f.name, f.name))
+        for f in dataclasses.fields(PPOConfig)
+        if f.name not in NOT_SETTINGS
+    }
+    return PPOConfig(num_steps=num_steps, **values)
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
