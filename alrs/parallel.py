@@ -154,7 +154,7 @@ class _ProcessWorker:
             status, value = self.conn.recv()
         except (EOFError, ConnectionError) as exc:
             self.process.join(timeout=1)
-            raise RuntimeError(
+            raise UserError(
                 f"worker process {self.process.pid} died (exit code {self.process.exitcode}); "
                 "out of memory? try fewer --workers"
             ) from exc
