@@ -163,179 +163,150 @@ def train_controller(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(run_dir / LOCK_FILE, f"run folder {run_dir}"):  # a second writer is refused
-        return _train(
-            run_dir,
-            env_config,
-            ppo_config,
-            num_envs,
-            episodes,
-            seed,
-            resume,
-            progress,
-            batched,
-            eval_every,
-            eval_seeds,
-            tensorboard,
-            pool,
+        saved = load_torch(run_dir / LAST_FILE) if resume else None  # a bad checkpoint fails before any work
+        pool = pool or WorkerPool(ParallelConfig(workers=1), 1, env_config)
+        envs = pool.vector_env(env_config, num_envs, batched)
+        fixed_scale = tuple(i for i, name in enumerate(env_config.features) if name in FIXED_SCALE_FEATURES)
+        ppo = PPO(envs, ppo_config, seed=seed, fixed_scale=fixed_scale)
+        state = {
+            "episodes_done": 0,
+            "best_final_val_loss": math.inf,
+            "best_episode": None,
+            "wall_time": 0.0,
+            "best_eval_loss": math.inf,
+            "best_eval_iteration": None,
+            "eval_iteration": None,
+            "eval_loss": math.nan,
+        }
+        metrics_path, eval_path = run_dir / METRICS_FILE, run_dir / EVAL_FILE
+        if saved is not None:
+            _check_last(saved, run_dir / LAST_FILE, env_config, ppo_config, seed, state)
+            ppo.load_state_dict(saved["ppo"])
+            state = {**state, **saved["progress"]}
+            _truncate_csv(metrics_path, METRICS_COLUMNS, state["episodes_done"])
+            if eval_path.exists():
+                _truncate_csv(eval_path, EVAL_COLUMNS, ppo.iteration)
+        else:
+            with open(metrics_path, "w", newline="") as f:
+                csv.writer(f).writerow(METRICS_COLUMNS)
+        if eval_every and not eval_path.exists():
+            with open(eval_path, "w", newline="") as f:
+                csv.writer(f).writerow(EVAL_COLUMNS)
+        # Evaluations run without LR noise, from each training initial LR.
+        eval_config = replace(env_config, lr_noise=0.0, initial_lr_noise=0.0)
+        seeds = [EVAL_SEED_BASE + i for i in range(eval_seeds)]
+
+        writer = _tensorboard_writer(run_dir, purge_step=state["episodes_done"]) if tensorboard else None
+        iterations = math.ceil(episodes / num_envs)
+        bar = tqdm(
+            total=iterations * num_envs,
+            initial=state["episodes_done"],
+            unit="episode",
+            disable=not progress,
+            dynamic_ncols=True,
         )
-
-
-def _train(
-    run_dir: Path,
-    env_config: EnvConfig,
-    ppo_config: PPOConfig,
-    num_envs: int,
-    episodes: int,
-    seed: int,
-    resume: bool,
-    progress: bool,
-    batched: bool | None,
-    eval_every: int,
-    eval_seeds: int,
-    tensorboard: bool,
-    pool: WorkerPool | None,
-) -> dict[str, Any]:
-    """:func:`train_controller`'s work, in a run folder this process holds."""
-    saved = load_torch(run_dir / LAST_FILE) if resume else None  # a bad checkpoint fails before any work
-    pool = pool or WorkerPool(ParallelConfig(workers=1), 1, env_config)
-    envs = pool.vector_env(env_config, num_envs, batched)
-    fixed_scale = tuple(i for i, name in enumerate(env_config.features) if name in FIXED_SCALE_FEATURES)
-    ppo = PPO(envs, ppo_config, seed=seed, fixed_scale=fixed_scale)
-    state = {
-        "episodes_done": 0,
-        "best_final_val_loss": math.inf,
-        "best_episode": None,
-        "wall_time": 0.0,
-        "best_eval_loss": math.inf,
-        "best_eval_iteration": None,
-        "eval_iteration": None,
-        "eval_loss": math.nan,
-    }
-    metrics_path, eval_path = run_dir / METRICS_FILE, run_dir / EVAL_FILE
-    if saved is not None:
-        _check_last(saved, run_dir / LAST_FILE, env_config, ppo_config, seed, state)
-        ppo.load_state_dict(saved["ppo"])
-        state = {**state, **saved["progress"]}
-        _truncate_csv(metrics_path, METRICS_COLUMNS, state["episodes_done"])
-        if eval_path.exists():
-            _truncate_csv(eval_path, EVAL_COLUMNS, ppo.iteration)
-    else:
-        with open(metrics_path, "w", newline="") as f:
-            csv.writer(f).writerow(METRICS_COLUMNS)
-    if eval_every and not eval_path.exists():
-        with open(eval_path, "w", newline="") as f:
-            csv.writer(f).writerow(EVAL_COLUMNS)
-    # Evaluations run without LR noise, from each training initial LR.
-    eval_config = replace(env_config, lr_noise=0.0, initial_lr_noise=0.0)
-    seeds = [EVAL_SEED_BASE + i for i in range(eval_seeds)]
-
-    writer = _tensorboard_writer(run_dir, purge_step=state["episodes_done"]) if tensorboard else None
-    iterations = math.ceil(episodes / num_envs)
-    bar = tqdm(
-        total=iterations * num_envs,
-        initial=state["episodes_done"],
-        unit="episode",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    start = time.perf_counter() - state["wall_time"]
-    name = f"{env_config.dataset} / {env_config.architecture}"
-    try:
-        while ppo.iteration < iterations:
-            step = ppo.train_iteration(iteration_seed(seed, ppo.iteration))
-            finished, stats, snapshot = step.episodes, step.stats, step.acting_controller
-            state["wall_time"] = time.perf_counter() - start
-            rows = []
-            for episode in finished:
-                last = episode.infos[-1]
-                state["episodes_done"] += 1
-                rows.append(
-                    {
-                        "episode": state["episodes_done"],
-                        "iteration": ppo.iteration,
-                        "env": episode.env_index,
-                        "return": episode.episode_return,
-                        "final_val_loss": last["val_loss"],
-                        "best_val_loss": last["best_val_loss"],
-                        "final_lr": last["lr"],
-                        "wall_time": round(state["wall_time"], 2),
-                        **stats,
-                    }
-                )
-                if not eval_every and last["val_loss"] < state["best_final_val_loss"]:
-                    state["best_final_val_loss"], state["best_episode"] = last["val_loss"], state["episodes_done"]
-                    snapshot["metadata"] = controller_metadata(
+        start = time.perf_counter() - state["wall_time"]
+        name = f"{env_config.dataset} / {env_config.architecture}"
+        try:
+            while ppo.iteration < iterations:
+                step = ppo.train_iteration(iteration_seed(seed, ppo.iteration))
+                finished, stats, snapshot = step.episodes, step.stats, step.acting_controller
+                state["wall_time"] = time.perf_counter() - start
+                rows = []
+                for episode in finished:
+                    last = episode.infos[-1]
+                    state["episodes_done"] += 1
+                    rows.append(
+                        {
+                            "episode": state["episodes_done"],
+                            "iteration": ppo.iteration,
+                            "env": episode.env_index,
+                            "return": episode.episode_return,
+                            "final_val_loss": last["val_loss"],
+                            "best_val_loss": last["best_val_loss"],
+                            "final_lr": last["lr"],
+                            "wall_time": round(state["wall_time"], 2),
+                            **stats,
+                        }
+                    )
+                    if not eval_every and last["val_loss"] < state["best_final_val_loss"]:
+                        state["best_final_val_loss"], state["best_episode"] = last["val_loss"], state["episodes_done"]
+                        snapshot["metadata"] = controller_metadata(
+                            env_config,
+                            ppo_config,
+                            episode=state["episodes_done"],
+                            final_val_loss=last["val_loss"],
+                            seed=seed,
+                        )
+                        save_torch(snapshot, run_dir / BEST_FILE)
+                with open(metrics_path, "a", newline="") as f:
+                    csv.DictWriter(f, METRICS_COLUMNS).writerows(rows)
+                if eval_every and (ppo.iteration % eval_every == 0 or ppo.iteration == iterations):
+                    _evaluate_and_select(
+                        ppo.controller,
+                        pool,
+                        eval_config,
+                        seeds,
+                        state,
+                        ppo.iteration,
+                        run_dir,
                         env_config,
                         ppo_config,
-                        episode=state["episodes_done"],
-                        final_val_loss=last["val_loss"],
-                        seed=seed,
+                        seed,
+                        time.perf_counter() - start,
                     )
-                    save_torch(snapshot, run_dir / BEST_FILE)
-            with open(metrics_path, "a", newline="") as f:
-                csv.DictWriter(f, METRICS_COLUMNS).writerows(rows)
-            if eval_every and (ppo.iteration % eval_every == 0 or ppo.iteration == iterations):
-                _evaluate_and_select(
-                    ppo.controller,
-                    pool,
-                    eval_config,
-                    seeds,
-                    state,
-                    ppo.iteration,
-                    run_dir,
-                    env_config,
-                    ppo_config,
-                    seed,
-                    time.perf_counter() - start,
+                if writer is not None:
+                    _write_events(
+                        writer,
+                        rows,
+                        stats,
+                        state,
+                        evaluated=bool(eval_every) and state["eval_iteration"] == ppo.iteration,
+                    )
+                save_torch(
+                    {
+                        "ppo": ppo.state_dict(),
+                        "progress": dict(state),
+                        "controller": ppo.controller.checkpoint(controller_metadata(env_config, ppo_config, seed=seed)),
+                    },
+                    run_dir / LAST_FILE,
                 )
+                if finished:
+                    plot_episode(
+                        episode_curves(finished[0].infos),
+                        run_dir / EPISODE_PLOT,
+                        title=f"{name}, episode {state['episodes_done'] - len(finished) + 1}",
+                    )
+                    evaluations = _csv_columns(eval_path, "episodes", "mean_best_val_loss") if eval_every else None
+                    plot_training(
+                        *_csv_columns(metrics_path, "final_val_loss", "final_lr"),
+                        run_dir / TRAINING_PLOT,
+                        title=name,
+                        evaluations=evaluations,
+                    )
+                    bar.set_postfix(
+                        ret=f"{np.mean([e.episode_return for e in finished]):.2f}",
+                        val_loss=f"{np.mean([e.infos[-1]['val_loss'] for e in finished]):.4f}",
+                        **({"eval": f"{state['best_eval_loss']:.4f}"} if eval_every else {}),
+                        refresh=False,
+                    )
+                bar.update(len(rows))
+        finally:
+            bar.close()
+            envs.close()
             if writer is not None:
-                _write_events(
-                    writer, rows, stats, state, evaluated=bool(eval_every) and state["eval_iteration"] == ppo.iteration
-                )
-            save_torch(
-                {
-                    "ppo": ppo.state_dict(),
-                    "progress": dict(state),
-                    "controller": ppo.controller.checkpoint(controller_metadata(env_config, ppo_config, seed=seed)),
-                },
-                run_dir / LAST_FILE,
-            )
-            if finished:
-                plot_episode(
-                    episode_curves(finished[0].infos),
-                    run_dir / EPISODE_PLOT,
-                    title=f"{name}, episode {state['episodes_done'] - len(finished) + 1}",
-                )
-                evaluations = _csv_columns(eval_path, "episodes", "mean_best_val_loss") if eval_every else None
-                plot_training(
-                    *_csv_columns(metrics_path, "final_val_loss", "final_lr"),
-                    run_dir / TRAINING_PLOT,
-                    title=name,
-                    evaluations=evaluations,
-                )
-                bar.set_postfix(
-                    ret=f"{np.mean([e.episode_return for e in finished]):.2f}",
-                    val_loss=f"{np.mean([e.infos[-1]['val_loss'] for e in finished]):.4f}",
-                    **({"eval": f"{state['best_eval_loss']:.4f}"} if eval_every else {}),
-                    refresh=False,
-                )
-            bar.update(len(rows))
-    finally:
-        bar.close()
-        envs.close()
-        if writer is not None:
-            writer.close()
-    best = (
-        {"best_eval_loss": state["best_eval_loss"], "best_eval_iteration": state["best_eval_iteration"]}
-        if eval_every
-        else {"best_final_val_loss": state["best_final_val_loss"], "best_episode": state["best_episode"]}
-    )
-    return {
-        "episodes": state["episodes_done"],
-        **best,
-        "last": str(run_dir / LAST_FILE),
-        "best": str(run_dir / BEST_FILE),
-    }
+                writer.close()
+        best = (
+            {"best_eval_loss": state["best_eval_loss"], "best_eval_iteration": state["best_eval_iteration"]}
+            if eval_every
+            else {"best_final_val_loss": state["best_final_val_loss"], "best_episode": state["best_episode"]}
+        )
+        return {
+            "episodes": state["episodes_done"],
+            **best,
+            "last": str(run_dir / LAST_FILE),
+            "best": str(run_dir / BEST_FILE),
+        }
 
 
 def require_tensorboard() -> type:
