@@ -35,7 +35,7 @@ from gymnasium.vector.utils import batch_space
 
 from alrs.env import EnvConfig, LREnv, resolve_device
 from alrs.errors import UserError
-from alrs.vector_env import make_lr_envs
+from alrs.vector_env import make_lr_envs, vector_seeds
 
 BACKENDS: tuple[str, ...] = ("local", "ray")
 """``local``: this process (1 worker) or local processes; ``ray``: Ray actors, local or on a cluster."""
@@ -405,12 +405,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         """Reset every child; ``seed`` as in Gymnasium's vector envs (an int seeds envs seed, seed+1, ...)."""
         if options and "reset_mask" in options:
             raise UserError("WorkerVectorEnv resets every child at once; it has no reset_mask")
-        if seed is None or isinstance(seed, int):
-            seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
-        elif len(seed) == self.num_envs:
-            seeds = list(seed)
-        else:
-            raise UserError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
+        seeds = vector_seeds(seed, self.num_envs)
         for worker, part in zip(self.workers, self._slices, strict=True):
             worker.submit("reset", seeds[part], options)
         results = [r for worker in self.workers for r in worker.result()]

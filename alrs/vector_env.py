@@ -11,6 +11,7 @@ one for each child.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -97,12 +98,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
         """Reset every child; ``seed`` as in Gymnasium's vector envs (an int seeds envs seed, seed+1, ...)."""
         if options and "reset_mask" in options:
             raise UserError("BatchedLREnv resets every child at once; it has no reset_mask")
-        if seed is None or isinstance(seed, int):
-            seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
-        elif len(seed) == self.num_envs:
-            seeds = list(seed)
-        else:
-            raise UserError(f"need one seed per env ({self.num_envs}), got {len(seed)}")
+        seeds = vector_seeds(seed, self.num_envs)
         child_seeds = [self._begin(i, s, options) for i, s in enumerate(seeds)]
         everyone = list(range(self.num_envs))
         self._init_children(everyone, child_seeds)
@@ -235,6 +231,16 @@ def _to_host(features: torch.Tensor, val_acc: torch.Tensor) -> tuple[torch.Tenso
     return both[:, :-1], both[:, -1]
 
 
+def vector_seeds(seed: int | Sequence[int | None] | None, num_envs: int) -> list[int | None]:
+    """Per-env seeds as Gymnasium's vector envs take them: None, an int (envs get seed, seed + 1, ...),
+    or one seed per env."""
+    if seed is None or isinstance(seed, int):
+        return [None if seed is None else seed + i for i in range(num_envs)]
+    if len(seed) != num_envs:
+        raise UserError(f"need one seed per env ({num_envs}), got {len(seed)}")
+    return list(seed)
+
+
 def make_lr_envs(config: EnvConfig, num_envs: int, batched: bool | None = None) -> gym.vector.VectorEnv:
     """The vector env PPO trains on.
 
@@ -251,4 +257,4 @@ def make_lr_envs(config: EnvConfig, num_envs: int, batched: bool | None = None) 
     return make_vector_env([lambda: LREnv(config)] * num_envs)
 
 
-__all__ = ["BATCHABLE_ARCHITECTURES", "BatchedLREnv", "check_batchable", "make_lr_envs"]
+__all__ = ["BATCHABLE_ARCHITECTURES", "BatchedLREnv", "check_batchable", "make_lr_envs", "vector_seeds"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli import ROOT, small_flags
 
 from alrs.env import EnvConfig, LREnv
 from alrs.evaluation import ResultStore, run_jobs
@@ -20,8 +21,6 @@ from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.ppo import PPOConfig
 from alrs.schedules import Constant, Cosine, StepDecay
 from alrs.training import train_controller
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -196,21 +195,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the worker processes through /proc")
 def test_ctrl_c_on_parallel_training_leaves_no_workers_and_resumes_without_loss(data_dir: Path, tmp_path: Path) -> None:
     flags = [
-        "--data-dir",
-        str(data_dir),
-        "--architecture",
-        "mlp",
-        "--batch-size",
-        "50",
-        "--update-freq",
-        "5",
-        "--num-train-steps",
-        "20",
-        "--val-size",
-        "500",
-        "--device",
-        "cpu",
-        "--no-progress",
+        *small_flags(data_dir),
         "--num-envs",
         "2",
         "--workers",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli import ROOT, run_script, small_flags
 
 from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
@@ -24,35 +25,9 @@ from alrs.io import FolderLock, load_torch, save_json
 from alrs.ppo import PPOConfig
 from alrs.training import train_controller
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _small(data_dir: Path) -> list[str]:
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--architecture",
-        "mlp",
-        "--batch-size",
-        "50",
-        "--update-freq",
-        "5",
-        "--num-train-steps",
-        "20",
-        "--val-size",
-        "500",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--workers",
-        "1",
-    ]
-
-
-def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
-    )
+    return [*small_flags(data_dir), "--workers", "1"]
 
 
 def _one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -63,8 +38,8 @@ def _one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
     assert "error:" in last and all(w in last for w in words), last
 
 
-def _train_run(data_dir: Path, out: Path, *flags: str) -> Path:
-    result = _run(
+def _trainrun_script(data_dir: Path, out: Path, *flags: str) -> Path:
+    result = run_script(
         "train.py",
         *_small(data_dir),
         "--num-envs",
@@ -104,26 +79,26 @@ def test_a_bad_config_file_is_refused_naming_the_file_and_the_setting(
         config.mkdir()
     else:
         config.write_text(content)
-    result = _run("train.py", *_small(data_dir), "--config", str(config), "--out-dir", str(tmp_path / "runs"))
+    result = run_script("train.py", *_small(data_dir), "--config", str(config), "--out-dir", str(tmp_path / "runs"))
     _one_line_error(result, str(config), *words)
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_run_config_with_a_wrongly_typed_setting_is_refused_on_resume(tmp_path: Path, data_dir: Path) -> None:
-    run = _train_run(data_dir, tmp_path / "runs")
+    run = _trainrun_script(data_dir, tmp_path / "runs")
     config = json.loads((run / "config.json").read_text())
     config["settings"]["num_envs"] = "1"
     (run / "config.json").write_text(json.dumps(config))
-    _one_line_error(_run("train.py", "--resume", str(run), "--episodes", "6"), "config.json", "num_envs")
+    _one_line_error(run_script("train.py", "--resume", str(run), "--episodes", "6"), "config.json", "num_envs")
 
 
 def test_last_pt_of_another_run_is_refused_and_best_pt_survives(tmp_path: Path, data_dir: Path) -> None:
-    mlp = _train_run(data_dir, tmp_path / "a")
-    other = _train_run(data_dir, tmp_path / "b", "--action-range", "1.2")
+    mlp = _trainrun_script(data_dir, tmp_path / "a")
+    other = _trainrun_script(data_dir, tmp_path / "b", "--action-range", "1.2")
     best = (mlp / "best.pt").read_bytes()
     (mlp / "last.pt").write_bytes((other / "last.pt").read_bytes())
     _one_line_error(
-        _run("train.py", "--resume", str(mlp), "--episodes", "8"), "last.pt", "other settings", "env.action_range"
+        run_script("train.py", "--resume", str(mlp), "--episodes", "8"), "last.pt", "other settings", "env.action_range"
     )
     assert (mlp / "best.pt").read_bytes() == best
 
@@ -139,10 +114,10 @@ def test_last_pt_of_another_run_is_refused_and_best_pt_survives(tmp_path: Path, 
 def test_a_damaged_metrics_csv_is_refused_on_resume_and_left_as_it_is(
     tmp_path: Path, data_dir: Path, damage, words: list[str]
 ) -> None:
-    run = _train_run(data_dir, tmp_path / "runs")
+    run = _trainrun_script(data_dir, tmp_path / "runs")
     damage(run / "metrics.csv")
     before = (run / "metrics.csv").read_bytes() if (run / "metrics.csv").exists() else None
-    _one_line_error(_run("train.py", "--resume", str(run), "--episodes", "6"), *words)
+    _one_line_error(run_script("train.py", "--resume", str(run), "--episodes", "6"), *words)
     after = (run / "metrics.csv").read_bytes() if (run / "metrics.csv").exists() else None
     assert after == before
 
@@ -196,13 +171,13 @@ def test_bad_numbers_and_paths_are_refused_before_any_run_folder(
     tmp_path: Path, data_dir: Path, flags: list[str], words: list[str]
 ) -> None:
     out = ["--out-dir", str(tmp_path / "runs")] if "--out-dir" not in flags else []
-    _one_line_error(_run("train.py", *_small(data_dir), *out, *flags), *words)
+    _one_line_error(run_script("train.py", *_small(data_dir), *out, *flags), *words)
     assert not (tmp_path / "runs").exists()
 
 
 def test_an_out_dir_that_is_a_file_is_a_one_line_error(tmp_path: Path, data_dir: Path) -> None:
     (tmp_path / "file").write_text("x")
-    _one_line_error(_run("train.py", *_small(data_dir), "--out-dir", str(tmp_path / "file")), "is a file")
+    _one_line_error(run_script("train.py", *_small(data_dir), "--out-dir", str(tmp_path / "file")), "is a file")
 
 
 @pytest.mark.parametrize("lr", [math.inf, math.nan, -1.0, 0.0])
@@ -221,7 +196,7 @@ def test_env_refuses_a_nan_continuous_action(small_env_options: dict) -> None:
 
 def test_test_py_refuses_a_nan_start_lr(tmp_path: Path) -> None:
     _one_line_error(
-        _run("test.py", "--baselines-only", "--start-lr", "nan", "--results-dir", str(tmp_path)), "--start-lr"
+        run_script("test.py", "--baselines-only", "--start-lr", "nan", "--results-dir", str(tmp_path)), "--start-lr"
     )
 
 
@@ -250,7 +225,7 @@ def test_ctrl_c_in_baselines_exits_130_without_traceback_and_the_rerun_loses_not
     assert proc.returncode == 130 and "Traceback" not in stderr and "Rerun the same command" in stderr
     kept = json.loads(path.read_text())["results"]
     assert 3 <= len(kept) < 64
-    result = _run("baselines.py", *_small(data_dir), "--results-dir", str(tmp_path))
+    result = run_script("baselines.py", *_small(data_dir), "--results-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     final = json.loads(path.read_text())["results"]
     assert len(final) == 64 and all(final[k] == v for k, v in kept.items())
@@ -289,7 +264,7 @@ def test_resuming_a_run_without_last_pt_says_there_is_nothing_to_resume(tmp_path
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"settings": {"architecture": "mlp"}}))
-    _one_line_error(_run("train.py", "--resume", str(run)), "nothing to resume")
+    _one_line_error(run_script("train.py", "--resume", str(run)), "nothing to resume")
 
 
 # ---------------------------------------------------------------------------------------------- one writer
@@ -305,7 +280,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(small_env_
 
 
 def test_two_resumes_of_one_run_at_once_never_duplicate_an_episode(tmp_path: Path, data_dir: Path) -> None:
-    run = _train_run(data_dir, tmp_path / "runs")
+    run = _trainrun_script(data_dir, tmp_path / "runs")
     cmd = [sys.executable, str(ROOT / "train.py"), "--resume", str(run), "--episodes", "80", "--no-progress"]
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
@@ -329,8 +304,8 @@ def test_a_stray_tmp_file_from_a_killed_write_is_cleared_by_the_next_write(tmp_p
 
 def test_checkpoint_of_a_run_is_loadable_after_resume(tmp_path: Path, data_dir: Path) -> None:
     """The checks on resume accept the run's own last.pt (the normal case)."""
-    run = _train_run(data_dir, tmp_path / "runs")
-    result = _run("train.py", "--resume", str(run), "--episodes", "6")
+    run = _trainrun_script(data_dir, tmp_path / "runs")
+    result = run_script("train.py", "--resume", str(run), "--episodes", "6")
     assert result.returncode == 0, result.stderr
     assert load_torch(run / "last.pt")["progress"]["episodes_done"] == 6
     assert torch.load(run / "best.pt", weights_only=True)["format"]

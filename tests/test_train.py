@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli import run_script, small_flags
 
 from alrs import training
 from alrs.env import EnvConfig, LREnv
@@ -15,34 +15,6 @@ from alrs.io import load_torch
 from alrs.ppo import PPO, PPOConfig, make_vector_env
 from alrs.training import train_controller
 from utils import parse_args
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _small_flags(data_dir: Path) -> list[str]:
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--architecture",
-        "mlp",
-        "--batch-size",
-        "50",
-        "--update-freq",
-        "5",
-        "--num-train-steps",
-        "20",
-        "--val-size",
-        "500",
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-
-
-def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
 
 
 def test_config_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None:
@@ -87,7 +59,9 @@ def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> None:
-    result = _run("train.py", *_small_flags(data_dir), "--num-envs", "2", "--episodes", "2", "--out-dir", str(tmp_path))
+    result = run_script(
+        "train.py", *small_flags(data_dir), "--num-envs", "2", "--episodes", "2", "--out-dir", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     (run,) = tmp_path.iterdir()
     assert {p.name for p in run.iterdir()} == {
@@ -218,21 +192,23 @@ def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluatio
 
 
 def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
-    result = _run("train.py", "--resume", str(tmp_path / "nope"))
+    result = run_script("train.py", "--resume", str(tmp_path / "nope"))
     assert result.returncode == 2 and "no such run folder" in result.stderr
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"settings": {"architecture": "mlp"}}))
     (run / "last.pt").write_bytes(b"\x00" * 10)
-    result = _run("train.py", "--resume", str(run), "--device", "cpu", "--data-dir", str(tmp_path), "--no-progress")
+    result = run_script(
+        "train.py", "--resume", str(run), "--device", "cpu", "--data-dir", str(tmp_path), "--no-progress"
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "last.pt: not a readable checkpoint" in result.stderr.strip().splitlines()[-1]
 
 
 def test_unbatchable_child_fails_before_making_a_run_folder(data_dir: Path, tmp_path: Path) -> None:
-    result = _run(
+    result = run_script(
         "train.py",
-        *_small_flags(data_dir),
+        *small_flags(data_dir),
         "--architecture",
         "resnet",
         "--batched-envs",
