@@ -6,21 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
-from test_train import _run, _small_flags
+from cli import run_script, small_flags
 
 
 @pytest.fixture(scope="module")
 def trained_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    result = _run("train.py", *_small_flags(data_dir), "--num-envs", "2", "--episodes", "4", "--out-dir", str(out))
+    result = run_script("train.py", *small_flags(data_dir), "--num-envs", "2", "--episodes", "4", "--out-dir", str(out))
     assert result.returncode == 0, result.stderr
     (run,) = out.iterdir()
     return run
 
 
 def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    flags = [*_small_flags(data_dir), "--results-dir", str(tmp_path)]
-    result = _run("baselines.py", *flags)
+    flags = [*small_flags(data_dir), "--results-dir", str(tmp_path)]
+    result = run_script("baselines.py", *flags)
     assert result.returncode == 0, result.stderr
     grid = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
     data = json.loads(grid.read_text())
@@ -31,7 +31,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     )
     assert grid.with_suffix(".png").exists()
 
-    result = _run(
+    result = run_script(
         "test.py",
         "--test-id",
         str(trained_run),
@@ -72,7 +72,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     )
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    last = _run(
+    last = run_script(
         "test.py",
         "--test-id",
         str(trained_run),
@@ -93,12 +93,12 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
         "controller"
     ].endswith("last.pt")
 
-    alone = _run("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
+    alone = run_script("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
     assert alone.returncode == 0, alone.stderr
     table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
     assert table.count("\n| ") == 5 and "learned" not in table and "Welch" not in table
 
-    transfer = _run(
+    transfer = run_script(
         "test.py",
         "--test-id",
         str(trained_run),
@@ -121,12 +121,12 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
 
 def test_test_needs_a_run_or_baselines_only(trained_run: Path) -> None:
     for args in ([], ["--test-id", str(trained_run), "--baselines-only"]):
-        result = _run("test.py", *args)
+        result = run_script("test.py", *args)
         assert result.returncode != 0 and "give either --test-id <run> or --baselines-only" in result.stderr
 
 
 def test_unknown_test_id_lists_the_runs(trained_run: Path) -> None:
-    result = _run("test.py", "--test-id", "nope", "--out-dir", str(trained_run.parent))
+    result = run_script("test.py", "--test-id", "nope", "--out-dir", str(trained_run.parent))
     assert result.returncode == 2 and trained_run.name in result.stderr and "Traceback" not in result.stderr
 
 
@@ -140,7 +140,7 @@ def test_test_id_is_found_under_the_config_files_out_dir(trained_run: Path, tmp_
 
 
 def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    result = _run(
+    result = run_script(
         "test.py",
         "--test-id",
         str(trained_run),
@@ -159,7 +159,7 @@ def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, t
 
 
 def test_controller_of_another_action_mode_is_refused(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    result = _run(
+    result = run_script(
         "test.py",
         "--test-id",
         str(trained_run),
