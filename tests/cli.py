@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,3 +24,23 @@ def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.Comple
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
     )
+
+
+def start_script(script: str, *args: str) -> subprocess.Popen:
+    """``python <script> <args>`` started in the background, with Ctrl-C (SIGINT) as a terminal delivers it.
+
+    A shell starts background jobs with SIGINT ignored, and a child inherits that; the script is
+    given the default action back, so a test's SIGINT interrupts it however the tests were started.
+    """
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+
+
+def _default_sigint(*_: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

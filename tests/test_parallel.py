@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import ROOT, small_flags
+from cli import ROOT, small_flags, start_script
 
 from alrs.env import EnvConfig, LREnv
 from alrs.evaluation import ResultStore, run_jobs
@@ -205,13 +205,7 @@ def test_ctrl_c_on_parallel_training_leaves_no_workers_and_resumes_without_loss(
         "--out-dir",
         str(tmp_path),
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *flags, "--episodes", "400"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script("train.py", *flags, "--episodes", "400")
     deadline = time.time() + 120
     metrics: list[Path] = []
     while time.time() < deadline and not (metrics and len(metrics[0].read_text().splitlines()) > 3):

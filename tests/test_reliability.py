@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import ROOT, run_script, small_flags
+from cli import ROOT, run_script, small_flags, start_script
 
 from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
@@ -214,13 +214,7 @@ def test_ctrl_c_in_baselines_exits_130_without_traceback_and_the_rerun_loses_not
     tmp_path: Path, data_dir: Path
 ) -> None:
     path = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "baselines.py"), *_small(data_dir), "--results-dir", str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script("baselines.py", *_small(data_dir), "--results-dir", str(tmp_path))
     stderr = _interrupt_when(proc, lambda: path.exists() and len(json.loads(path.read_text())["results"]) >= 3)
     assert proc.returncode == 130 and "Traceback" not in stderr and "Rerun the same command" in stderr
     kept = json.loads(path.read_text())["results"]
@@ -247,13 +241,7 @@ def test_ctrl_c_in_the_first_iteration_leaves_no_run_folder_and_no_resume_advice
         "--out-dir",
         str(out),
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *flags],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_script("train.py", *flags)
     stderr = _interrupt_when(proc, lambda: any(out.glob("*/config.json")))
     assert proc.returncode == 130 and "Traceback" not in stderr
     assert "--resume" not in stderr and "nothing to resume" in stderr
