@@ -19,9 +19,8 @@ from utils import env_config, parallel_config, parse_args, run_script, set_threa
 def main() -> int:
     args = parse_args("baselines")
     set_threads(args.threads)
-    config = dataclasses.replace(
-        env_config(args), lr_noise=0.0, initial_lr_noise=0.0
-    )  # hand-made schedules: no LR noise
+    # Hand-made schedules run without LR noise.
+    config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)
     path = baseline_file(args.results_dir, config)
     print(f"grid search on {config.dataset}/{config.architecture}; results in {path}")
     env = LREnv(config)
