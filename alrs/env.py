@@ -187,14 +187,8 @@ class EpisodeTracker:
     def __init__(self, config: EnvConfig):
         self.config = config
         self.np_random: np.random.Generator | None = None
-        self.lr = math.nan
-        self.adam_steps = 0
-        self.diverged = False
-        self.best_val_loss = math.inf
-        self.best_step = 0
-        self.val_loss = math.inf
-        self.improved = False  # whether the last step reached a new best validation loss
         self._last_obs: np.ndarray | None = None
+        self._start_episode(math.nan)
 
     def begin(self, np_random: np.random.Generator, options: dict[str, Any] | None) -> int:
         """Start an episode: draw its randomness from ``np_random`` (kept for the LR noise) and its
@@ -214,14 +208,18 @@ class EpisodeTracker:
             lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
             if cfg.initial_lr_noise:
                 lr = float(np.clip(lr * math.exp(cfg.initial_lr_noise * lr_noise), cfg.lr_min, cfg.lr_max))
+        self._start_episode(lr)
+        return child_seed
+
+    def _start_episode(self, lr: float) -> None:
+        """The state of an episode before its first Adam step, starting at ``lr``."""
         self.lr = lr
         self.adam_steps = 0
         self.diverged = False
         self.best_val_loss = math.inf
         self.best_step = 0
         self.val_loss = math.inf
-        self.improved = False
-        return child_seed
+        self.improved = False  # whether the last step reached a new best validation loss
 
     def first_observation(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
         """Observation and info of the untrained child."""

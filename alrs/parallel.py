@@ -315,10 +315,6 @@ class WorkerPool:
     def in_process(self) -> bool:
         return self._host is not None
 
-    def env(self, config: EnvConfig) -> LREnv:
-        """An env of ``config`` in this process (for checks; the in-process backend also runs on it)."""
-        return (self._host or _Host()).env(config)
-
     def vector_env(self, config: EnvConfig, num_envs: int, batched: bool | None = None) -> gym.vector.VectorEnv:
         """PPO's ``num_envs`` children: in this process (sequential or batched), else split over the workers."""
         if self.in_process:
@@ -338,7 +334,7 @@ class WorkerPool:
         ``fn`` must be a module-level function (it is sent to the workers by name).
         """
         if self.in_process:
-            env = self.env(config)
+            env = self._host.env(config)
             for i, job in enumerate(jobs):
                 yield i, fn(env, *job)
             return

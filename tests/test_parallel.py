@@ -33,20 +33,6 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def _config(data_dir: Path) -> EnvConfig:
-    return EnvConfig(
-        dataset="fa-mnist",
-        architecture="mlp",
-        batch_size=50,
-        update_freq=5,
-        num_train_steps=20,
-        val_size=500,
-        data_dir=str(data_dir),
-        device="cpu",
-        initial_lr="random",
-    )
-
-
 def _train(run: Path, config: EnvConfig, parallel: ParallelConfig) -> tuple[list[list[str]], list[list[str]], dict]:
     """A 3-iteration run of 4 children with an evaluation each iteration: metrics and eval rows
     (without wall times) and the final controller weights."""
@@ -69,13 +55,15 @@ def _train(run: Path, config: EnvConfig, parallel: ParallelConfig) -> tuple[list
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
-def test_parallel_training_equals_the_sequential_run(data_dir: Path, tmp_path: Path, backend: str, request) -> None:
+def test_parallel_training_equals_the_sequential_run(
+    small_env_options: dict, tmp_path: Path, backend: str, request
+) -> None:
     """Same seeds, one torch thread per child: every metric, evaluation and weight to the last digit."""
     if backend == "ray":
         request.getfixturevalue("local_ray")
     torch.set_num_threads(1)
     try:
-        config = _config(data_dir)
+        config = EnvConfig(**small_env_options, initial_lr="random")
         sequential = _train(tmp_path / "sequential", config, ParallelConfig(workers=1, threads=1))
         parallel = _train(tmp_path / backend, config, ParallelConfig(workers=2, backend=backend, threads=1))
     finally:
@@ -93,7 +81,7 @@ def _jobs() -> list[tuple[str, object, int]]:
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_parallel_jobs_equal_sequential_and_an_interrupted_store_resumes(
-    data_dir: Path, tmp_path: Path, backend: str, request
+    small_env_options: dict, tmp_path: Path, backend: str, request
 ) -> None:
     """Test seeds on two workers store the sequential results; interrupted after 3 of 10, the rerun
     runs exactly the 7 missing jobs and ends with the same store."""
@@ -101,7 +89,7 @@ def test_parallel_jobs_equal_sequential_and_an_interrupted_store_resumes(
         request.getfixturevalue("local_ray")
     torch.set_num_threads(1)
     try:
-        config = _config(data_dir)
+        config = EnvConfig(**small_env_options, initial_lr="random")
         env = LREnv(config)
         expected = run_jobs(env, _jobs(), ResultStore(tmp_path / "sequential.json", {}), progress=False)
         with WorkerPool(ParallelConfig(workers=2, backend=backend, threads=1), 2, config) as pool:
