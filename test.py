@@ -20,6 +20,7 @@ from alrs.evaluation import (
     ResultStore,
     baseline_file,
     baseline_grid_search,
+    check_test_seeds,
     evaluation_settings,
     format_table,
     grid_schedules,
@@ -34,8 +35,8 @@ from alrs.evaluation import (
 from alrs.io import FolderLock
 from alrs.parallel import make_pool
 from alrs.plotting import plot_comparison
-from alrs.training import training_initial_lrs
-from utils import env_config, parallel_config, parse_args, run_script, set_threads
+from alrs.training import evaluation_seeds, training_initial_lrs
+from utils import env_config, parallel_config, parse_args, read_run_config, run_script, set_threads
 
 
 def main() -> int:
@@ -80,6 +81,10 @@ def main() -> int:
     out_name = run_name or "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = seeds_for_test(args.seed, args.num_seeds)
+    # best.pt was chosen on the run's evaluation seeds (when it ran evaluations), the grid on its seed.
+    run = read_run_config(args.run_dir) if learned and args.checkpoint == "best" else {}
+    chosen_on = evaluation_seeds(run.get("eval_seeds", 0)) if run.get("eval_every") else []
+    check_test_seeds(seeds, grid["settings"]["seed"], chosen_on)
     with FolderLock(out / ".lock", f"result folder {out}"):  # one writer at a time
         store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})
         try:

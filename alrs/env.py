@@ -47,15 +47,17 @@ class BatchSampler:
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, device: torch.device):
         self.num_examples, self.batch_size, self.device = num_examples, batch_size, device
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        # A CPU generator: CUDA's draws another order from the same seed, and a seed must mean the same
+        # batches on every device, so that results stored on one pair with results stored on another.
+        self.generator = torch.Generator().manual_seed(seed)
         self.order = torch.empty(0, dtype=torch.long, device=device)
         self.cursor = 0
 
     def next(self) -> torch.Tensor:
         """The next minibatch's indices, shape (batch_size,)."""
         if self.cursor + self.batch_size > len(self.order):
-            # Drawn on the device: no host round trip between Adam steps on a GPU.
-            self.order = torch.randperm(self.num_examples, generator=self.generator, device=self.device)
+            # Once an epoch: a permutation drawn on the host and copied over.
+            self.order = torch.randperm(self.num_examples, generator=self.generator).to(self.device)
             self.cursor = 0
         idx = self.order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size

@@ -474,6 +474,19 @@ def seeds_for_test(seed: int, num_seeds: int) -> list[int]:
     return [seed + TEST_SEED_OFFSET + i for i in range(num_seeds)]
 
 
+def check_test_seeds(seeds: Sequence[int], grid_seed: int, selection_seeds: Sequence[int] = ()) -> None:
+    """Refuse a test on a seed that something under test was chosen on: the baseline grid's seed, or
+    the seeds of the evaluations that chose the controller's checkpoint (``selection_seeds``)."""
+    chosen_on = {int(s): "a seed the controller's best.pt was chosen on" for s in selection_seeds}
+    chosen_on[int(grid_seed)] = "the seed the baseline grid was chosen on"
+    clash = sorted(set(seeds) & chosen_on.keys())
+    if clash:
+        raise UserError(
+            f"test seed {clash[0]} is {chosen_on[clash[0]]}; pick another --seed "
+            f"(the test runs on seed + {TEST_SEED_OFFSET} + i)"
+        )
+
+
 def load_learned(run_dir: str | Path, checkpoint: str, env: LREnv) -> tuple[Learned, bool, Path, str]:
     """The controller of a run as a schedule, checked against ``env``.
 
@@ -502,7 +515,11 @@ def load_grid(path: Path, config: EnvConfig) -> dict[str, Any]:
     grid = load_json(path)
     expected = evaluation_settings(config, BASELINE_KEYS)
     settings = grid.get("settings") if isinstance(grid, dict) else None
-    if not isinstance(settings, dict) or not isinstance(grid.get("results"), dict):
+    if (
+        not isinstance(settings, dict)
+        or not isinstance(settings.get("seed"), int)
+        or not isinstance(grid.get("results"), dict)
+    ):
         raise UserError(f"{path}: not a grid file of baselines.py; delete it and rerun baselines.py")
     if {k: settings.get(k) for k in BASELINE_KEYS} != expected or "best_step_decay" not in grid:
         raise UserError(

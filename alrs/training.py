@@ -64,8 +64,14 @@ METRICS_COLUMNS = (
 EVAL_COLUMNS = ("iteration", "episodes", "mean_best_val_loss", "per_initial_lr", "wall_time")
 
 EVAL_SEED_BASE = 2000
-"""Held-out evaluation seeds are 2000, 2001, ...: apart from test.py's seeds (1000 + i) and the
-grid's (0), and from the training resets (hashes of the run seed and iteration)."""
+"""Held-out evaluation seeds are 2000, 2001, ...: apart from the training resets (hashes of the run
+seed and iteration), and from test.py's seeds (seed + 1000 + i) and the grid's (seed), which test.py
+checks (:func:`alrs.evaluation.check_test_seeds`)."""
+
+
+def evaluation_seeds(count: int) -> list[int]:
+    """The held-out seeds of the deterministic evaluations that choose best.pt."""
+    return [EVAL_SEED_BASE + i for i in range(count)]
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -194,7 +200,7 @@ def train_controller(
                 csv.writer(f).writerow(EVAL_COLUMNS)
         # Evaluations run without LR noise, from each training initial LR.
         eval_config = replace(env_config, lr_noise=0.0, initial_lr_noise=0.0)
-        seeds = [EVAL_SEED_BASE + i for i in range(eval_seeds)]
+        seeds = evaluation_seeds(eval_seeds)
 
         writer = _tensorboard_writer(run_dir, purge_step=state["episodes_done"]) if tensorboard else None
         iterations = math.ceil(episodes / num_envs)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from alrs.env import FEATURES, RANDOM_INITIAL_LRS, EnvConfig, make_env
+from alrs.env import FEATURES, RANDOM_INITIAL_LRS, BatchSampler, EnvConfig, make_env
 
 
 def test_observation_shape_dtype_order_and_reward(small_env_options: dict) -> None:
@@ -268,3 +268,10 @@ def test_an_infinite_initial_lr_is_refused(small_env_options: dict) -> None:
     env = make_env(**small_env_options)
     with pytest.raises(ValueError, match="initial_lr must be a positive finite number"):
         env.reset(seed=0, options={"initial_lr": float("inf")})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_seed_gives_the_same_batches_on_every_device() -> None:
+    cpu, cuda = (BatchSampler(1000, 100, seed=3, device=torch.device(d)) for d in ("cpu", "cuda"))
+    for _ in range(25):  # two and a half epochs
+        assert torch.equal(cpu.next(), cuda.next().cpu())

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from cli import run_script, small_flags
 
+from alrs.errors import UserError
+from alrs.evaluation import check_test_seeds
+
 
 @pytest.fixture(scope="module")
 def trained_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -98,6 +101,11 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
     assert table.count("\n| ") == 5 and "learned" not in table and "Welch" not in table
 
+    # Test seeds are seed + 1000 + i; --seed 1000 would test on best.pt's evaluation seeds (2000, ...).
+    clash = run_script("test.py", "--test-id", str(trained_run), "--seed", "1000", *flags)
+    assert clash.returncode == 2 and "a seed the controller's best.pt was chosen on" in clash.stderr
+    assert len(clash.stderr.strip().splitlines()) == 1
+
     transfer = run_script(
         "test.py",
         "--test-id",
@@ -117,6 +125,12 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     )
     assert transfer.returncode == 0, transfer.stderr
     assert "transfer from fa-mnist/mlp" in transfer.stdout
+
+
+def test_a_test_on_the_grids_seed_is_refused() -> None:
+    check_test_seeds([1000, 1001], grid_seed=7, selection_seeds=[2000])
+    with pytest.raises(UserError, match="test seed 1001 is the seed the baseline grid was chosen on"):
+        check_test_seeds([1000, 1001], grid_seed=1001)
 
 
 def test_test_needs_a_run_or_baselines_only(trained_run: Path) -> None:
