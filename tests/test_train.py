@@ -85,19 +85,9 @@ def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> No
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = EnvConfig(
-        dataset="fa-mnist",
-        architecture="mlp",
-        batch_size=50,
-        update_freq=5,
-        num_train_steps=20,
-        val_size=500,
-        data_dir=str(data_dir),
-        device="cpu",
-        lr_noise=0.05,
-    )
+    env = EnvConfig(**small_env_options, lr_noise=0.05)
     ppo = PPOConfig(num_steps=4)
     kwargs = dict(env_config=env, ppo_config=ppo, num_envs=2, episodes=6, seed=7, progress=False)
     train_controller(tmp_path / "straight", **kwargs)
@@ -124,18 +114,11 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     assert rows[0] == rows[1] and len(rows[0]) == 7
 
 
-def test_best_checkpoint_is_the_controller_that_played_the_best_episode(data_dir: Path, tmp_path: Path) -> None:
+def test_best_checkpoint_is_the_controller_that_played_the_best_episode(
+    small_env_options: dict, tmp_path: Path
+) -> None:
     """best.pt must hold the weights that produced the episode, not the ones after the update."""
-    env = EnvConfig(
-        dataset="fa-mnist",
-        architecture="mlp",
-        batch_size=50,
-        update_freq=5,
-        num_train_steps=20,
-        val_size=500,
-        data_dir=str(data_dir),
-        device="cpu",
-    )
+    env = EnvConfig(**small_env_options)
     ppo_config = PPOConfig(num_steps=4)
     train_controller(
         tmp_path, env, ppo_config, num_envs=2, episodes=2, seed=3, progress=False, eval_every=0
@@ -148,7 +131,7 @@ def test_best_checkpoint_is_the_controller_that_played_the_best_episode(data_dir
 
 
 def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluation(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Evaluations after iterations 2, 4, 5 (the last) and, resumed, 6 score 0.5, 0.3, 0.45 and 0.4:
     best.pt is iteration 4's controller throughout, and eval.csv keeps every row across the resume."""
@@ -159,17 +142,7 @@ def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluatio
         return {lr: score for lr in initial_lrs}
 
     monkeypatch.setattr(training, "evaluate_policy", scripted)
-    env = EnvConfig(
-        dataset="fa-mnist",
-        architecture="mlp",
-        batch_size=50,
-        update_freq=5,
-        num_train_steps=20,
-        val_size=500,
-        data_dir=str(data_dir),
-        device="cpu",
-        initial_lr="random",
-    )
+    env = EnvConfig(**small_env_options, initial_lr="random")
     kwargs = dict(
         env_config=env,
         ppo_config=PPOConfig(num_steps=4),
@@ -219,19 +192,10 @@ def test_unbatchable_child_fails_before_making_a_run_folder(data_dir: Path, tmp_
     assert not (tmp_path / "runs").exists()
 
 
-def test_tensorboard_events_load_in_tensorboards_reader(data_dir: Path, tmp_path: Path) -> None:
+def test_tensorboard_events_load_in_tensorboards_reader(small_env_options: dict, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    env = EnvConfig(
-        dataset="fa-mnist",
-        architecture="mlp",
-        batch_size=50,
-        update_freq=5,
-        num_train_steps=20,
-        val_size=500,
-        data_dir=str(data_dir),
-        device="cpu",
-    )
+    env = EnvConfig(**small_env_options)
     train_controller(
         tmp_path,
         env,
@@ -253,19 +217,10 @@ def test_tensorboard_events_load_in_tensorboards_reader(data_dir: Path, tmp_path
 
 
 def test_tensorboard_without_the_package_is_a_one_line_error(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
-    env = EnvConfig(
-        dataset="fa-mnist",
-        architecture="mlp",
-        batch_size=50,
-        update_freq=5,
-        num_train_steps=20,
-        val_size=500,
-        data_dir=str(data_dir),
-        device="cpu",
-    )
+    env = EnvConfig(**small_env_options)
     with pytest.raises(ValueError, match="pip install tensorboard"):
         train_controller(
             tmp_path, env, PPOConfig(num_steps=4), num_envs=1, episodes=1, progress=False, tensorboard=True
