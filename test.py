@@ -4,6 +4,7 @@ and the controller started from each initial LR it was trained on and from the t
 
     python test.py --test-id <run id or folder> [--num-seeds 10] [--run-baselines]
     python test.py --test-id <run> --checkpoint last      # the controller where training ended
+    python test.py --test-id <run> --policy sample        # actions drawn from the policy, not its mode
     python test.py --baselines-only --config configs/fa-mnist_cnn.json
 """
 
@@ -59,7 +60,7 @@ def main() -> int:
     env = LREnv(config)
     settings = evaluation_settings(config)
     if not args.baselines_only:
-        learned, transfer, controller_file, sha = load_learned(args.run_dir, args.checkpoint, env)
+        learned, transfer, controller_file, sha = load_learned(args.run_dir, args.checkpoint, env, args.policy)
         settings.update(controller_sha256=sha)  # a copied run folder (results/runs/) reuses its own results
 
     path = baseline_file(args.results_dir, config)
@@ -77,7 +78,8 @@ def main() -> int:
     plan = plan_test(grid, learned, start_lrs)
 
     # Baselines alone go to "baselines" plus the grid file's settings tag, e.g. baselines_bs500_steps200_val1000.
-    run_name = Path(args.run_dir).name + ("" if args.checkpoint == "best" else "_last") if learned else None
+    suffix = ("" if args.checkpoint == "best" else "_last") + ("" if args.policy == "mode" else "_sample")
+    run_name = Path(args.run_dir).name + suffix if learned else None
     out_name = run_name or "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = seeds_for_test(args.seed, args.num_seeds)

@@ -45,6 +45,9 @@ class RunConfig:
         results_dir: where results are written.
         num_seeds: seeds per schedule (paper: 10).
         checkpoint: which controller of the run: best (best.pt) or last (last.pt, where training ended).
+        policy: how the controller acts in the test: mode (its most likely action, as in the training's
+            evaluations) or sample (actions drawn as in training, seeded by the test seed; results go to
+            a folder ending in _sample).
         start_lr: start the controller from this LR only (and from the tuned step decay's); unset: from
             each initial LR it was trained on.
         baselines_only: test the tuned baselines alone (no controller; settings from --config and flags).
@@ -63,6 +66,7 @@ class RunConfig:
     results_dir: str = field(default="results", metadata={"scripts": ("baselines", "test")})
     num_seeds: int = field(default=10, metadata={"scripts": ("test",)})
     checkpoint: str = field(default="best", metadata={"scripts": ("test",)})
+    policy: str = field(default="mode", metadata={"scripts": ("test",)})
     start_lr: float | None = field(default=None, metadata={"scripts": ("test",)})
     baselines_only: bool = field(default=False, metadata={"scripts": ("test",)})
     run_baselines: bool = field(default=False, metadata={"scripts": ("test",)})

@@ -146,13 +146,18 @@ class Controller(nn.Module):
         return action.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray | int:
-        """The env action for one observation, with frozen statistics: the policy's mode by default."""
+    def act(
+        self, obs: np.ndarray, deterministic: bool = True, generator: torch.Generator | None = None
+    ) -> np.ndarray | int:
+        """The env action for one observation, with frozen statistics: the policy's mode by default, else a
+        sample drawn with ``generator`` (None: torch's global generator)."""
         dist = self.distribution(self.normalize_obs(torch.as_tensor(obs).reshape(1, -1)))
         if deterministic:
             raw = dist.probs.argmax(-1) if self.discrete else dist.mean
+        elif self.discrete:
+            raw = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
         else:
-            raw = dist.sample()
+            raw = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)
         action = self.to_env_action(raw)[0]
         return int(action) if self.discrete else action
 

@@ -61,6 +61,7 @@ def run_episode(env: LREnv, schedule: Schedule, seed: int, test: bool = True) ->
     schedule.check(env)
     options = {"initial_lr": schedule.initial_lr} if schedule.initial_lr is not None else None
     obs, info = env.reset(seed=seed, options=options)
+    schedule.start(seed)
     infos = [info]
     terminated = truncated = False
     while not (terminated or truncated):
@@ -487,8 +488,11 @@ def check_test_seeds(seeds: Sequence[int], grid_seed: int, selection_seeds: Sequ
         )
 
 
-def load_learned(run_dir: str | Path, checkpoint: str, env: LREnv) -> tuple[Learned, bool, Path, str]:
-    """The controller of a run as a schedule, checked against ``env``.
+def load_learned(
+    run_dir: str | Path, checkpoint: str, env: LREnv, policy: str = "mode"
+) -> tuple[Learned, bool, Path, str]:
+    """The controller of a run as a schedule acting by ``policy`` (see :class:`~alrs.schedules.Learned`),
+    checked against ``env``.
 
     Returns the schedule, whether it is tested on another dataset or child than it was trained on
     (a transfer; its name says so), its file, and the file's hash (part of a test's settings, so
@@ -496,16 +500,20 @@ def load_learned(run_dir: str | Path, checkpoint: str, env: LREnv) -> tuple[Lear
     """
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be best or last, got {checkpoint!r}")
+    if policy not in Learned.POLICIES:
+        raise UserError(f"--policy must be one of {', '.join(Learned.POLICIES)}, got {policy!r}")
     path = Path(run_dir) / CHECKPOINTS[checkpoint]
     saved = load_torch(path)
     if checkpoint == "last":  # a training checkpoint: the controller is one of its parts
         saved = saved.get("controller") if isinstance(saved, dict) else None
-    learned = Learned(saved)
+    learned = Learned(saved, policy=policy)
     trained_on = learned.metadata.get("env", {})
     config = env.config
     transfer = (trained_on.get("dataset"), trained_on.get("architecture")) != (config.dataset, config.architecture)
     if transfer:
         learned.name = f"learned (transfer from {trained_on.get('dataset')}/{trained_on.get('architecture')})"
+    if policy == "sample":
+        learned.name += " (sampled actions)"
     learned.check(env)
     return learned, transfer, path, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 

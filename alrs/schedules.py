@@ -14,6 +14,7 @@ from itertools import product
 from typing import Any
 
 import numpy as np
+import torch
 
 from alrs.controller import Controller, describe_action_space
 from alrs.env import LREnv
@@ -43,6 +44,10 @@ class Schedule(ABC):
 
     def check(self, env: LREnv) -> None:  # noqa: B027 - optional hook: most schedules run on any env
         """Raise a one-line :class:`~alrs.errors.UserError` if this schedule cannot run on ``env``."""
+
+    def start(self, seed: int) -> None:  # noqa: B027 - optional hook: most schedules are deterministic
+        """Called at the start of each episode, after the env's reset with ``seed``: a schedule that draws
+        random numbers seeds them here, so that an episode is reproducible from its seed."""
 
     @abstractmethod
     def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
@@ -131,20 +136,29 @@ class Linear(DecayToZero):
 
 
 class Learned(Schedule):
-    """A trained controller, acting deterministically (its policy's mode) with frozen statistics.
+    """A trained controller with frozen statistics, acting by its policy's mode or by samples of it.
 
     Args:
         checkpoint: a dict written by ``Controller.checkpoint`` (``best.pt``, or ``last.pt``'s ``controller``).
         name: label in tables and figures.
         initial_lr: the LR its episodes start from (None: the env's setting).
+        policy: ``mode``, the policy's most likely action at every step (the default, as in the
+            training's deterministic evaluations), or ``sample``, actions drawn from the policy as in
+            training, from a generator seeded with the episode's seed (ours: the paper does not say).
     """
 
     family = "learned"
+    POLICIES = ("mode", "sample")
 
-    def __init__(self, checkpoint: dict[str, Any], name: str = "learned", initial_lr: float | None = None):
+    def __init__(
+        self, checkpoint: dict[str, Any], name: str = "learned", initial_lr: float | None = None, policy: str = "mode"
+    ):
+        if policy not in self.POLICIES:
+            raise UserError(f"the policy must be one of {', '.join(self.POLICIES)}, got {policy!r}")
         self.controller = Controller.from_checkpoint(checkpoint)
         self.metadata = checkpoint.get("metadata", {})
-        self.name, self.initial_lr = name, initial_lr
+        self.name, self.initial_lr, self.policy = name, initial_lr, policy
+        self._generator: torch.Generator | None = None
 
     def starting_at(self, initial_lr: float) -> Learned:
         """The same controller, its episodes started from ``initial_lr``."""
@@ -168,12 +182,24 @@ class Learned(Schedule):
                 "use the controller's own --discrete/--action-range settings"
             )
 
+    def start(self, seed: int) -> None:
+        if self.policy == "sample":
+            self._generator = torch.Generator().manual_seed(seed)
+
     def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
-        return env.step(self.controller.act(obs, deterministic=True))
+        if self.policy == "mode":
+            return env.step(self.controller.act(obs))
+        if self._generator is None:
+            raise RuntimeError("Learned(policy='sample').step() before start(seed)")
+        return env.step(self.controller.act(obs, deterministic=False, generator=self._generator))
 
     def describe(self) -> dict[str, Any]:
         trained_on = self.metadata.get("env", {})
-        return {**super().describe(), "trained_on": {k: trained_on.get(k) for k in ("dataset", "architecture")}}
+        return {
+            **super().describe(),
+            "trained_on": {k: trained_on.get(k) for k in ("dataset", "architecture")},
+            "policy": self.policy,
+        }
 
 
 def paper_grid() -> list[StepDecay]:

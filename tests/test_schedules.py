@@ -183,6 +183,32 @@ def test_learned_schedule_refuses_another_feature_set(small_env_options: dict) -
     Learned(paper).check(make_env(**small_env_options))
 
 
+@pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "box"])
+def test_a_sampled_learned_schedule_is_reproducible_from_the_episode_seed(
+    small_env_options: dict, discrete: bool
+) -> None:
+    """test.py --policy sample: an episode's actions come from a generator seeded with its seed (a rerun
+    gives the same schedule, whatever torch's global generator holds), and the child stays paired."""
+    from alrs.controller import Controller, describe_action_space
+
+    env = make_env(**small_env_options, discrete=discrete, initial_lr=1e-3)
+    controller = Controller(7, describe_action_space(env.action_space))
+    checkpoint = controller.checkpoint({"features": list(env.config.features)})
+    sampled = Learned(checkpoint, policy="sample")
+
+    def episode(schedule: Learned, seed: int, global_seed: int = 0) -> dict[str, list[float]]:
+        torch.manual_seed(global_seed)  # torch's global generator must play no part
+        return run_episode(env, schedule, seed, test=False).curves
+
+    first = episode(sampled, 1)
+    assert episode(sampled, 1, global_seed=1)["lr"] == first["lr"]
+    assert episode(sampled, 2)["lr"] != first["lr"]
+    mode = episode(Learned(checkpoint), 1)
+    assert mode["lr"] != first["lr"] and mode["val_loss"][0] == first["val_loss"][0]  # same child, other actions
+    with pytest.raises(ValueError, match="mode, sample"):
+        Learned(checkpoint, policy="greedy")
+
+
 def test_linear_schedule_and_the_annealing_grid() -> None:
     from alrs.schedules import ANNEALING_GRID_LRS, Linear, annealing_grid
 

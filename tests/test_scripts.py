@@ -96,6 +96,27 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
         "controller"
     ].endswith("last.pt")
 
+    sampled = run_script(
+        "test.py",
+        "--test-id",
+        str(trained_run),
+        "--policy",
+        "sample",
+        "--num-seeds",
+        "2",
+        "--data-dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--results-dir",
+        str(tmp_path),
+        "--no-progress",
+    )
+    assert sampled.returncode == 0, sampled.stderr
+    summary = json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_sample" / "summary.json").read_text())
+    policies = {r["schedule"].get("policy") for k, r in summary["results"].items() if k.startswith("learned")}
+    assert policies == {"sample"} and "learned (sampled actions) from lr=0.001 |" in sampled.stdout
+
     alone = run_script("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
     assert alone.returncode == 0, alone.stderr
     table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
