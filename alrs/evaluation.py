@@ -500,8 +500,6 @@ def load_learned(
     """
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"--checkpoint must be best or last, got {checkpoint!r}")
-    if policy not in Learned.POLICIES:
-        raise UserError(f"--policy must be one of {', '.join(Learned.POLICIES)}, got {policy!r}")
     path = Path(run_dir) / CHECKPOINTS[checkpoint]
     saved = load_torch(path)
     if checkpoint == "last":  # a training checkpoint: the controller is one of its parts

@@ -34,20 +34,9 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     )
     assert grid.with_suffix(".png").exists()
 
-    result = run_script(
-        "test.py",
-        "--test-id",
-        str(trained_run),
-        "--num-seeds",
-        "3",
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-        "--results-dir",
-        str(tmp_path),
-        "--no-progress",
-    )
+    test_flags = ["--test-id", str(trained_run), "--data-dir", str(data_dir), "--device", "cpu"]
+    test_flags += ["--results-dir", str(tmp_path), "--no-progress"]
+    result = run_script("test.py", *test_flags, "--num-seeds", "3")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "fa-mnist_mlp" / trained_run.name
     summary = json.loads((out / "summary.json").read_text())
@@ -75,43 +64,13 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     )
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    last = run_script(
-        "test.py",
-        "--test-id",
-        str(trained_run),
-        "--checkpoint",
-        "last",
-        "--num-seeds",
-        "2",
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-        "--results-dir",
-        str(tmp_path),
-        "--no-progress",
-    )
+    last = run_script("test.py", *test_flags, "--checkpoint", "last", "--num-seeds", "2")
     assert last.returncode == 0, last.stderr
     assert json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())[
         "controller"
     ].endswith("last.pt")
 
-    sampled = run_script(
-        "test.py",
-        "--test-id",
-        str(trained_run),
-        "--policy",
-        "sample",
-        "--num-seeds",
-        "2",
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-        "--results-dir",
-        str(tmp_path),
-        "--no-progress",
-    )
+    sampled = run_script("test.py", *test_flags, "--policy", "sample", "--num-seeds", "2")
     assert sampled.returncode == 0, sampled.stderr
     summary = json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_sample" / "summary.json").read_text())
     policies = {r["schedule"].get("policy") for k, r in summary["results"].items() if k.startswith("learned")}
@@ -127,23 +86,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     assert clash.returncode == 2 and "a seed the controller's best.pt was chosen on" in clash.stderr
     assert len(clash.stderr.strip().splitlines()) == 1
 
-    transfer = run_script(
-        "test.py",
-        "--test-id",
-        str(trained_run),
-        "--num-seeds",
-        "2",
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-        "--results-dir",
-        str(tmp_path),
-        "--no-progress",
-        "--dataset",
-        "mnist",
-        "--run-baselines",
-    )
+    transfer = run_script("test.py", *test_flags, "--num-seeds", "2", "--dataset", "mnist", "--run-baselines")
     assert transfer.returncode == 0, transfer.stderr
     assert "transfer from fa-mnist/mlp" in transfer.stdout
 
