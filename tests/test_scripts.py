@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -117,18 +118,14 @@ def test_test_id_is_found_under_the_config_files_out_dir(trained_run: Path, tmp_
     assert args.run_dir == str(trained_run) and args.architecture == "mlp" and args.batch_size == 50
 
 
+def run_test_py(run: Path, data_dir: Path, results_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """test.py on ``run`` with small data and an empty results folder."""
+    flags = ["--test-id", str(run), "--data-dir", str(data_dir), "--device", "cpu", "--results-dir", str(results_dir)]
+    return run_script("test.py", *flags, *extra)
+
+
 def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    result = run_script(
-        "test.py",
-        "--test-id",
-        str(trained_run),
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-        "--results-dir",
-        str(tmp_path),
-    )
+    result = run_test_py(trained_run, data_dir, tmp_path)
     assert result.returncode == 2
     assert (
         "python baselines.py --dataset fa-mnist --architecture mlp --batch-size 50 --update-freq 5 "
@@ -137,17 +134,6 @@ def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, t
 
 
 def test_controller_of_another_action_mode_is_refused(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    result = run_script(
-        "test.py",
-        "--test-id",
-        str(trained_run),
-        "--no-discrete",
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-        "--results-dir",
-        str(tmp_path),
-    )
+    result = run_test_py(trained_run, data_dir, tmp_path, "--no-discrete")
     assert result.returncode == 2 and "the controller's actions are" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
