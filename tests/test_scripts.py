@@ -22,6 +22,12 @@ def trained_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return run
 
 
+def run_test_py(run: Path, data_dir: Path, results_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """test.py on ``run`` with small data on the CPU, its results written under ``results_dir``."""
+    flags = ["--test-id", str(run), "--data-dir", str(data_dir), "--device", "cpu", "--results-dir", str(results_dir)]
+    return run_script("test.py", *flags, *extra)
+
+
 def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
     flags = [*small_flags(data_dir), "--results-dir", str(tmp_path)]
     result = run_script("baselines.py", *flags)
@@ -35,9 +41,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     )
     assert grid.with_suffix(".png").exists()
 
-    test_flags = ["--test-id", str(trained_run), "--data-dir", str(data_dir), "--device", "cpu"]
-    test_flags += ["--results-dir", str(tmp_path), "--no-progress"]
-    result = run_script("test.py", *test_flags, "--num-seeds", "3")
+    result = run_test_py(trained_run, data_dir, tmp_path, "--no-progress", "--num-seeds", "3")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "fa-mnist_mlp" / trained_run.name
     summary = json.loads((out / "summary.json").read_text())
@@ -65,13 +69,13 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     )
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    last = run_script("test.py", *test_flags, "--checkpoint", "last", "--num-seeds", "2")
+    last = run_test_py(trained_run, data_dir, tmp_path, "--no-progress", "--checkpoint", "last", "--num-seeds", "2")
     assert last.returncode == 0, last.stderr
     assert json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())[
         "controller"
     ].endswith("last.pt")
 
-    sampled = run_script("test.py", *test_flags, "--policy", "sample", "--num-seeds", "2")
+    sampled = run_test_py(trained_run, data_dir, tmp_path, "--no-progress", "--policy", "sample", "--num-seeds", "2")
     assert sampled.returncode == 0, sampled.stderr
     summary = json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_sample" / "summary.json").read_text())
     policies = {r["schedule"].get("policy") for k, r in summary["results"].items() if k.startswith("learned")}
@@ -87,7 +91,9 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     assert clash.returncode == 2 and "a seed the controller's best.pt was chosen on" in clash.stderr
     assert len(clash.stderr.strip().splitlines()) == 1
 
-    transfer = run_script("test.py", *test_flags, "--num-seeds", "2", "--dataset", "mnist", "--run-baselines")
+    transfer = run_test_py(
+        trained_run, data_dir, tmp_path, "--no-progress", "--num-seeds", "2", "--dataset", "mnist", "--run-baselines"
+    )
     assert transfer.returncode == 0, transfer.stderr
     assert "transfer from fa-mnist/mlp" in transfer.stdout
 
@@ -116,12 +122,6 @@ def test_test_id_is_found_under_the_config_files_out_dir(trained_run: Path, tmp_
     config.write_text(json.dumps({"out_dir": str(trained_run.parent)}))
     args = parse_args("test", ["--test-id", trained_run.name, "--config", str(config)])
     assert args.run_dir == str(trained_run) and args.architecture == "mlp" and args.batch_size == 50
-
-
-def run_test_py(run: Path, data_dir: Path, results_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    """test.py on ``run`` with small data and an empty results folder."""
-    flags = ["--test-id", str(run), "--data-dir", str(data_dir), "--device", "cpu", "--results-dir", str(results_dir)]
-    return run_script("test.py", *flags, *extra)
 
 
 def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
