@@ -28,7 +28,9 @@ from alrs.evaluation import (
     load_grid,
     load_learned,
     missing_grid_error,
+    plan_jobs,
     plan_test,
+    reuse_results,
     run_test,
     seeds_for_test,
     summarize,
@@ -36,6 +38,7 @@ from alrs.evaluation import (
 from alrs.io import FolderLock
 from alrs.parallel import make_pool
 from alrs.plotting import plot_comparison
+from alrs.schedules import HandMadeSchedule
 from alrs.training import evaluation_seeds, training_initial_lrs
 from utils import env_config, parallel_config, parse_args, read_run_config, run_script, set_threads
 
@@ -47,6 +50,10 @@ def main() -> int:
         raise UserError("--num-seeds must be positive")
     if args.start_lr is not None and not (math.isfinite(args.start_lr) and 0 < args.start_lr <= 1):
         raise UserError(f"--start-lr must be a learning rate in (0, 1], got {args.start_lr}")
+    if args.reuse_baselines is not None and not (Path(args.reuse_baselines) / "summary.json").is_file():
+        raise UserError(
+            f"--reuse-baselines {args.reuse_baselines}: no summary.json there; name an earlier test's folder"
+        )
     if args.baselines_only == hasattr(args, "run_dir"):
         raise UserError("give either --test-id <run> or --baselines-only")
     learned, transfer, start_lrs, controller_file = None, False, [], None
@@ -89,6 +96,10 @@ def main() -> int:
     check_test_seeds(seeds, grid["settings"]["seed"], chosen_on)
     with FolderLock(out / ".lock", f"result folder {out}"):  # one writer at a time
         store = ResultStore(out / "summary.json", {**settings, "seeds": seeds})
+        if args.reuse_baselines:  # a hand-made schedule's run does not depend on the controller
+            hand_made = [key for key, schedule, _ in plan_jobs(plan, seeds) if isinstance(schedule, HandMadeSchedule)]
+            copied = reuse_results(store, Path(args.reuse_baselines) / "summary.json", hand_made)
+            print(f"reusing {len(copied)} baseline runs of {args.reuse_baselines}", file=sys.stderr)
         try:
             with make_pool(parallel_config(args), config, jobs=len(plan.schedules) * len(seeds)) as pool:
                 by_schedule = run_test(env, plan, seeds, store, progress=args.progress, pool=pool)

@@ -52,6 +52,9 @@ class RunConfig:
             each initial LR it was trained on.
         baselines_only: test the tuned baselines alone (no controller; settings from --config and flags).
         run_baselines: run baselines.py first when its results are missing.
+        reuse_baselines: an earlier test's result folder whose runs of the hand-made schedules are copied
+            instead of rerun, where its child settings agree (ours; exact only when it ran on the same
+            device and torch threads).
         progress: show progress bars.
     """
 
@@ -70,6 +73,7 @@ class RunConfig:
     start_lr: float | None = field(default=None, metadata={"scripts": ("test",)})
     baselines_only: bool = field(default=False, metadata={"scripts": ("test",)})
     run_baselines: bool = field(default=False, metadata={"scripts": ("test",)})
+    reuse_baselines: str | None = field(default=None, metadata={"scripts": ("test",)})
     progress: bool = True
 
 

@@ -546,6 +546,40 @@ def missing_grid_error(path: Path, config: EnvConfig, seed: int) -> UserError:
     )
 
 
+def reuse_results(store: ResultStore, source: Path, keys: Sequence[str]) -> list[str]:
+    """Copy into ``store`` the results of ``keys`` that it lacks and that the result store ``source`` holds,
+    when both were made with the same :data:`BASELINE_KEYS` settings; return the keys copied.
+
+    A hand-made schedule's run depends on those settings and its seed alone, not on the controller's, so
+    a controller's test takes the baselines' runs from the baselines' own test instead of repeating them.
+    """
+    if not source.exists() or source.resolve() == store.path.resolve():
+        return []
+    data = load_json(source)
+    theirs, results = data.get("settings", {}), data.get("results", {})
+    if any(theirs.get(k) != store.settings.get(k) for k in BASELINE_KEYS):
+        return []
+    copied = [key for key in keys if key not in store and key in results]
+    for key in copied:
+        _check_record(results[key], f"{source}: result {key!r}")
+        store.data["results"][key] = results[key]
+    if copied:
+        save_json(store.data, store.path)
+    return copied
+
+
+def plan_jobs(plan: TestPlan, seeds: Sequence[int]) -> list[tuple[str, Schedule, int]]:
+    """The runs of a test as ``(key, schedule, seed)``: every schedule of ``plan`` on every seed.
+
+    Keys are the schedules' labels, as before stable keys existed, so earlier stores stay reusable.
+    """
+    return [
+        (f"{plan.labels[key]} | seed {seed}", schedule, seed)
+        for seed in seeds
+        for key, schedule in plan.schedules.items()
+    ]
+
+
 def run_test(
     env: LREnv,
     plan: TestPlan,
@@ -555,14 +589,6 @@ def run_test(
     pool: WorkerPool | None = None,
 ) -> dict[str, list[EpisodeResult]]:
     """Every schedule of ``plan`` on every seed (those not yet in ``store``); each schedule's results in
-    seed order.
-
-    Results are stored under their labels, as before stable keys existed, so earlier stores stay reusable.
-    """
-    jobs = [
-        (f"{plan.labels[key]} | seed {seed}", schedule, seed)
-        for seed in seeds
-        for key, schedule in plan.schedules.items()
-    ]
-    results = run_jobs(env, jobs, store, progress=progress, desc="test", pool=pool)
+    seed order."""
+    results = run_jobs(env, plan_jobs(plan, seeds), store, progress=progress, desc="test", pool=pool)
     return {key: [results[f"{plan.labels[key]} | seed {seed}"] for seed in seeds] for key in plan.schedules}

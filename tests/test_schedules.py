@@ -15,6 +15,7 @@ from alrs.evaluation import (
     ResultStore,
     baseline_grid_search,
     format_table,
+    reuse_results,
     run_episode,
     summarize,
     welch_p,
@@ -126,6 +127,27 @@ def test_result_store_refuses_other_settings(tmp_path: Path) -> None:
     ResultStore(tmp_path / "s.json", {"batch_size": 1000}).update(note=1)
     with pytest.raises(ValueError, match="other settings \\(batch_size\\)"):
         ResultStore(tmp_path / "s.json", {"batch_size": 500})
+
+
+def test_a_controller_test_reuses_the_baselines_runs_of_the_same_child_settings(tmp_path: Path) -> None:
+    child = {"dataset": "fa-mnist", "architecture": "mlp", "batch_size": 50, "update_freq": 5}
+    child |= {"num_train_steps": 20, "val_size": 500}
+    baselines = ResultStore(tmp_path / "baselines.json", {**child, "initial_lr": "random", "seeds": [1000, 1001]})
+    for key in ("cosine | seed 1000", "cosine | seed 1001", "linear | seed 1000"):
+        baselines.add(key, _result(0.3, 0.9))
+    # The controller's settings (reward, initial LR) differ; the child's agree: its cosine runs are reused.
+    store = ResultStore(tmp_path / "test.json", {**child, "initial_lr": 0.01, "reward": "log-best", "seeds": [1000]})
+    store.add("cosine | seed 1001", _result(0.4, 0.8))
+    keys = ["cosine | seed 1000", "cosine | seed 1001", "linear | seed 1001"]
+    assert reuse_results(store, baselines.path, keys) == ["cosine | seed 1000"]
+    assert (
+        store["cosine | seed 1000"] == baselines["cosine | seed 1000"]
+        and store["cosine | seed 1001"].test_loss_best == 0.4
+    )
+    assert "cosine | seed 1000" in ResultStore(store.path, store.settings)  # saved
+    other = ResultStore(tmp_path / "other.json", {**child, "batch_size": 100})
+    assert reuse_results(other, baselines.path, keys) == [] and "cosine | seed 1000" not in other
+    assert reuse_results(store, tmp_path / "missing.json", keys) == []
 
 
 def _result(loss: float, acc: float) -> EpisodeResult:

@@ -69,22 +69,27 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     )
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    last = run_test_py(trained_run, data_dir, tmp_path, "--no-progress", "--checkpoint", "last", "--num-seeds", "2")
+    alone = run_script("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
+    assert alone.returncode == 0, alone.stderr
+    table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
+    assert table.count("\n| ") == 5 and "learned" not in table and "Welch" not in table
+
+    # --reuse-baselines takes the hand-made schedules' runs from an earlier test instead of rerunning them.
+    baselines_dir = tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500"
+    reuse = ["--checkpoint", "last", "--num-seeds", "2", "--reuse-baselines", str(baselines_dir)]
+    last = run_test_py(trained_run, data_dir, tmp_path, "--no-progress", *reuse)
     assert last.returncode == 0, last.stderr
-    assert json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())[
-        "controller"
-    ].endswith("last.pt")
+    assert "reusing 8 baseline runs of" in last.stderr
+    baselines = json.loads((baselines_dir / "summary.json").read_text())
+    summary = json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())
+    assert summary["controller"].endswith("last.pt")
+    assert all(summary["results"][key] == record for key, record in baselines["results"].items())
 
     sampled = run_test_py(trained_run, data_dir, tmp_path, "--no-progress", "--policy", "sample", "--num-seeds", "2")
     assert sampled.returncode == 0, sampled.stderr
     summary = json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_sample" / "summary.json").read_text())
     policies = {r["schedule"].get("policy") for k, r in summary["results"].items() if k.startswith("learned")}
     assert policies == {"sample"} and "learned (sampled actions) from lr=0.001 |" in sampled.stdout
-
-    alone = run_script("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
-    assert alone.returncode == 0, alone.stderr
-    table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
-    assert table.count("\n| ") == 5 and "learned" not in table and "Welch" not in table
 
     # Test seeds are seed + 1000 + i; --seed 1000 would test on best.pt's evaluation seeds (2000, ...).
     clash = run_script("test.py", "--test-id", str(trained_run), "--seed", "1000", *flags)
@@ -136,4 +141,10 @@ def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, t
 def test_controller_of_another_action_mode_is_refused(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
     result = run_test_py(trained_run, data_dir, tmp_path, "--no-discrete")
     assert result.returncode == 2 and "the controller's actions are" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_reuse_of_a_folder_without_results_is_refused(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    result = run_test_py(trained_run, data_dir, tmp_path, "--reuse-baselines", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "--reuse-baselines" in result.stderr and "no summary.json" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
