@@ -547,18 +547,18 @@ def missing_grid_error(path: Path, config: EnvConfig, seed: int) -> UserError:
 
 
 def reuse_results(store: ResultStore, source: Path, keys: Sequence[str]) -> list[str]:
-    """Copy into ``store`` the results of ``keys`` that it lacks and that the result store ``source`` holds,
-    when both were made with the same :data:`BASELINE_KEYS` settings; return the keys copied.
+    """Copy into ``store`` the results of ``keys`` that it lacks and that the result store ``source`` holds;
+    return the keys copied. Both must be made with the same :data:`BASELINE_KEYS` settings.
 
     A hand-made schedule's run depends on those settings and its seed alone, not on the controller's, so
-    a controller's test takes the baselines' runs from the baselines' own test instead of repeating them.
+    a second test of a controller takes the baselines' runs from an earlier test instead of repeating them.
     """
     if not source.exists() or source.resolve() == store.path.resolve():
         return []
     data = load_json(source)
     theirs, results = data.get("settings", {}), data.get("results", {})
-    if any(theirs.get(k) != store.settings.get(k) for k in BASELINE_KEYS):
-        return []
+    if differ := [k for k in BASELINE_KEYS if theirs.get(k) != store.settings.get(k)]:
+        raise UserError(f"{source} was made with other child settings ({', '.join(differ)}); name a test of this child")
     copied = [key for key in keys if key not in store and key in results]
     for key in copied:
         _check_record(results[key], f"{source}: result {key!r}")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alrs.env import BatchSampler, make_env
+from alrs.errors import UserError
 from alrs.evaluation import (
     BEST_KEYS,
     EpisodeResult,
@@ -146,7 +147,9 @@ def test_a_controller_test_reuses_the_baselines_runs_of_the_same_child_settings(
     )
     assert "cosine | seed 1000" in ResultStore(store.path, store.settings)  # saved
     other = ResultStore(tmp_path / "other.json", {**child, "batch_size": 100})
-    assert reuse_results(other, baselines.path, keys) == [] and "cosine | seed 1000" not in other
+    with pytest.raises(UserError, match="other child settings \\(batch_size\\)"):
+        reuse_results(other, baselines.path, keys)
+    assert "cosine | seed 1000" not in other
     assert reuse_results(store, tmp_path / "missing.json", keys) == []
 
 
