@@ -81,7 +81,7 @@ def plot_training(
     path: str | os.PathLike,
     title: str = "",
     window: int = 20,
-    evaluations: tuple[Sequence[float], Sequence[float]] | None = None,
+    evaluations: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> None:
     """The controller's learning curve: final validation loss and final LR of every episode, with a moving mean.
 
@@ -91,8 +91,9 @@ def plot_training(
         path: where the PNG goes.
         title: figure title.
         window: episodes in the moving mean.
-        evaluations: (episodes done, mean best validation loss) of the deterministic evaluations
-            that choose best.pt, drawn on the loss panel.
+        evaluations: label -> (episodes done, mean best validation loss) of the deterministic
+            evaluations that choose best.pt, drawn on the loss panel: the first curve solid (the one
+            best.pt is chosen on), any others dashed (e.g. one per initial LR).
     """
     fig = Figure(figsize=(11, 3.6))
     axes = fig.subplots(1, 2)
@@ -105,10 +106,10 @@ def plot_training(
             finite = np.where(np.isfinite(values), values, np.nan)
             mean = np.convolve(np.nan_to_num(finite, nan=np.nanmax(finite)), np.ones(window) / window, mode="valid")
             ax.plot(episodes[window - 1 :], mean, label=f"mean of {window}")
-        if evaluations is not None and label == "final validation loss" and len(evaluations[0]):
-            ax.plot(
-                *evaluations, "o-", color="black", markersize=3, label="policy mode, held-out seeds (best val loss)"
-            )
+        if evaluations and label == "final validation loss":
+            for i, (name, curve) in enumerate(evaluations.items()):
+                style = {"color": "black"} if i == 0 else {"linestyle": "--", "linewidth": 1}
+                ax.plot(*curve, marker="o", markersize=3, label=name, **style)
         ax.set(xlabel="episode", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

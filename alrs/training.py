@@ -283,7 +283,7 @@ def train_controller(
                         run_dir / EPISODE_PLOT,
                         title=f"{name}, episode {state['episodes_done'] - len(finished) + 1}",
                     )
-                    evaluations = _csv_columns(eval_path, "episodes", "mean_best_val_loss") if eval_every else None
+                    evaluations = evaluation_curves(eval_path) if eval_every else None
                     plot_training(
                         *_csv_columns(metrics_path, "final_val_loss", "final_lr"),
                         run_dir / TRAINING_PLOT,
@@ -383,6 +383,24 @@ def _evaluate_and_select(
             seed=seed,
         )
         save_torch(controller.checkpoint(metadata), run_dir / BEST_FILE)
+
+
+def evaluation_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """The evaluations of an ``eval.csv`` as learning curves (episodes done, mean best validation loss):
+    the mean that chooses best.pt first, then one curve per initial LR when the run trains from several."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    episodes = [float(row["episodes"]) for row in rows]
+    label = "policy mode, held-out seeds (best val loss)"
+    per_lr = [dict(item.split(":") for item in row["per_initial_lr"].split()) for row in rows]
+    if len(per_lr[0]) == 1:
+        return {label: (episodes, [float(row["mean_best_val_loss"]) for row in rows])}
+    curves = {f"{label}, mean": (episodes, [float(row["mean_best_val_loss"]) for row in rows])}
+    for lr in per_lr[0]:
+        curves[f"policy mode from lr={lr}"] = (episodes, [float(losses[lr]) for losses in per_lr])
+    return curves
 
 
 def _csv_columns(path: Path, *columns: str) -> list[list[float]]:
