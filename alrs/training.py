@@ -393,13 +393,12 @@ def evaluation_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
     if not rows:
         return {}
     episodes = [float(row["episodes"]) for row in rows]
-    label = "policy mode, held-out seeds (best val loss)"
     per_lr = [dict(item.split(":") for item in row["per_initial_lr"].split()) for row in rows]
-    if len(per_lr[0]) == 1:
-        return {label: (episodes, [float(row["mean_best_val_loss"]) for row in rows])}
-    curves = {f"{label}, mean": (episodes, [float(row["mean_best_val_loss"]) for row in rows])}
-    for lr in per_lr[0]:
-        curves[f"policy mode from lr={lr}"] = (episodes, [float(losses[lr]) for losses in per_lr])
+    label = "policy mode, held-out seeds (best val loss)" + (", mean" if len(per_lr[0]) > 1 else "")
+    curves = {label: (episodes, [float(row["mean_best_val_loss"]) for row in rows])}
+    if len(per_lr[0]) > 1:
+        for lr in per_lr[0]:
+            curves[f"policy mode from lr={lr}"] = (episodes, [float(losses[lr]) for losses in per_lr])
     return curves
 
 
