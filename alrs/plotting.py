@@ -95,7 +95,7 @@ def plot_training(
             evaluations that choose best.pt, drawn on the loss panel: the first curve solid (the one
             best.pt is chosen on), any others dashed (e.g. one per initial LR).
     """
-    fig = Figure(figsize=(11, 3.6))
+    fig = Figure(figsize=(11, 4.6))  # legends below the panels, off the points
     axes = fig.subplots(1, 2)
     episodes = np.arange(1, len(final_val_losses) + 1)
     labels = ("final validation loss", "final learning rate")
@@ -112,6 +112,6 @@ def plot_training(
                 ax.plot(*curve, marker="o", markersize=3, label=name, **style)
         ax.set(xlabel="episode", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.suptitle(title)
     _save(fig, path)
