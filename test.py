@@ -85,13 +85,13 @@ def main() -> int:
     plan = plan_test(grid, learned, start_lrs)
 
     # Baselines alone go to "baselines" plus the grid file's settings tag, e.g. baselines_bs500_steps200_val1000.
-    suffix = ("" if args.checkpoint == "best" else "_last") + ("" if args.policy == "mode" else "_sample")
+    suffix = ("" if args.checkpoint == "best" else f"_{args.checkpoint}") + ("" if args.policy == "mode" else "_sample")
     run_name = Path(args.run_dir).name + suffix if learned else None
     out_name = run_name or "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = seeds_for_test(args.seed, args.num_seeds)
-    # best.pt was chosen on the run's evaluation seeds (when it ran evaluations), the grid on its seed.
-    run = read_run_config(args.run_dir) if learned and args.checkpoint == "best" else {}
+    # best.pt and iter-N were chosen on the run's evaluation seeds (when it ran them), the grid on its seed.
+    run = read_run_config(args.run_dir) if learned and args.checkpoint != "last" else {}
     chosen_on = evaluation_seeds(run.get("eval_seeds", 0)) if run.get("eval_every") else []
     check_test_seeds(seeds, grid["settings"]["seed"], chosen_on)
     with FolderLock(out / ".lock", f"result folder {out}"):  # one writer at a time

@@ -44,7 +44,8 @@ class RunConfig:
         out_dir: folder of run folders.
         results_dir: where results are written.
         num_seeds: seeds per schedule (paper: 10).
-        checkpoint: which controller of the run: best (best.pt) or last (last.pt, where training ended).
+        checkpoint: which controller of the run: best (best.pt), last (last.pt, where training ended)
+            or iter-N (the controller evaluated after iteration N, kept in the run's evals/).
         policy: how the controller acts in the test: mode (its most likely action, as in the training's
             evaluations) or sample (actions drawn as in training, seeded by the test seed; results go to
             a folder ending in _sample).

@@ -33,6 +33,7 @@ from alrs.schedules import (
     annealing_grid,
     paper_grid,
 )
+from alrs.training import BEST_FILE, LAST_FILE, evaluated_checkpoint
 
 
 @dataclass
@@ -462,9 +463,25 @@ def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: 
     return TestPlan(schedules, labels, comparisons)
 
 
-CHECKPOINTS = {"best": "best.pt", "last": "last.pt"}
-"""What ``test.py --checkpoint`` names: best.pt (chosen by the run's deterministic evaluations) or
-last.pt (the controller where training ended); file names as in :mod:`alrs.training`."""
+def checkpoint_file(run_dir: str | Path, checkpoint: str) -> Path:
+    """The file ``test.py --checkpoint`` names: ``best`` (best.pt, chosen by the run's deterministic
+    evaluations), ``last`` (last.pt, where training ended) or ``iter-N`` (the controller evaluated
+    after iteration N, in the run's evals/); a one-line error for anything else or a missing file."""
+    run_dir = Path(run_dir)
+    if checkpoint in ("best", "last"):
+        return run_dir / (BEST_FILE if checkpoint == "best" else LAST_FILE)
+    number = checkpoint.removeprefix("iter-")
+    if not (checkpoint.startswith("iter-") and number.isdigit()):
+        raise UserError(f"--checkpoint must be best, last or iter-N (an evaluated iteration), got {checkpoint!r}")
+    path = evaluated_checkpoint(run_dir, int(number))
+    if not path.is_file():
+        saved = [f"iter-{i}" for i in sorted(int(p.stem.removeprefix("iter_")) for p in path.parent.glob("iter_*.pt"))]
+        raise UserError(
+            f"--checkpoint {checkpoint}: {path} does not exist; the run's evaluated controllers are: "
+            f"{', '.join(saved) or 'none (a run before evals/ was kept, or without evaluations)'}"
+        )
+    return path
+
 
 TEST_SEED_OFFSET = 1000
 """Test seeds are seed + 1000 + i: apart from the seed the baseline grid was chosen on."""
@@ -478,7 +495,7 @@ def seeds_for_test(seed: int, num_seeds: int) -> list[int]:
 def check_test_seeds(seeds: Sequence[int], grid_seed: int, selection_seeds: Sequence[int] = ()) -> None:
     """Refuse a test on a seed that something under test was chosen on: the baseline grid's seed, or
     the seeds of the evaluations that chose the controller's checkpoint (``selection_seeds``)."""
-    chosen_on = {int(s): "a seed the controller's best.pt was chosen on" for s in selection_seeds}
+    chosen_on = {int(s): "an evaluation seed the controller was chosen on" for s in selection_seeds}
     chosen_on[int(grid_seed)] = "the seed the baseline grid was chosen on"
     clash = sorted(set(seeds) & chosen_on.keys())
     if clash:
@@ -498,9 +515,7 @@ def load_learned(
     (a transfer; its name says so), its file, and the file's hash (part of a test's settings, so
     results of another controller are never reused).
     """
-    if checkpoint not in CHECKPOINTS:
-        raise UserError(f"--checkpoint must be best or last, got {checkpoint!r}")
-    path = Path(run_dir) / CHECKPOINTS[checkpoint]
+    path = checkpoint_file(run_dir, checkpoint)
     saved = load_torch(path)
     if checkpoint == "last":  # a training checkpoint: the controller is one of its parts
         saved = saved.get("controller") if isinstance(saved, dict) else None

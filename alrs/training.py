@@ -8,6 +8,8 @@ A run folder holds (the one place that fixes this layout):
                   evaluations (eval.csv); with evaluations off (eval_every=0), the controller after
                   whose rollout an episode reached the lowest final validation loss (the seed's rule)
     eval.csv      one row per deterministic evaluation: the policy's mode on held-out seeds
+    evals/        every evaluated controller, iter_NNNN.pt (``test.py --checkpoint iter-N``), so that a
+                  controller can be tested on another rule than best.pt's (from one initial LR, say)
     .lock         held by the process writing the folder (an advisory lock; see alrs.io.FolderLock)
     tensorboard/  the same figures as TensorBoard events (with ``tensorboard=True``; metrics.csv stays the record)
     episode.png   curves of the latest episode, refreshed every iteration
@@ -43,7 +45,7 @@ CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = (
     "last.pt",
     "best.pt",
 )
-EPISODE_PLOT, TRAINING_PLOT, LOCK_FILE = "episode.png", "training.png", ".lock"
+EPISODE_PLOT, TRAINING_PLOT, LOCK_FILE, EVALS_DIR = "episode.png", "training.png", ".lock", "evals"
 METRICS_COLUMNS = (
     "episode",
     "iteration",
@@ -62,6 +64,12 @@ METRICS_COLUMNS = (
 )
 
 EVAL_COLUMNS = ("iteration", "episodes", "mean_best_val_loss", "per_initial_lr", "wall_time")
+
+
+def evaluated_checkpoint(run_dir: Path, iteration: int) -> Path:
+    """The file of the controller evaluated after ``iteration`` (in ``run_dir/evals``)."""
+    return Path(run_dir) / EVALS_DIR / f"iter_{iteration:04d}.pt"
+
 
 EVAL_SEED_BASE = 2000
 """Held-out evaluation seeds are 2000, 2001, ...: apart from the training resets (hashes of the run
@@ -192,6 +200,9 @@ def train_controller(
             _truncate_csv(metrics_path, METRICS_COLUMNS, state["episodes_done"])
             if eval_path.exists():
                 _truncate_csv(eval_path, EVAL_COLUMNS, ppo.iteration)
+            for stale in (run_dir / EVALS_DIR).glob("iter_*.pt"):  # evaluated after the saved iteration
+                if int(stale.stem.removeprefix("iter_")) > ppo.iteration:
+                    stale.unlink()
         else:
             with open(metrics_path, "w", newline="") as f:
                 csv.writer(f).writerow(METRICS_COLUMNS)
@@ -357,7 +368,8 @@ def _evaluate_and_select(
     seed: int,
     wall_time: float,
 ) -> None:
-    """One deterministic evaluation: a row of eval.csv, and best.pt if the controller is the best so far."""
+    """One deterministic evaluation: a row of eval.csv, the controller in evals/, and best.pt if it is
+    the best so far."""
     per_lr = evaluate_policy(pool, config, controller, seeds, training_initial_lrs(env_config))
     mean = float(np.mean(list(per_lr.values())))
     state["eval_iteration"], state["eval_loss"] = iteration, mean
@@ -371,18 +383,22 @@ def _evaluate_and_select(
                 round(wall_time, 2),
             ]
         )
+    metadata = controller_metadata(
+        env_config,
+        ppo_config,
+        iteration=iteration,
+        episode=state["episodes_done"],
+        eval_best_val_loss=mean,
+        eval_per_initial_lr={f"{lr:g}": v for lr, v in per_lr.items()},
+        eval_seeds=seeds,
+        seed=seed,
+    )
+    checkpoint, path = controller.checkpoint(metadata), evaluated_checkpoint(run_dir, iteration)
+    path.parent.mkdir(exist_ok=True)
+    save_torch(checkpoint, path)
     if mean < state["best_eval_loss"]:
         state["best_eval_loss"], state["best_eval_iteration"] = mean, iteration
-        metadata = controller_metadata(
-            env_config,
-            ppo_config,
-            iteration=iteration,
-            episode=state["episodes_done"],
-            eval_best_val_loss=mean,
-            eval_seeds=seeds,
-            seed=seed,
-        )
-        save_torch(controller.checkpoint(metadata), run_dir / BEST_FILE)
+        save_torch(checkpoint, run_dir / BEST_FILE)
 
 
 def evaluation_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:

@@ -91,10 +91,13 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     policies = {r["schedule"].get("policy") for k, r in summary["results"].items() if k.startswith("learned")}
     assert policies == {"sample"} and "learned (sampled actions) from lr=0.001 |" in sampled.stdout
 
-    # Test seeds are seed + 1000 + i; --seed 1000 would test on best.pt's evaluation seeds (2000, ...).
-    clash = run_script("test.py", "--test-id", str(trained_run), "--seed", "1000", *flags)
-    assert clash.returncode == 2 and "a seed the controller's best.pt was chosen on" in clash.stderr
-    assert len(clash.stderr.strip().splitlines()) == 1
+    # Test seeds are seed + 1000 + i; --seed 1000 would test on the evaluation seeds (2000, ...) that
+    # chose best.pt, or an evaluated controller (the run's last iteration, 2, is one).
+    for checkpoint in ("best", "iter-2"):
+        chosen = ["--checkpoint", checkpoint, "--seed", "1000"]
+        clash = run_script("test.py", "--test-id", str(trained_run), *chosen, *flags)
+        assert clash.returncode == 2 and "an evaluation seed the controller was chosen on" in clash.stderr
+        assert len(clash.stderr.strip().splitlines()) == 1
 
     transfer = run_test_py(
         trained_run, data_dir, tmp_path, "--no-progress", "--num-seeds", "2", "--dataset", "mnist", "--run-baselines"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from cli import run_script, small_flags
 
 from alrs import training
 from alrs.env import EnvConfig, LREnv
+from alrs.errors import UserError
+from alrs.evaluation import checkpoint_file
 from alrs.io import load_torch
 from alrs.plotting import plot_training
 from alrs.ppo import PPO, PPOConfig, make_vector_env
@@ -181,11 +184,35 @@ def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluatio
     best, last = load_torch(tmp_path / "best.pt"), load_torch(tmp_path / "last.pt")
     assert best["metadata"]["iteration"] == 4 and best["metadata"]["eval_seeds"] == [2000, 2001, 2002]
     assert not torch.equal(best["state_dict"]["actor.0.weight"], last["controller"]["state_dict"]["actor.0.weight"])
+    (tmp_path / "evals" / "iter_0009.pt").write_bytes(b"")  # as if evaluated after the saved iteration
     summary = train_controller(tmp_path, episodes=6, resume=True, **kwargs)
     rows = list(csv.DictReader(open(tmp_path / "eval.csv")))
     assert [r["iteration"] for r in rows] == ["2", "4", "5", "6"] and summary["best_eval_iteration"] == 4
     assert rows[0]["per_initial_lr"] == "0.01:0.500000 0.001:0.500000 0.0001:0.500000"
     assert load_torch(tmp_path / "best.pt")["metadata"]["iteration"] == 4
+    # Every evaluated controller is kept, with its scores, for test.py --checkpoint iter-N.
+    assert sorted(p.name for p in (tmp_path / "evals").iterdir()) == [f"iter_000{i}.pt" for i in (2, 4, 5, 6)]
+    kept = {i: load_torch(checkpoint_file(tmp_path, f"iter-{i}")) for i in (2, 4)}
+    assert kept[2]["metadata"]["eval_per_initial_lr"] == {"0.01": 0.5, "0.001": 0.5, "0.0001": 0.5}
+    assert torch.equal(kept[4]["state_dict"]["actor.0.weight"], best["state_dict"]["actor.0.weight"])
+    assert not torch.equal(kept[2]["state_dict"]["actor.0.weight"], best["state_dict"]["actor.0.weight"])
+
+
+@pytest.mark.parametrize(
+    "checkpoint,message",
+    [
+        ("iter-3", "evals/iter_0003.pt does not exist; the run's evaluated controllers are: iter-2, iter-10"),
+        ("iter-x", "--checkpoint must be best, last or iter-N"),
+        ("first", "--checkpoint must be best, last or iter-N"),
+    ],
+)
+def test_a_checkpoint_that_is_not_there_names_the_ones_that_are(tmp_path: Path, checkpoint: str, message: str) -> None:
+    (tmp_path / "evals").mkdir()
+    for i in (2, 10):
+        (tmp_path / "evals" / f"iter_{i:04d}.pt").write_bytes(b"")
+    assert checkpoint_file(tmp_path, "best") == tmp_path / "best.pt"
+    with pytest.raises(UserError, match=re.escape(message)):
+        checkpoint_file(tmp_path, checkpoint)
 
 
 def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
