@@ -77,7 +77,9 @@ def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> No
         "episode.png",
         "training.png",
         ".lock",
+        "evals",
     }
+    assert [p.name for p in (run / "evals").iterdir()] == ["iter_0001.pt"]  # the evaluation after the last iteration
     config = json.loads((run / "config.json").read_text())
     assert config["settings"]["batch_size"] == 50 and len(config["git_commit"]) >= 7 and "torch" in config["versions"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
