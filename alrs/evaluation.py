@@ -33,7 +33,7 @@ from alrs.schedules import (
     annealing_grid,
     paper_grid,
 )
-from alrs.training import BEST_FILE, LAST_FILE, evaluated_checkpoint
+from alrs.training import BEST_FILE, LAST_FILE, evaluated_checkpoint, evaluated_iterations
 
 
 @dataclass
@@ -475,7 +475,7 @@ def checkpoint_file(run_dir: str | Path, checkpoint: str) -> Path:
         raise UserError(f"--checkpoint must be best, last or iter-N (an evaluated iteration), got {checkpoint!r}")
     path = evaluated_checkpoint(run_dir, int(number))
     if not path.is_file():
-        saved = [f"iter-{i}" for i in sorted(int(p.stem.removeprefix("iter_")) for p in path.parent.glob("iter_*.pt"))]
+        saved = [f"iter-{i}" for i in evaluated_iterations(run_dir)]
         raise UserError(
             f"--checkpoint {checkpoint}: {path} does not exist; the run's evaluated controllers are: "
             f"{', '.join(saved) or 'none (a run before evals/ was kept, or without evaluations)'}"

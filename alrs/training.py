@@ -71,6 +71,12 @@ def evaluated_checkpoint(run_dir: Path, iteration: int) -> Path:
     return Path(run_dir) / EVALS_DIR / f"iter_{iteration:04d}.pt"
 
 
+def evaluated_iterations(run_dir: Path) -> dict[int, Path]:
+    """The run's kept evaluated controllers, by iteration in increasing order."""
+    found = {int(p.stem.removeprefix("iter_")): p for p in (Path(run_dir) / EVALS_DIR).glob("iter_*.pt")}
+    return dict(sorted(found.items()))
+
+
 EVAL_SEED_BASE = 2000
 """Held-out evaluation seeds are 2000, 2001, ...: apart from the training resets (hashes of the run
 seed and iteration), and from test.py's seeds (seed + 1000 + i) and the grid's (seed), which test.py
@@ -200,8 +206,8 @@ def train_controller(
             _truncate_csv(metrics_path, METRICS_COLUMNS, state["episodes_done"])
             if eval_path.exists():
                 _truncate_csv(eval_path, EVAL_COLUMNS, ppo.iteration)
-            for stale in (run_dir / EVALS_DIR).glob("iter_*.pt"):  # evaluated after the saved iteration
-                if int(stale.stem.removeprefix("iter_")) > ppo.iteration:
+            for iteration, stale in evaluated_iterations(run_dir).items():
+                if iteration > ppo.iteration:  # evaluated after the saved iteration
                     stale.unlink()
         else:
             with open(metrics_path, "w", newline="") as f:
