@@ -6,6 +6,7 @@ and the controller started from each initial LR it was trained on and from the t
     python test.py --test-id <run> --checkpoint last      # the controller where training ended
     python test.py --test-id <run> --policy sample        # actions drawn from the policy, not its mode
     python test.py --baselines-only --config configs/fa-mnist_cnn.json
+    python test.py --replot results/fa-mnist_cnn/<run>     # redraw curves.png from summary.json
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from alrs.evaluation import (
     reuse_results,
     run_test,
     seeds_for_test,
+    stored_curves,
     summarize,
+    test_title,
 )
 from alrs.io import FolderLock
 from alrs.parallel import make_pool
@@ -43,8 +46,20 @@ from alrs.training import evaluation_seeds, training_initial_lrs
 from utils import env_config, parallel_config, parse_args, read_run_config, run_script, set_threads
 
 
+def replot(folder: str) -> int:
+    """Redraw a finished test's curves.png from its summary.json, running nothing."""
+    curves, title = stored_curves(folder)
+    plot_comparison(curves, Path(folder) / "curves.png", title=title)
+    print(f"written: {Path(folder) / 'curves.png'}")
+    return 0
+
+
 def main() -> int:
     args = parse_args("test")
+    if hasattr(args, "replot"):
+        if hasattr(args, "run_dir") or args.baselines_only:
+            raise UserError("--replot redraws a finished test and runs nothing; drop --test-id and --baselines-only")
+        return replot(args.replot)
     set_threads(args.threads)
     if args.num_seeds <= 0:
         raise UserError("--num-seeds must be positive")
@@ -111,7 +126,7 @@ def main() -> int:
             )
             return 130
         summary = summarize(by_schedule, plan.labels, plan.comparisons)
-        title = f"{config.dataset} / {config.architecture}: {out_name}, {len(seeds)} seeds" + (" (transfer)" * transfer)
+        title = test_title(config.dataset, config.architecture, out_name, len(seeds), transfer)
         table = format_table(summary, reference=plan.reference, title=title)
         store.update(summary=summary, transfer=transfer, controller=str(controller_file) if learned else None)
         (out / "table.md").write_text(table)

@@ -203,6 +203,9 @@ def build_parser(script: str) -> argparse.ArgumentParser:
         g.add_argument("--resume", help="continue the run in this folder")
     if script == "test":
         g.add_argument("--test-id", help="run to test: an id under --out-dir, or a run folder")
+        g.add_argument(
+            "--replot", metavar="FOLDER", help="redraw a finished test's curves.png from its summary.json; runs nothing"
+        )
     g.add_argument("--debug", action="store_true", help="show the full traceback of an error (as ALRS_DEBUG=1)")
     return p
 

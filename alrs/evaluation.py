@@ -367,6 +367,44 @@ def summarize(
     return table
 
 
+def test_title(dataset: str, architecture: str, name: str, num_seeds: int, transfer: bool = False) -> str:
+    """The title of a test's table and figure, e.g. ``fa-mnist / cnn: <run>, 10 seeds``."""
+    return f"{dataset} / {architecture}: {name}, {num_seeds} seeds" + " (transfer)" * transfer
+
+
+def stored_curves(folder: str | Path) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """A finished test's curves and title, read back from its ``summary.json``.
+
+    Args:
+        folder: the test's result folder (``results/<dataset>_<child>/<name>``).
+
+    Returns:
+        Schedule label -> one curves mapping per test seed, in the table's order; and the title.
+    """
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: no summary.json there; name a test's folder, results/<dataset>_<child>/<name>")
+    data = load_json(path)
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("settings", "results", "summary")):
+        raise UserError(f"{path}: not a finished test (no summary); rerun the test's command to finish it")
+    settings, seeds = data["settings"], data["settings"].get("seeds", [])
+    # Summaries stored before the fair protocol key schedules by label and have no "label" field.
+    runs: dict[str, list[dict[str, Any]]] = {
+        entry.get("label", key): [] for key, entry in data["summary"]["schedules"].items()
+    }
+    for key, record in data["results"].items():
+        _check_record(record, f"{path}: result {key!r}")
+        label = key.rsplit(" | seed ", 1)[0]
+        if label in runs and record["seed"] in seeds:  # a run no longer in the table (a renamed row) is left out
+            runs[label].append(record["curves"])
+    if not all(runs.values()):
+        empty = next(label for label, curves in runs.items() if not curves)
+        raise UserError(f"{path}: no stored run of {empty!r}; rerun the test's command to finish it")
+    name, transfer = Path(folder).name, bool(data.get("transfer"))
+    title = test_title(settings["dataset"], settings["architecture"], name, len(seeds), transfer)
+    return runs, title
+
+
 def format_table(summary: dict[str, Any], reference: str | None = None, title: str = "") -> str:
     """Markdown in the style of the paper's Table 1, mean (std) over seeds, then the comparisons.
 

@@ -12,7 +12,8 @@ from alrs.io import atomic_write
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
@@ -47,7 +48,8 @@ def plot_comparison(
         path: where the PNG goes.
         title: figure title.
     """
-    fig = Figure(figsize=(14, 4))
+    columns = 3  # legend columns, below the panels and off the curves
+    fig = Figure(figsize=(14, 4 + 0.25 * -(-len(runs) // columns)), layout="constrained")
     axes = fig.subplots(1, 3)
     panels = (("val_loss", "validation loss (log)"), ("train_loss", "train loss (log)"), ("lr", "learning rate (log)"))
     for name, seeds in runs.items():
@@ -70,7 +72,7 @@ def plot_comparison(
     for ax, (_, label) in zip(axes, panels, strict=True):
         ax.set(xlabel="Adam step", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=columns, frameon=False)
     fig.suptitle(title)
     _save(fig, path)
 

@@ -10,7 +10,7 @@ import pytest
 from cli import run_script, small_flags
 
 from alrs.errors import UserError
-from alrs.evaluation import check_test_seeds
+from alrs.evaluation import check_test_seeds, stored_curves
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,17 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
         and "| learned from lr=0.001 | cosine (lr=" in table
     )
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    # --replot redraws the figure from summary.json alone: every row of the table, each seed's curves.
+    curves, title = stored_curves(out)
+    labels = [entry["label"] for entry in summary["summary"]["schedules"].values()]
+    assert list(curves) == labels and all(len(runs) == 3 for runs in curves.values())
+    assert title == f"fa-mnist / mlp: {trained_run.name}, 3 seeds"
+    stored = (out / "summary.json").read_bytes()
+    (out / "curves.png").unlink()
+    replotted = run_script("test.py", "--replot", str(out))
+    assert replotted.returncode == 0, replotted.stderr
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG" and (out / "summary.json").read_bytes() == stored
 
     alone = run_script("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
     assert alone.returncode == 0, alone.stderr
@@ -151,3 +162,12 @@ def test_reuse_of_a_folder_without_results_is_refused(trained_run: Path, data_di
     result = run_test_py(trained_run, data_dir, tmp_path, "--reuse-baselines", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "--reuse-baselines" in result.stderr and "no summary.json" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_replot_needs_a_finished_test(tmp_path: Path) -> None:
+    missing = run_script("test.py", "--replot", str(tmp_path))
+    assert missing.returncode == 2 and "no summary.json there" in missing.stderr
+    (tmp_path / "summary.json").write_text(json.dumps({"settings": {}, "results": {}}))
+    unfinished = run_script("test.py", "--replot", str(tmp_path))
+    assert unfinished.returncode == 2 and "not a finished test" in unfinished.stderr
+    assert len(unfinished.stderr.strip().splitlines()) == 1
