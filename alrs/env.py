@@ -215,7 +215,7 @@ class EpisodeTracker:
 
     def _start_episode(self, lr: float) -> None:
         """The state of an episode before its first Adam step, starting at ``lr``."""
-        self.lr = lr
+        self.lr = self.initial_lr = lr
         self.adam_steps = 0
         self.diverged = False
         self.best_val_loss = math.inf
@@ -290,6 +290,7 @@ class EpisodeTracker:
             "val_loss": child[1],
             "val_acc": acc,
             "lr": self.lr,
+            "initial_lr": self.initial_lr,
             "step": self.adam_steps,
             "best_val_loss": min(child[1], self.best_val_loss),
             "diverged": False,

@@ -61,7 +61,10 @@ METRICS_COLUMNS = (
     "approx_kl",
     "clip_fraction",
     "explained_variance",
+    "initial_lr",
 )
+LEGACY_METRICS_COLUMNS = METRICS_COLUMNS[:-1]
+"""metrics.csv's header before the initial_lr column: resuming such a run adds the column, empty in the old rows."""
 
 EVAL_COLUMNS = ("iteration", "episodes", "mean_best_val_loss", "per_initial_lr", "wall_time")
 
@@ -250,6 +253,7 @@ def train_controller(
                             "final_lr": last["lr"],
                             "wall_time": round(state["wall_time"], 2),
                             **stats,
+                            "initial_lr": last["initial_lr"],
                         }
                     )
                     if not eval_every and last["val_loss"] < state["best_final_val_loss"]:
@@ -467,6 +471,8 @@ def _truncate_csv(path: Path, columns: tuple[str, ...], keep_up_to: int) -> None
         raise UserError(f"{path}: missing, but last.pt has progress to match; the run folder is damaged")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
+    if rows and path.name == METRICS_FILE and tuple(rows[0]) == LEGACY_METRICS_COLUMNS:
+        rows = [list(columns), *[[*row, ""] for row in rows[1:]]]
     if not rows or tuple(rows[0]) != columns:
         raise UserError(
             f"{path}: its header is missing or not {','.join(columns[:3])},...; the run folder is damaged "

@@ -11,7 +11,7 @@ import torch
 from cli import run_script, small_flags
 
 from alrs import training
-from alrs.env import EnvConfig, LREnv
+from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
 from alrs.errors import UserError
 from alrs.evaluation import checkpoint_file
 from alrs.io import load_torch
@@ -85,6 +85,7 @@ def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> No
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["episode"] for r in rows] == ["1", "2"]
     assert all(float(r["final_val_loss"]) > 0 and float(r["final_lr"]) > 0 for r in rows)
+    assert all(float(r["initial_lr"]) == 1e-3 for r in rows)  # the default initial LR
     best = load_torch(run / "best.pt")
     assert best["metadata"]["env"]["discrete"] is True and best["metadata"]["features"][0] == "train_loss"
     assert all((run / png).read_bytes()[:4] == b"\x89PNG" for png in ("episode.png", "training.png"))
@@ -141,6 +142,21 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
         assert torch.equal(value, b["ppo"]["controller"]["state_dict"][key]), key
     rows = [[r[:7] for r in csv.reader(open(tmp_path / name / "metrics.csv"))] for name in ("straight", "resumed")]
     assert rows[0] == rows[1] and len(rows[0]) == 7
+
+
+def test_resuming_a_run_from_before_the_initial_lr_column_adds_it(small_env_options: dict, tmp_path: Path) -> None:
+    env = EnvConfig(**{**small_env_options, "initial_lr": "random"})
+    kwargs = dict(env_config=env, ppo_config=PPOConfig(num_steps=4), num_envs=2, seed=5, progress=False)
+    train_controller(tmp_path, episodes=2, **kwargs)
+    metrics = tmp_path / "metrics.csv"
+    rows = list(csv.reader(open(metrics)))
+    assert rows[0][-1] == "initial_lr" and {float(r[-1]) for r in rows[1:]} <= set(RANDOM_INITIAL_LRS)
+    metrics.write_text("".join(",".join(r[:-1]) + "\n" for r in rows))  # as an older version wrote it
+    train_controller(tmp_path, episodes=4, resume=True, **kwargs)
+    resumed = list(csv.DictReader(open(metrics)))
+    assert [r["episode"] for r in resumed] == ["1", "2", "3", "4"]
+    assert [r["initial_lr"] for r in resumed[:2]] == ["", ""]
+    assert {float(r["initial_lr"]) for r in resumed[2:]} <= set(RANDOM_INITIAL_LRS)
 
 
 def test_best_checkpoint_is_the_controller_that_played_the_best_episode(
