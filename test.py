@@ -31,12 +31,12 @@ from alrs.evaluation import (
     missing_grid_error,
     plan_jobs,
     plan_test,
+    result_title,
     reuse_results,
     run_test,
     seeds_for_test,
     stored_curves,
     summarize,
-    test_title,
 )
 from alrs.io import FolderLock
 from alrs.parallel import make_pool
@@ -126,7 +126,7 @@ def main() -> int:
             )
             return 130
         summary = summarize(by_schedule, plan.labels, plan.comparisons)
-        title = test_title(config.dataset, config.architecture, out_name, len(seeds), transfer)
+        title = result_title(config.dataset, config.architecture, out_name, len(seeds), transfer)
         table = format_table(summary, reference=plan.reference, title=title)
         store.update(summary=summary, transfer=transfer, controller=str(controller_file) if learned else None)
         (out / "table.md").write_text(table)

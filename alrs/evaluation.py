@@ -367,7 +367,7 @@ def summarize(
     return table
 
 
-def test_title(dataset: str, architecture: str, name: str, num_seeds: int, transfer: bool = False) -> str:
+def result_title(dataset: str, architecture: str, name: str, num_seeds: int, transfer: bool = False) -> str:
     """The title of a test's table and figure, e.g. ``fa-mnist / cnn: <run>, 10 seeds``."""
     return f"{dataset} / {architecture}: {name}, {num_seeds} seeds" + " (transfer)" * transfer
 
@@ -401,7 +401,7 @@ def stored_curves(folder: str | Path) -> tuple[dict[str, list[dict[str, Any]]], 
         empty = next(label for label, curves in runs.items() if not curves)
         raise UserError(f"{path}: no stored run of {empty!r}; rerun the test's command to finish it")
     name, transfer = Path(folder).name, bool(data.get("transfer"))
-    title = test_title(settings["dataset"], settings["architecture"], name, len(seeds), transfer)
+    title = result_title(settings["dataset"], settings["architecture"], name, len(seeds), transfer)
     return runs, title
 
 
