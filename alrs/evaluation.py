@@ -108,12 +108,13 @@ def _check_record(record: Any, where: str) -> None:
 class ResultStore:
     """Episode results kept in a JSON file as they finish, so an interrupted evaluation resumes.
 
-    The file also records the env settings; reusing it with other settings is refused.
+    The file also records the env settings; reusing it with other settings is refused. With
+    ``settings=None`` an existing file is read as it is, with the settings it records.
     """
 
-    def __init__(self, path: str | Path, settings: dict[str, Any]):
-        self.path, self.settings = Path(path), settings
-        self.data: dict[str, Any] = {"settings": settings, "results": {}}
+    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None):
+        self.path, self.settings = Path(path), settings if settings is not None else {}
+        self.data: dict[str, Any] = {"settings": self.settings, "results": {}}
         if self.path.exists():
             data = load_json(self.path)
             if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
@@ -122,7 +123,9 @@ class ResultStore:
                 )
             for key, record in data["results"].items():
                 _check_record(record, f"{self.path}: result {key!r}")
-            if data.get("settings") != settings:
+            if settings is None:
+                self.settings = data.get("settings", {})
+            elif data.get("settings") != settings:
                 diff = sorted(
                     k
                     for k in set(settings) | set(data.get("settings", {}))
@@ -384,23 +387,22 @@ def stored_curves(folder: str | Path) -> tuple[dict[str, list[dict[str, Any]]], 
     path = Path(folder) / "summary.json"
     if not path.is_file():
         raise UserError(f"{folder}: no summary.json there; name a test's folder, results/<dataset>_<child>/<name>")
-    data = load_json(path)
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("settings", "results", "summary")):
+    store = ResultStore(path)
+    settings, summary = store.settings, store.data.get("summary")
+    if (
+        not isinstance(settings, dict)
+        or not isinstance(summary, dict)
+        or not isinstance(summary.get("schedules"), dict)
+    ):
         raise UserError(f"{path}: not a finished test (no summary); rerun the test's command to finish it")
-    settings, seeds = data["settings"], data["settings"].get("seeds", [])
+    seeds = settings.get("seeds", [])
     # Summaries stored before the fair protocol key schedules by label and have no "label" field.
-    runs: dict[str, list[dict[str, Any]]] = {
-        entry.get("label", key): [] for key, entry in data["summary"]["schedules"].items()
-    }
-    for key, record in data["results"].items():
-        _check_record(record, f"{path}: result {key!r}")
-        label = key.rsplit(" | seed ", 1)[0]
-        if label in runs and record["seed"] in seeds:  # a run no longer in the table (a renamed row) is left out
-            runs[label].append(record["curves"])
-    if not all(runs.values()):
-        empty = next(label for label, curves in runs.items() if not curves)
-        raise UserError(f"{path}: no stored run of {empty!r}; rerun the test's command to finish it")
-    name, transfer = Path(folder).name, bool(data.get("transfer"))
+    labels = [entry.get("label", key) for key, entry in summary["schedules"].items()]
+    keys = {label: [result_key(label, seed) for seed in seeds] for label in labels}
+    if missing := [key for label in labels for key in keys[label] if key not in store]:
+        raise UserError(f"{path}: no stored run {missing[0]!r}; rerun the test's command to finish it")
+    runs = {label: [store[key].curves for key in keys[label]] for label in labels}
+    name, transfer = Path(folder).name, bool(store.data.get("transfer"))
     title = result_title(settings["dataset"], settings["architecture"], name, len(seeds), transfer)
     return runs, title
 
@@ -621,13 +623,18 @@ def reuse_results(store: ResultStore, source: Path, keys: Sequence[str]) -> list
     return copied
 
 
+def result_key(label: str, seed: int) -> str:
+    """A test run's key in its result store: the schedule's label and the seed."""
+    return f"{label} | seed {seed}"
+
+
 def plan_jobs(plan: TestPlan, seeds: Sequence[int]) -> list[tuple[str, Schedule, int]]:
     """The runs of a test as ``(key, schedule, seed)``: every schedule of ``plan`` on every seed.
 
     Keys are the schedules' labels, as before stable keys existed, so earlier stores stay reusable.
     """
     return [
-        (f"{plan.labels[key]} | seed {seed}", schedule, seed)
+        (result_key(plan.labels[key], seed), schedule, seed)
         for seed in seeds
         for key, schedule in plan.schedules.items()
     ]
@@ -644,4 +651,4 @@ def run_test(
     """Every schedule of ``plan`` on every seed (those not yet in ``store``); each schedule's results in
     seed order."""
     results = run_jobs(env, plan_jobs(plan, seeds), store, progress=progress, desc="test", pool=pool)
-    return {key: [results[f"{plan.labels[key]} | seed {seed}"] for seed in seeds] for key in plan.schedules}
+    return {key: [results[result_key(plan.labels[key], seed)] for seed in seeds] for key in plan.schedules}
