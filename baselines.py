@@ -1,4 +1,5 @@
-"""Grid-search the paper's step-decay baseline (48 points) and constant LRs, resumably.
+"""Grid-search the paper's step-decay baseline (48 points), constant LRs, cosine and linear decays, and
+the peers (Schedule-Free AdamW, Prodigy, Adam with an EMA of its weights), resumably.
 
 python baselines.py --dataset fa-mnist --architecture cnn
 python baselines.py --config configs/quick.json
@@ -10,7 +11,7 @@ import dataclasses
 import sys
 
 from alrs.env import LREnv
-from alrs.evaluation import baseline_file, baseline_grid_search, grid_schedules
+from alrs.evaluation import BEST_KEYS, baseline_file, baseline_grid_search, grid_schedules
 from alrs.parallel import make_pool
 from alrs.plotting import plot_episode
 from utils import env_config, parallel_config, parse_args, run_script, set_threads
@@ -36,11 +37,10 @@ def main() -> int:
     results = data["results"]
     best = results[data["best_step_decay"]]
     plot_episode(best["curves"], path.with_suffix(".png"), title=f"best step decay: {data['best_step_decay']}")
-    ranked = sorted(results, key=lambda k: results[k]["final_val_loss"])
-    print(f"\n{'schedule':<42} {'final val loss':>14} {'best val loss':>14}")
-    for key in ranked[:5] + [k for k in ranked[5:] if k == data["best_constant"]]:
-        print(f"{key:<42} {results[key]['final_val_loss']:>14.4f} {results[key]['best_val_loss']:>14.4f}")
-    print(f"\nbest step decay: {data['best_step_decay']}; best constant: {data['best_constant']}")
+    print(f"\n{'family':<14} {'its best point (final val loss on the grid seed)':<50} {'final':>8} {'best':>8}")
+    for family, best_key in BEST_KEYS.items():
+        key = data[best_key]
+        print(f"{family:<14} {key:<50} {results[key]['final_val_loss']:>8.4f} {results[key]['best_val_loss']:>8.4f}")
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.evaluation import (
+    BEST_KEYS,
     ResultStore,
     baseline_file,
     baseline_grid_search,
@@ -92,9 +93,9 @@ def main() -> int:
         with make_pool(parallel_config(args), config, jobs=len(grid_schedules(config))) as pool:
             baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
     grid = load_grid(path, config)
-    if "best_cosine" not in grid:
+    if missing := [family for family, key in BEST_KEYS.items() if key not in grid]:
         print(
-            f"{path} has no cosine or linear points: run baselines.py with this test's settings to add them",
+            f"{path} has no {', '.join(missing)} points: run baselines.py with this test's settings to add them",
             file=sys.stderr,
         )
     plan = plan_test(grid, learned, start_lrs)

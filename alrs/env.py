@@ -1,6 +1,7 @@
 """The learning-rate environment: a controller sets the LR of a child network while it trains.
 
-One episode trains a fresh child network with Adam for ``num_train_steps`` steps. Every
+One episode trains a fresh child network with Adam (the paper's; ``EnvConfig.optimizer`` chooses
+another) for ``num_train_steps`` steps. Every
 ``update_freq`` Adam steps the controller observes the child (7 features, paper Sec. 3.1),
 scales the learning rate, and is rewarded with minus the validation loss at that step
 (per-step reward, paper Sec. 3.2).
@@ -33,6 +34,14 @@ from alrs.features import (
 )
 from alrs.models import ALIASES as ARCHITECTURE_ALIASES
 from alrs.models import build_model, check_architecture
+from alrs.optim import (
+    OPTIMIZER_FIELDS,
+    build_optimizer,
+    check_optimizer,
+    effective_lr,
+    evaluation_weights,
+    make_averager,
+)
 
 FEATURES: tuple[str, ...] = PAPER_FEATURES
 """The paper's observation, in order: its 7 state features (Sec. 3.1). Other feature sets:
@@ -90,6 +99,15 @@ class EnvConfig:
             (ours; see :mod:`alrs.features`).
         lr_feature: ``lr`` (the paper's raw LR) or ``log-lr`` (ours: ``log10(lr / 1e-3)``).
         time_feature: add the fraction of the episode's Adam steps still to come (ours).
+        optimizer: the child's optimizer: adam (the paper's), adamw, sgd (momentum 0.9),
+            schedulefree-adamw or prodigy (ours; :mod:`alrs.optim`). With prodigy the LR is a
+            multiplier of its estimate d (1 is its default), and the LR recorded is lr x d.
+        beta1, beta2: the Adam-family optimizers' betas.
+        weight_decay: the optimizer's weight decay (decoupled for adamw, schedulefree-adamw and prodigy).
+        warmup_steps: schedulefree-adamw's linear LR warm-up, in optimizer steps.
+        d_coef: prodigy's coefficient of its step-size estimate d.
+        weight_average: evaluate averaged weights (ours): ema:DECAY (e.g. ema:0.95) or uniform; the
+            features, reward, best-validation copy and test all see the average. Unset: the weights.
         eval_batch_size: chunk size of evaluation passes (speed only).
         data_dir: where the dataset files are, in torchvision's layout.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -112,6 +130,13 @@ class EnvConfig:
     reward: str = "val-loss"
     lr_feature: str = "lr"
     time_feature: bool = False
+    optimizer: str = "adam"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    d_coef: float = 1.0
+    weight_average: str | None = None
     eval_batch_size: int = 500
     data_dir: str = "./data"
     device: str = "auto"
@@ -150,6 +175,7 @@ class EnvConfig:
         if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
             raise UserError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
         check_reward(self.reward)
+        check_optimizer(**self.optimizer_settings)
         feature_names(self.lr_feature, self.time_feature)  # checks lr_feature
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise UserError(f"device must be cpu, cuda or auto, got {self.device!r}")
@@ -158,6 +184,11 @@ class EnvConfig:
     def num_controller_steps(self) -> int:
         """Controller decisions per episode (paper: 1000 / 10 = 100)."""
         return self.num_train_steps // self.update_freq
+
+    @property
+    def optimizer_settings(self) -> dict[str, Any]:
+        """The :data:`~alrs.optim.OPTIMIZER_FIELDS` of this config, by name."""
+        return {name: getattr(self, name) for name in OPTIMIZER_FIELDS}
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -290,6 +321,7 @@ class EpisodeTracker:
             "val_loss": child[1],
             "val_acc": acc,
             "lr": self.lr,
+            "effective_lr": self.lr,  # the step size taken; LREnv gives Prodigy's lr x d
             "initial_lr": self.initial_lr,
             "step": self.adam_steps,
             "best_val_loss": min(child[1], self.best_val_loss),
@@ -342,6 +374,7 @@ class LREnv(gym.Env):
         self._memory_format = torch.channels_last if conv_on_cpu else torch.contiguous_format
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self._averager: nn.Module | None = None
         self.episode = EpisodeTracker(cfg)
 
     # The episode's state, as the tracker keeps it.
@@ -366,22 +399,48 @@ class LREnv(gym.Env):
 
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        """Start a fresh child network. ``options={"initial_lr": x}`` overrides the initial LR
-        (hand-made schedules use it); it changes nothing else, so runs stay paired by seed."""
+        """Start a fresh child network. ``options`` change nothing else, so runs stay paired by seed:
+        ``{"initial_lr": x}`` overrides the initial LR (hand-made schedules use it), and
+        ``{"optimizer": {...}}`` overrides :data:`~alrs.optim.OPTIMIZER_FIELDS` for this episode (the peers
+        and the Adam baselines use it, whatever the config's optimizer)."""
         super().reset(seed=seed)
+        settings = self._episode_optimizer(options)
         child_seed = self.episode.begin(self.np_random, options)
         cfg = self.config
         self.model = init_child(cfg, child_seed).to(self.device, memory_format=self._memory_format)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        self.optimizer = build_optimizer(self.model.parameters(), self.lr, **settings)
+        self._averager = make_averager(self.model, settings["weight_average"])
         self._sampler = BatchSampler(len(self.data.train_x), cfg.batch_size, child_seed, self.device)
-        val_loss, val_acc, probs = self._evaluate(self.model, self.val_x, self.val_y, keep_probs=True)
+        with evaluation_weights(self.optimizer):
+            model = self._evaluated_model
+            val_loss, val_acc, probs = self._evaluate(model, self.val_x, self.val_y, keep_probs=True)
+            self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            # Before any Adam step there is no train loss yet; the untrained net's validation loss stands in.
+            features = child_features(
+                val_loss[None], val_loss[None], probs[None], None, model.output_layer.weight[None]
+            )
         self._prev_probs = probs
-        self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        # Before any Adam step there is no train loss yet; the untrained net's validation loss stands in.
-        features = child_features(
-            val_loss[None], val_loss[None], probs[None], None, self.model.output_layer.weight[None]
-        )
-        return self.episode.first_observation(features[0], val_acc)
+        obs, info = self.episode.first_observation(features[0], val_acc)
+        info["effective_lr"] = effective_lr(self.optimizer)
+        return obs, info
+
+    def _episode_optimizer(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        """The optimizer settings of the coming episode: the config's, with ``options["optimizer"]`` over them."""
+        overrides = (options or {}).get("optimizer") or {}
+        if not isinstance(overrides, dict) or not set(overrides) <= set(OPTIMIZER_FIELDS):
+            raise UserError(
+                f"options['optimizer'] must map optimizer settings ({', '.join(OPTIMIZER_FIELDS)}) to values, "
+                f"got {overrides!r}"
+            )
+        settings = {**self.config.optimizer_settings, **overrides}
+        check_optimizer(**settings)
+        return settings
+
+    @property
+    def _evaluated_model(self) -> nn.Module:
+        """The network whose weights are evaluated: the averaged copy with ``weight_average``, else the child
+        (a schedule-free child's evaluation weights are swapped in by :func:`alrs.optim.evaluation_weights`)."""
+        return self.model if self._averager is None else self._averager.module
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Scale the LR by ``action``, train ``update_freq`` Adam steps, observe."""
@@ -408,21 +467,27 @@ class LREnv(gym.Env):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if self._averager is not None:
+                self._averager.update_parameters(model)
             loss_sum += loss.detach()  # stays on the device: no host sync inside the Adam steps
 
-        val_loss, val_acc, probs = self._evaluate(model, self.val_x, self.val_y, keep_probs=True)
-        features = child_features(
-            (loss_sum / cfg.update_freq)[None],
-            val_loss[None],
-            probs[None],
-            self._prev_probs[None],
-            model.output_layer.weight[None],
-        )
-        self._prev_probs = probs
-        obs, reward, terminated, truncated, info = self.episode.end_step(features[0], val_acc)
-        if self.episode.improved:  # keep the best-validation weights for the test set
-            for name, value in model.state_dict().items():
-                self._best_state[name].copy_(value)
+        # The features, the reward and the best-validation copy all see the evaluation weights.
+        with evaluation_weights(optimizer):
+            evaluated = self._evaluated_model
+            val_loss, val_acc, probs = self._evaluate(evaluated, self.val_x, self.val_y, keep_probs=True)
+            features = child_features(
+                (loss_sum / cfg.update_freq)[None],
+                val_loss[None],
+                probs[None],
+                self._prev_probs[None],
+                evaluated.output_layer.weight[None],
+            )
+            self._prev_probs = probs
+            obs, reward, terminated, truncated, info = self.episode.end_step(features[0], val_acc)
+            if self.episode.improved:  # keep the best-validation weights for the test set
+                for name, value in evaluated.state_dict().items():
+                    self._best_state[name].copy_(value)
+        info["effective_lr"] = effective_lr(optimizer)
         return obs, reward, terminated, truncated, info
 
     # ------------------------------------------------------------------ test set
@@ -432,12 +497,13 @@ class LREnv(gym.Env):
             raise RuntimeError("call reset() before evaluate_test()")
         if which not in ("best", "current"):
             raise UserError(f"which must be 'best' or 'current', got {which!r}")
-        model = self.model
-        if which == "best":
-            model = build_model(self.config.architecture, self.config.dataset)
-            model = model.to(self.device, memory_format=self._memory_format)
-            model.load_state_dict(self._best_state)
-        loss, acc, _ = self._evaluate(model, self.data.test_x, self.data.test_y, keep_probs=False)
+        with evaluation_weights(self.optimizer):
+            model = self._evaluated_model
+            if which == "best":
+                model = build_model(self.config.architecture, self.config.dataset)
+                model = model.to(self.device, memory_format=self._memory_format)
+                model.load_state_dict(self._best_state)
+            loss, acc, _ = self._evaluate(model, self.data.test_x, self.data.test_y, keep_probs=False)
         return float(loss), float(acc)
 
     @torch.inference_mode()

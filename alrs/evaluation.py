@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
 from alrs.io import FolderLock, load_json, load_torch, save_json
+from alrs.optim import OPTIMIZER_FIELDS
 from alrs.parallel import WorkerPool
 from alrs.schedules import (
     Constant,
@@ -28,10 +29,13 @@ from alrs.schedules import (
     HandMadeSchedule,
     Learned,
     Linear,
+    Peer,
     Schedule,
     StepDecay,
     annealing_grid,
     paper_grid,
+    peer_from_record,
+    peer_grid,
 )
 from alrs.training import BEST_FILE, LAST_FILE, evaluated_checkpoint, evaluated_iterations
 
@@ -60,15 +64,15 @@ def run_episode(env: LREnv, schedule: Schedule, seed: int, test: bool = True) ->
     schedules on one seed are paired.
     """
     schedule.check(env)
-    options = {"initial_lr": schedule.initial_lr} if schedule.initial_lr is not None else None
-    obs, info = env.reset(seed=seed, options=options)
+    obs, info = env.reset(seed=seed, options=schedule.reset_options())
     schedule.start(seed)
     infos = [info]
     terminated = truncated = False
     while not (terminated or truncated):
         obs, _, terminated, truncated, info = schedule.step(env, obs, info)
         infos.append(info)
-    curves = {key: [i[key] for i in infos] for key in ("step", "train_loss", "val_loss", "lr")}
+    curves = {key: [i[key] for i in infos] for key in ("step", "train_loss", "val_loss")}
+    curves["lr"] = [i["effective_lr"] for i in infos]  # the step size taken: Prodigy's lr x d
     test_best = env.evaluate_test("best") if test else (math.nan, math.nan)
     test_final = env.evaluate_test("current") if test and not info["diverged"] else (math.nan, math.nan)
     return EpisodeResult(
@@ -188,7 +192,7 @@ BASELINE_KEYS = ("dataset", "architecture", "batch_size", "update_freq", "num_tr
 """The env settings that decide a hand-made schedule's results (the rest concern the controller)."""
 
 
-LATER_SETTINGS = ("reward", "lr_feature", "time_feature")
+LATER_SETTINGS = ("reward", "lr_feature", "time_feature", *OPTIMIZER_FIELDS)
 """EnvConfig fields added after the first committed results."""
 
 
@@ -225,16 +229,21 @@ BEST_KEYS = {
     "constant": "best_constant",
     "cosine": "best_cosine",
     "linear": "best_linear",
+    "schedule-free": "best_schedule_free",
+    "prodigy": "best_prodigy",
+    "adam-ema": "best_adam_ema",
 }
-"""Where a grid file names the best point of each family."""
+"""Where a grid file names the best point of each family (the last three: the peers)."""
+
+PEER_FAMILIES = ("schedule-free", "prodigy", "adam-ema")
 
 
 def grid_schedules(config: EnvConfig) -> list[HandMadeSchedule]:
     """The baseline grid: the paper's 48 step decays, a constant at each of their initial LRs, and
-    (ours) cosine and linear decays to 0 from each of six initial LRs."""
+    (ours) cosine and linear decays to 0 from each of six initial LRs, and the peers' grids."""
     grid = paper_grid()
     constants = [Constant(lr) for lr in sorted({s.initial_lr for s in grid}, reverse=True)]
-    return [*grid, *constants, *annealing_grid(config.num_train_steps)]
+    return [*grid, *constants, *annealing_grid(config.num_train_steps), *peer_grid(config.num_train_steps)]
 
 
 GRID_NOTE = "test figures are null: the grid ranks schedules by validation loss and never touches the test set"
@@ -248,7 +257,7 @@ def baseline_grid_search(
 
     Picks the best point of each family by final validation loss (as the seed does), records each
     point's best validation loss too, and keeps everything in ``path`` (resumable: a grid file
-    from before the cosine and linear families gains their points on the next run). With ``pool``
+    from before the cosine, linear or peer families gains their points on the next run). With ``pool``
     the points run on its workers.
     """
     path = Path(path)
@@ -281,6 +290,8 @@ def schedule_from_record(record: dict[str, Any]) -> HandMadeSchedule:
     """Rebuild a hand-made schedule from its ``describe()`` record (records from before ``family``
     existed are step decays or constants)."""
     family = record.get("family") or ("step-decay" if "discount_step" in record else "constant")
+    if family in PEER_FAMILIES:
+        return peer_from_record(record)
     if family == "step-decay":
         return StepDecay(record["initial_lr"], record["discount_step"], record["factor"])
     if family in DECAYS_TO_ZERO:
@@ -449,7 +460,8 @@ def format_table(summary: dict[str, Any], reference: str | None = None, title: s
 class TestPlan:
     """What test.py runs: schedules by stable key, their labels, and the pairs to compare.
 
-    Keys: ``constant``, ``step-decay``, ``cosine``, ``linear`` (the grid's tuned schedules),
+    Keys: ``constant``, ``step-decay``, ``cosine``, ``linear``, ``schedule-free``, ``prodigy``,
+    ``adam-ema`` (the grid's tuned schedules and peers),
     ``learned@<lr>`` (the controller started from ``lr``) and ``step-decay@<lr>`` (the grid's
     best step decay among those that start from ``lr``).
     """
@@ -462,6 +474,8 @@ class TestPlan:
 
 def describe_schedule(schedule: HandMadeSchedule) -> str:
     """A table label such as ``step decay (lr=0.01 every 10 x0.99)`` or ``cosine (lr=0.01)``."""
+    if isinstance(schedule, Peer):
+        return schedule.label
     if isinstance(schedule, StepDecay):
         return f"step decay (lr={schedule.initial_lr:g} every {schedule.discount_step} x{schedule.factor:g})"
     return f"{schedule.family} (lr={schedule.initial_lr:g})"
@@ -470,7 +484,7 @@ def describe_schedule(schedule: HandMadeSchedule) -> str:
 def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: Sequence[float] = ()) -> TestPlan:
     """The fair protocol: the grid's tuned schedules of each family; the controller started from each
     of ``start_lrs`` and from the tuned step decay's LR; each start compared with the tuned step
-    decay, cosine and linear, and with the best step decay from the same LR.
+    decay, cosine and linear, each tuned peer, and with the best step decay from the same LR.
 
     A grid file from before the cosine and linear families has no rows for them (baselines.py adds them).
     """
@@ -478,7 +492,7 @@ def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: 
     tuned = {
         family: schedule_from_record(results[grid[best]].schedule) for family, best in BEST_KEYS.items() if best in grid
     }
-    order = [f for f in ("constant", "step-decay", "cosine", "linear") if f in tuned]
+    order = [f for f in ("constant", "step-decay", "cosine", "linear", *PEER_FAMILIES) if f in tuned]
     schedules: dict[str, Schedule] = {f: tuned[f] for f in order}
     labels = {f: describe_schedule(tuned[f]) for f in order}
     comparisons: list[tuple[str, str]] = []
@@ -489,7 +503,7 @@ def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: 
         key = f"learned@{lr:g}"
         schedules[key] = learned.starting_at(lr)
         labels[key] = f"{learned.name} from lr={lr:g}"
-        comparisons += [(key, f) for f in ("step-decay", "cosine", "linear") if f in tuned]
+        comparisons += [(key, f) for f in ("step-decay", "cosine", "linear", *PEER_FAMILIES) if f in tuned]
         if not math.isclose(lr, tuned["step-decay"].initial_lr):
             try:
                 same = schedule_from_record(results[best_of_family(results, "step-decay", lr)].schedule)

@@ -51,6 +51,7 @@ from alrs.controller import Controller
 from alrs.errors import UserError
 from alrs.features import LR_FEATURES, child_features, feature_names, next_lr, observation_tail
 from alrs.io import load_torch
+from alrs.optim import optimizer_class
 
 Evaluate = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 """A function returning the model's validation logits (N, classes) and integer targets (N,)."""
@@ -113,7 +114,12 @@ def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source
     )
     if controller.action_spec != wanted:
         raise UserError(f"{source}: the controller's actions are {controller.action_spec}, its metadata says {wanted}")
-    return {**{key: env[key] for key in _ENV_SETTINGS}, "features": tuple(features)}
+    # Checkpoints from before the optimizer setting all drove Adam.
+    return {
+        **{key: env[key] for key in _ENV_SETTINGS},
+        "features": tuple(features),
+        "optimizer": env.get("optimizer", "adam"),
+    }
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -126,7 +132,8 @@ class LearnedLRScheduler(LRScheduler):
     """A trained controller setting an optimizer's LR every ``update_freq`` steps (see the module's docs).
 
     Args:
-        optimizer: the optimizer whose LRs are set (the controller was trained with Adam).
+        optimizer: the optimizer whose LRs are set: of the class the controller was trained to drive (its
+            checkpoint's ``optimizer`` setting; Adam for every checkpoint that does not record one).
         checkpoint: a controller checkpoint: the path of a ``best.pt``, or of a ``last.pt`` (its
             controller is used), or such a file's loaded dict.
         output_layer: the model's output layer (an ``nn.Linear``), or a function returning its
@@ -136,6 +143,8 @@ class LearnedLRScheduler(LRScheduler):
             it observes. None: give them with :meth:`report_validation`.
         num_train_steps: the length of the training in optimizer steps, for the time feature
             (``budget_left``); default: the checkpoint's episode length.
+        allow_transfer: drive an optimizer of another class than the one the controller was trained
+            to drive (an untested transfer); without it, that is refused.
 
     Attributes:
         lr: the reference LR the controller sets (the first group's LR).
@@ -151,6 +160,7 @@ class LearnedLRScheduler(LRScheduler):
         *,
         evaluate: Evaluate | None = None,
         num_train_steps: int | None = None,
+        allow_transfer: bool = False,
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not a torch.optim.Optimizer")
@@ -162,6 +172,12 @@ class LearnedLRScheduler(LRScheduler):
         except ValueError as exc:
             raise UserError(f"{source}: {exc}") from exc
         settings = _checked_settings(data, self.controller, source)
+        expected = optimizer_class(settings["optimizer"])
+        if not allow_transfer and type(optimizer) is not expected:
+            raise UserError(
+                f"{source}: the controller was trained to drive {settings['optimizer']} ({expected.__name__}), "
+                f"not {type(optimizer).__name__}; pass allow_transfer=True to use it anyway (untested)"
+            )
         self.update_freq = _positive_int("update_freq", settings["update_freq"] if update_freq is None else update_freq)
         steps = settings["num_train_steps"] if num_train_steps is None else num_train_steps
         self.num_train_steps = _positive_int("num_train_steps", steps)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from alrs.controller import Controller, describe_action_space
-from alrs.env import LREnv
+from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
+from alrs.optim import OPTIMIZER_FIELDS
 
 StepResult = tuple[np.ndarray, float, bool, bool, dict[str, Any]]
 
@@ -32,6 +33,19 @@ PAPER_GRID: dict[str, tuple[float, ...]] = {
 ANNEALING_GRID_LRS: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4)
 """Initial LRs of the cosine and linear families (ours: the paper compares with step decay only)."""
 
+PAPER_OPTIMIZER: dict[str, Any] = {name: getattr(EnvConfig, name) for name in OPTIMIZER_FIELDS}
+"""The paper's child optimizer: Adam at torch's defaults, its own weights evaluated. Every hand-made
+schedule runs with it, whatever the env's optimizer, so the grid and the baselines are the paper's."""
+
+PEER_GRID: dict[str, dict[str, tuple[Any, ...]]] = {
+    "schedule-free": {"lr": (1e-3, 3e-3, 1e-2, 3e-2), "warmup_fraction": (0.0, 0.05)},
+    "prodigy": {"d_coef": (0.5, 1.0, 2.0), "shape": ("constant", "cosine")},
+    "adam-ema": {"lr": (3e-3, 1e-2, 3e-2), "decay": (0.9, 0.95, 0.99)},
+}
+"""The peers' grids (ours): Schedule-Free AdamW's LR x warm-up (a fraction of the episode's steps);
+Prodigy's d_coef at its default LR 1, held constant or cosine-decayed; Adam at a constant LR,
+evaluating an exponential moving average of its weights."""
+
 
 class Schedule(ABC):
     """Sets the LR of a training child, one controller step (``update_freq`` Adam steps) at a time."""
@@ -41,6 +55,17 @@ class Schedule(ABC):
     """Stable key of the schedule's kind (``step-decay``, ``cosine``, ...), apart from its display name."""
     initial_lr: float | None = None
     """The LR an episode starts from; None keeps the env's own setting."""
+    optimizer: dict[str, Any] | None = None
+    """The child's optimizer settings (:data:`~alrs.optim.OPTIMIZER_FIELDS`); None keeps the env's own."""
+
+    def reset_options(self) -> dict[str, Any] | None:
+        """The options of the env's reset that start this schedule's episode (None: the env's settings)."""
+        options: dict[str, Any] = {}
+        if self.initial_lr is not None:
+            options["initial_lr"] = self.initial_lr
+        if self.optimizer is not None:
+            options["optimizer"] = self.optimizer
+        return options or None
 
     def check(self, env: LREnv) -> None:  # noqa: B027 - optional hook: most schedules run on any env
         """Raise a one-line :class:`~alrs.errors.UserError` if this schedule cannot run on ``env``."""
@@ -59,9 +84,11 @@ class Schedule(ABC):
 
 
 class HandMadeSchedule(Schedule):
-    """A schedule given as a function of the Adam step; not held to the controller's LR bounds."""
+    """A schedule given as a function of the Adam step; not held to the controller's LR bounds.
+    It trains the child with the paper's Adam (:data:`PAPER_OPTIMIZER`) unless it is a :class:`Peer`."""
 
     initial_lr: float
+    optimizer: dict[str, Any] | None = PAPER_OPTIMIZER
 
     @abstractmethod
     def lr_at(self, step: int) -> float:
@@ -135,6 +162,86 @@ class Linear(DecayToZero):
         return self.initial_lr * max(0.0, 1 - step / self.total_steps)
 
 
+class Peer(HandMadeSchedule):
+    """An optimizer a user would pick instead of a schedule (ours), run at a hand-made LR ``shape``.
+
+    Args:
+        family: ``schedule-free``, ``prodigy`` or ``adam-ema`` (:data:`PEER_GRID`).
+        shape: the LR over the episode (a constant, or a cosine decay for Prodigy's multiplier).
+        label: the table's label, e.g. ``schedule-free adamw (lr=0.01, warm-up 10)``.
+        optimizer: the settings that differ from :data:`PAPER_OPTIMIZER`.
+    """
+
+    def __init__(self, family: str, shape: HandMadeSchedule, label: str, **optimizer: Any):
+        if unknown := sorted(set(optimizer) - set(OPTIMIZER_FIELDS)):
+            raise UserError(f"not an optimizer setting: {unknown[0]!r}; known: {', '.join(OPTIMIZER_FIELDS)}")
+        self.family, self.shape, self.label = family, shape, label
+        self.initial_lr = shape.initial_lr
+        self.optimizer = {**PAPER_OPTIMIZER, **optimizer}
+        self.name = label.replace(" (", " ").replace(", ", " ").removesuffix(")")
+
+    def lr_at(self, step: int) -> float:
+        return self.shape.lr_at(step)
+
+    def check(self, env: LREnv) -> None:
+        self.shape.check(env)
+
+    def describe(self) -> dict[str, Any]:
+        changed = {k: v for k, v in self.optimizer.items() if k == "optimizer" or v != PAPER_OPTIMIZER[k]}
+        return {
+            **self.shape.describe(),
+            "name": self.name,
+            "family": self.family,
+            "label": self.label,
+            "shape": self.shape.describe(),
+            "optimizer": changed,
+        }
+
+
+def schedule_free(lr: float, warmup_steps: int) -> Peer:
+    """Schedule-Free AdamW (the ``schedulefree`` package) at a constant ``lr`` after its own warm-up."""
+    label = f"schedule-free adamw (lr={lr:g}, warm-up {warmup_steps})"
+    return Peer("schedule-free", Constant(lr), label, optimizer="schedulefree-adamw", warmup_steps=warmup_steps)
+
+
+def prodigy(d_coef: float, shape: str, total_steps: int) -> Peer:
+    """Prodigy (the ``prodigyopt`` package) at its default LR 1, held ``constant`` or ``cosine``-decayed."""
+    lr_shape = Constant(1.0) if shape == "constant" else Cosine(1.0, total_steps)
+    label = f"prodigy (d_coef={d_coef:g}, {shape})"
+    return Peer("prodigy", lr_shape, label, optimizer="prodigy", d_coef=float(d_coef))
+
+
+def adam_ema(lr: float, decay: float) -> Peer:
+    """Adam at a constant ``lr``, evaluating an exponential moving average of its weights."""
+    return Peer("adam-ema", Constant(lr), f"adam + ema {decay:g} (lr={lr:g})", weight_average=f"ema:{decay:g}")
+
+
+def peer_grid(total_steps: int) -> list[Peer]:
+    """Every peer of :data:`PEER_GRID` for episodes of ``total_steps`` optimizer steps."""
+    grid = PEER_GRID
+    return [
+        *(
+            schedule_free(lr, round(fraction * total_steps))
+            for lr, fraction in product(*grid["schedule-free"].values())
+        ),
+        *(prodigy(d, shape, total_steps) for d, shape in product(*grid["prodigy"].values())),
+        *(adam_ema(lr, decay) for lr, decay in product(*grid["adam-ema"].values())),
+    ]
+
+
+def peer_from_record(record: dict[str, Any]) -> Peer:
+    """Rebuild a peer from its ``describe()`` record."""
+    opt = record["optimizer"]
+    shape = record["shape"]
+    if record["family"] == "schedule-free":
+        return schedule_free(shape["initial_lr"], opt.get("warmup_steps", 0))
+    if record["family"] == "prodigy":
+        return prodigy(opt.get("d_coef", 1.0), shape["family"], shape.get("total_steps", 0))
+    if record["family"] == "adam-ema":
+        return adam_ema(shape["initial_lr"], float(opt["weight_average"].removeprefix("ema:")))
+    raise UserError(f"not a peer family: {record['family']!r}; known: {', '.join(PEER_GRID)}")
+
+
 class Learned(Schedule):
     """A trained controller with frozen statistics, acting by its policy's mode or by samples of it.
 
@@ -167,6 +274,12 @@ class Learned(Schedule):
         return other
 
     def check(self, env: LREnv) -> None:
+        trained_with = self.metadata.get("env", {}).get("optimizer", "adam")  # older checkpoints: all Adam
+        if trained_with != env.config.optimizer:
+            raise UserError(
+                f"the controller was trained to drive {trained_with}, this env's child uses {env.config.optimizer}; "
+                f"test it with --optimizer {trained_with}"
+            )
         features, observed = self.metadata.get("features"), env.config.features
         if features is not None and tuple(features) != observed:
             raise UserError(

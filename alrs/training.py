@@ -131,8 +131,11 @@ def evaluate_policy(
 
 
 def episode_curves(infos: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Per-step ``step``, ``train_loss``, ``val_loss`` and ``lr`` of an episode's infos."""
-    return {key: [info[key] for info in infos] for key in ("step", "train_loss", "val_loss", "lr")}
+    """Per-step ``step``, ``train_loss``, ``val_loss`` and ``lr`` (the effective LR, Prodigy's lr x d) of an
+    episode's infos."""
+    curves = {key: [info[key] for info in infos] for key in ("step", "train_loss", "val_loss")}
+    curves["lr"] = [info["effective_lr"] for info in infos]
+    return curves
 
 
 def train_controller(
@@ -250,7 +253,7 @@ def train_controller(
                             "return": episode.episode_return,
                             "final_val_loss": last["val_loss"],
                             "best_val_loss": last["best_val_loss"],
-                            "final_lr": last["lr"],
+                            "final_lr": last["effective_lr"],  # Prodigy's lr x d; the LR for the others
                             "wall_time": round(state["wall_time"], 2),
                             **stats,
                             "initial_lr": last["initial_lr"],
@@ -450,11 +453,13 @@ def _check_last(
     metadata = saved["controller"].get("metadata", {}) if isinstance(saved["controller"], dict) else {}
     ours = controller_metadata(env_config, ppo_config, seed=seed)
     runtime = {"data_dir", "device", "eval_batch_size"}  # where and how fast it runs, not what it learns
+    # A setting the checkpoint does not record was added later: the run was made at its default.
+    defaults = {"env": asdict(EnvConfig()), "ppo": asdict(PPOConfig())}
     differ = [
         f"{part}.{k}"
         for part in ("env", "ppo")
         for k in ours[part]
-        if k not in runtime and metadata.get(part, {}).get(k) != ours[part][k]
+        if k not in runtime and metadata.get(part, {}).get(k, defaults[part].get(k)) != ours[part][k]
     ]
     differ += ["seed"] if metadata.get("seed") != seed else []
     if differ:

@@ -43,6 +43,12 @@ def check_batchable(config: EnvConfig) -> None:
             f"architecture {config.architecture!r} cannot be batched (batch norm); drop --batched-envs "
             f"(or pass batched=False), or use one of {', '.join(BATCHABLE_ARCHITECTURES)}"
         )
+    paper_adam = {"optimizer": "adam", "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "weight_average": None}
+    if differ := [k for k, v in paper_adam.items() if config.optimizer_settings[k] != v]:
+        raise UserError(
+            f"the batched children run plain Adam only ({', '.join(differ)} differ); drop --batched-envs "
+            "(or pass batched=False) to train with this optimizer"
+        )
 
 
 class BatchedLREnv(gym.vector.VectorEnv):
@@ -241,6 +247,14 @@ def vector_seeds(seed: int | Sequence[int | None] | None, num_envs: int) -> list
     return list(seed)
 
 
+def _can_batch(config: EnvConfig) -> bool:
+    try:
+        check_batchable(config)
+    except UserError:
+        return False
+    return True
+
+
 def make_lr_envs(config: EnvConfig, num_envs: int, batched: bool | None = None) -> gym.vector.VectorEnv:
     """The vector env PPO trains on.
 
@@ -248,10 +262,10 @@ def make_lr_envs(config: EnvConfig, num_envs: int, batched: bool | None = None) 
         config: the LR environment's settings.
         num_envs: children per PPO iteration.
         batched: True: :class:`BatchedLREnv`; False: ``num_envs`` LREnvs stepped one by one;
-            None: batched where it pays, i.e. on a CUDA device with a batchable architecture.
+            None: batched where it pays, i.e. on a CUDA device with a batchable architecture and optimizer.
     """
     if batched is None:
-        batched = resolve_device(config.device).type == "cuda" and config.architecture in BATCHABLE_ARCHITECTURES
+        batched = resolve_device(config.device).type == "cuda" and _can_batch(config)
     if batched:
         return BatchedLREnv(config, num_envs)
     return make_vector_env([lambda: LREnv(config)] * num_envs)
