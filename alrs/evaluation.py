@@ -265,7 +265,8 @@ def baseline_grid_search(
         store = ResultStore(path, {**evaluation_settings(env.config, BASELINE_KEYS), "seed": seed})
         jobs = [(s.name, s, seed) for s in grid_schedules(env.config)]
         results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid", pool=pool)
-        best = {BEST_KEYS[family]: best_of_family(results, family) for family in BEST_KEYS}
+        families = {schedule_from_record(r.schedule).family for r in results.values()}
+        best = {BEST_KEYS[family]: best_of_family(results, family) for family in BEST_KEYS if family in families}
         store.update(**best, note=GRID_NOTE)
         return store.data
 

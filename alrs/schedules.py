@@ -221,7 +221,7 @@ def peer_grid(total_steps: int) -> list[Peer]:
     grid = PEER_GRID
     return [
         *(
-            schedule_free(lr, round(fraction * total_steps))
+            schedule_free(lr, max(1, round(fraction * total_steps)) if fraction else 0)
             for lr, fraction in product(*grid["schedule-free"].values())
         ),
         *(prodigy(d, shape, total_steps) for d, shape in product(*grid["prodigy"].values())),

@@ -116,10 +116,12 @@ def test_grid_search_resumes_after_an_interruption(
     calls.clear()
     monkeypatch.setattr(evaluation, "run_episode", counted)
     data = baseline_grid_search(env, seed=0, path=path, progress=False)
-    assert len(calls) == 64 - 4 and len(data["results"]) == 64  # 48 step decays, 4 constants, 6 cosine, 6 linear
+    # 48 step decays, 4 constants, 6 cosine, 6 linear; the peers: 8 schedule-free, 6 prodigy, 9 adam + ema
+    assert len(calls) == 87 - 4 and len(data["results"]) == 87
+    sizes = {"step-decay": 48, "constant": 4, "schedule-free": 8, "adam-ema": 9}
     for family, best in BEST_KEYS.items():
         finals = {k: r["final_val_loss"] for k, r in data["results"].items() if r["schedule"]["family"] == family}
-        assert len(finals) == {"step-decay": 48, "constant": 4}.get(family, 6)
+        assert len(finals) == sizes.get(family, 6)
         assert data[best] == min(finals, key=finals.get)
     assert all(r["best_val_loss"] <= r["final_val_loss"] for r in data["results"].values())
 

@@ -35,10 +35,14 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     grid = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
     data = json.loads(grid.read_text())
     assert (
-        len(data["results"]) == 64
+        len(data["results"]) == 87
         and data["best_step_decay"].startswith("step decay")
         and data["best_cosine"].startswith("cosine")
+        and data["best_schedule_free"].startswith("schedule-free adamw")
+        and data["best_prodigy"].startswith("prodigy")
+        and data["best_adam_ema"].startswith("adam + ema")
     )
+    assert "schedule-free" in result.stdout and "adam-ema" in result.stdout
     assert grid.with_suffix(".png").exists()
 
     result = run_test_py(trained_run, data_dir, tmp_path, "--no-progress", "--num-seeds", "3")
@@ -46,18 +50,18 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     out = tmp_path / "fa-mnist_mlp" / trained_run.name
     summary = json.loads((out / "summary.json").read_text())
     # The fair protocol: the controller (trained from lr 1e-3) starts from 1e-3 and from the tuned step
-    # decay's LR; it is compared with the tuned step decay, cosine and linear, and with the best step
-    # decay from 1e-3 (when the tuned one starts elsewhere).
+    # decay's LR; it is compared with the tuned step decay, cosine and linear, the tuned peers, and with
+    # the best step decay from 1e-3 (when the tuned one starts elsewhere).
     tuned_lr = data["results"][data["best_step_decay"]]["schedule"]["initial_lr"]
     learned = {f"learned@{lr:g}" for lr in {1e-3, tuned_lr}}
     same_lr = set() if tuned_lr == 1e-3 else {"step-decay@0.001"}
-    assert set(summary["summary"]["schedules"]) == {"constant", "step-decay", "cosine", "linear", *learned, *same_lr}
+    families = {"constant", "step-decay", "cosine", "linear", "schedule-free", "prodigy", "adam-ema"}
+    assert set(summary["summary"]["schedules"]) == {*families, *learned, *same_lr}
     assert summary["summary"]["schedules"]["step-decay"]["label"] == f"step decay ({data['best_step_decay'][11:]})"
     assert len(summary["results"]) == 3 * len(summary["summary"]["schedules"]) and summary["transfer"] is False
     pairs = {(c["schedule"], c["reference"]) for c in summary["summary"]["comparisons"]}
-    assert pairs == {(key, ref) for key in learned for ref in ("step-decay", "cosine", "linear")} | {
-        ("learned@0.001", ref) for ref in same_lr
-    }
+    references = ("step-decay", "cosine", "linear", "schedule-free", "prodigy", "adam-ema")
+    assert pairs == {(key, ref) for key in learned for ref in references} | {("learned@0.001", ref) for ref in same_lr}
     results = summary["results"]
     assert {r["seed"] for r in results.values()} == {1000, 1001, 1002}
     assert {r["curves"]["lr"][0] for k, r in results.items() if k.startswith("learned from lr=0.001 |")} == {1e-3}
@@ -66,6 +70,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
         "| learned from lr=0.001 |" in table
         and "paired t-test p" in table
         and "| learned from lr=0.001 | cosine (lr=" in table
+        and "| learned from lr=0.001 | schedule-free adamw (lr=" in table
     )
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -83,14 +88,14 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     alone = run_script("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
     assert alone.returncode == 0, alone.stderr
     table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
-    assert table.count("\n| ") == 5 and "learned" not in table and "Welch" not in table
+    assert table.count("\n| ") == 8 and "learned" not in table and "Welch" not in table
 
     # --reuse-baselines takes the hand-made schedules' runs from an earlier test instead of rerunning them.
     baselines_dir = tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500"
     reuse = ["--checkpoint", "last", "--num-seeds", "2", "--reuse-baselines", str(baselines_dir)]
     last = run_test_py(trained_run, data_dir, tmp_path, "--no-progress", *reuse)
     assert last.returncode == 0, last.stderr
-    assert "reusing 8 baseline runs of" in last.stderr
+    assert "reusing 14 baseline runs of" in last.stderr  # 7 hand-made schedules (4 families, 3 peers) x 2 seeds
     baselines = json.loads((baselines_dir / "summary.json").read_text())
     summary = json.loads((tmp_path / "fa-mnist_mlp" / f"{trained_run.name}_last" / "summary.json").read_text())
     assert summary["controller"].endswith("last.pt")

@@ -1,0 +1,212 @@
+"""The child's optimizer as a setting, weight averaging, and the peers (Schedule-Free AdamW, Prodigy, Adam + EMA)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from cli import run_script, small_flags
+from test_scheduler import _checkpoint
+
+from alrs.env import EnvConfig, make_env
+from alrs.errors import UserError
+from alrs.evaluation import BEST_KEYS, baseline_grid_search, run_episode, schedule_from_record
+from alrs.io import save_torch
+from alrs.optim import evaluation_weights
+from alrs.ppo import PPOConfig
+from alrs.scheduler import LearnedLRScheduler
+from alrs.schedules import Constant, Learned, adam_ema, peer_grid, prodigy, schedule_free
+from alrs.training import _check_last, controller_metadata
+from alrs.vector_env import check_batchable
+from utils import env_config, parse_args
+
+
+@torch.no_grad()
+def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    loss = float(F.cross_entropy(model(x), y))
+    model.train()
+    return loss
+
+
+def test_optimizer_settings_come_from_flags_and_config_files(tmp_path: Path) -> None:
+    flags = ["--optimizer", "schedulefree-adamw", "--warmup-steps", "3", "--beta1", "0.95", "--weight-decay", "0.01"]
+    config = env_config(parse_args("train", flags))
+    assert (config.optimizer, config.warmup_steps, config.beta1, config.weight_decay) == (
+        "schedulefree-adamw",
+        3,
+        0.95,
+        0.01,
+    )
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"optimizer": "prodigy", "d_coef": 0.5, "weight_average": "ema:0.9"}))
+    config = env_config(parse_args("train", ["--config", str(path)]))
+    assert (config.optimizer, config.d_coef, config.weight_average) == ("prodigy", 0.5, "ema:0.9")
+    assert env_config(parse_args("train", [])).optimizer == "adam"  # the paper's, the default
+    path.write_text(json.dumps({"optimizer": "lion"}))
+    with pytest.raises(UserError, match="optimizer must be one of adam, adamw, sgd, schedulefree-adamw, prodigy"):
+        env_config(parse_args("train", ["--config", str(path)]))
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--optimizer", "lion", "optimizer must be one of adam, adamw, sgd, schedulefree-adamw, prodigy, got 'lion'"),
+        ("--weight-average", "ema:1.5", "weight_average must be ema:DECAY with DECAY in (0, 1)"),
+        ("--beta2", "1", "beta2 must be a number in [0, 1)"),
+        ("--warmup-steps", "-1", "warmup_steps must be an integer >= 0"),
+    ],
+)
+def test_a_bad_optimizer_setting_is_one_line(flag: str, value: str, message: str, data_dir: Path) -> None:
+    result = run_script("train.py", *small_flags(data_dir), flag, value, "--episodes", "2")
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_schedule_free_evaluation_weights_feed_features_best_copy_and_test(small_env_options: dict) -> None:
+    env = make_env(**small_env_options, optimizer="schedulefree-adamw", initial_lr=0.01)
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step_lr(0.01)
+    optimizer, model = env.optimizer, env.model
+    assert optimizer.param_groups[0]["train_mode"]  # back in training mode after the observation
+    train_weights = _loss(model, env.val_x, env.val_y)
+    with evaluation_weights(optimizer):
+        eval_weights = _loss(model, env.val_x, env.val_y)
+        eval_state = {k: v.clone() for k, v in model.state_dict().items()}
+        weight = model.output_layer.weight.detach().clone()
+        test_current = _loss(model, env.data.test_x, env.data.test_y)
+    assert abs(train_weights - eval_weights) > 1e-3  # the two sets of weights differ here
+    assert info["val_loss"] == pytest.approx(eval_weights, rel=1e-5)
+    assert obs[4] == pytest.approx(float(weight.mean()), rel=1e-5, abs=1e-7)  # output-layer weight mean
+    assert env.best_step == env.adam_steps  # this step improved, so the best copy was taken now
+    # (equal up to rounding: schedule-free's swap between its weights is a float interpolation, not a copy)
+    assert all(torch.allclose(env._best_state[k], v, rtol=1e-5, atol=1e-7) for k, v in eval_state.items())
+    assert env.evaluate_test("current")[0] == pytest.approx(test_current, rel=1e-5)
+    assert env.evaluate_test("best")[0] == pytest.approx(test_current, rel=1e-5)
+    assert optimizer.param_groups[0]["train_mode"]
+
+
+def test_weight_averaging_on_and_off(small_env_options: dict) -> None:
+    off = run_episode(make_env(**small_env_options), Constant(0.05), seed=3, test=False)
+    explicit = run_episode(make_env(**small_env_options, weight_average=None), Constant(0.05), seed=3, test=False)
+    assert off.curves == explicit.curves
+
+    env = make_env(**small_env_options, weight_average="ema:0.5", optimizer="sgd")
+    env.reset(seed=3)
+    _, _, _, _, info = env.step_lr(0.05)
+    averaged = env._averager.module
+    assert info["val_loss"] == pytest.approx(_loss(averaged, env.val_x, env.val_y), rel=1e-5)
+    assert abs(_loss(env.model, env.val_x, env.val_y) - info["val_loss"]) > 1e-4
+    uniform = make_env(**small_env_options, weight_average="uniform")
+    uniform.reset(seed=3)
+    for _ in range(2):
+        uniform.step_lr(0.05)
+    assert int(uniform._averager.n_averaged) == 2 * small_env_options["update_freq"]
+    # A hand-made baseline runs the paper's Adam whatever the env's optimizer: its results are the grid's.
+    baseline = run_episode(env, Constant(0.05), seed=3, test=False)
+    assert baseline.curves == off.curves
+
+
+def test_prodigy_records_its_effective_lr(small_env_options: dict) -> None:
+    env = make_env(**small_env_options)
+    result = run_episode(env, prodigy(1.0, "constant", small_env_options["num_train_steps"]), seed=0, test=False)
+    group = env.optimizer.param_groups[0]
+    assert result.curves["lr"][0] == pytest.approx(1e-6)  # lr 1 x Prodigy's first estimate d0
+    assert result.curves["lr"][-1] == pytest.approx(group["lr"] * group["d"]) and group["d"] != 1e-6
+
+
+def test_training_records_prodigys_effective_lr(data_dir: Path, tmp_path: Path) -> None:
+    flags = ["--optimizer", "prodigy", "--initial-lr", "1", "--lr-max", "2", "--num-envs", "2", "--episodes", "2"]
+    result = run_script("train.py", *small_flags(data_dir), *flags, "--out-dir", str(tmp_path), "--eval-every", "0")
+    assert result.returncode == 0, result.stderr
+    (run,) = tmp_path.iterdir()
+    with open(run / "metrics.csv", newline="") as f:
+        final_lrs = [float(row["final_lr"]) for row in csv.DictReader(f)]
+    # The controller's LR is 1 x 1.05^k; what is recorded is that times Prodigy's estimate d.
+    assert final_lrs and all(
+        abs(math.log(lr) / math.log(1.05) - round(math.log(lr) / math.log(1.05))) > 1e-6 for lr in final_lrs
+    )
+
+
+def test_the_peers_grid_and_their_records(small_env_options: dict) -> None:
+    peers = peer_grid(200)
+    assert len(peers) == len({p.name for p in peers}) == 8 + 6 + 9
+    assert {p.optimizer["warmup_steps"] for p in peers if p.family == "schedule-free"} == {0, 10}
+    assert {(p.optimizer["d_coef"], p.shape.family) for p in peers if p.family == "prodigy"} == {
+        (d, s) for d in (0.5, 1.0, 2.0) for s in ("constant", "cosine")
+    }
+    for peer in (schedule_free(0.01, 10), prodigy(2.0, "cosine", 200), adam_ema(0.03, 0.99)):
+        rebuilt = schedule_from_record(json.loads(json.dumps(peer.describe())))
+        assert (rebuilt.label, rebuilt.optimizer, rebuilt.lr_at(100)) == (peer.label, peer.optimizer, peer.lr_at(100))
+
+
+def test_a_grid_file_from_before_the_peers_gains_them(
+    small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alrs.evaluation as evaluation
+
+    env = make_env(**{**small_env_options, "num_train_steps": 10})
+    path = tmp_path / "grid.json"
+    monkeypatch.setattr(evaluation, "peer_grid", lambda steps: [])
+    old = baseline_grid_search(env, seed=0, path=path, progress=False)
+    before = json.loads(path.read_text())
+    assert len(old["results"]) == 64 and "best_schedule_free" not in before
+    monkeypatch.undo()
+    real_run, calls = evaluation.run_episode, []
+    monkeypatch.setattr(evaluation, "run_episode", lambda *a, **k: calls.append(a[1].family) or real_run(*a, **k))
+    data = baseline_grid_search(env, seed=0, path=path, progress=False)
+    assert sorted(set(calls)) == ["adam-ema", "prodigy", "schedule-free"] and len(calls) == 23
+    assert all(data[key] in data["results"] for key in BEST_KEYS.values())
+    after = json.loads(path.read_text())["results"]
+    assert all(after[k] == v for k, v in before["results"].items())  # the old points are kept, not rerun
+
+
+def test_the_scheduler_refuses_another_optimizer_class(small_env_options: dict) -> None:
+    model = torch.nn.Linear(4, 3)
+    config = EnvConfig(**small_env_options, initial_lr=0.01, optimizer="schedulefree-adamw")
+    checkpoint = _checkpoint(config)
+    adam = torch.optim.Adam(model.parameters(), lr=0.01)
+    with pytest.raises(UserError, match=r"trained to drive schedulefree-adamw .* not Adam; pass allow_transfer=True"):
+        LearnedLRScheduler(adam, checkpoint, model, evaluate=lambda: (model(torch.ones(2, 4)), torch.zeros(2).long()))
+    LearnedLRScheduler(
+        adam, checkpoint, model, evaluate=lambda: (model(torch.ones(2, 4)), torch.zeros(2).long()), allow_transfer=True
+    )
+    # A checkpoint from before the setting drove Adam: Adam is taken, SGD refused.
+    old = _checkpoint(EnvConfig(**small_env_options, initial_lr=0.01))
+    del old["metadata"]["env"]["optimizer"]
+    evaluate = lambda: (model(torch.ones(2, 4)), torch.zeros(2).long())  # noqa: E731
+    LearnedLRScheduler(torch.optim.Adam(model.parameters(), lr=0.01), old, model, evaluate=evaluate)
+    with pytest.raises(UserError, match="trained to drive adam"):
+        LearnedLRScheduler(torch.optim.SGD(model.parameters(), lr=0.01), old, model, evaluate=evaluate)
+
+
+def test_a_controller_is_tested_with_the_optimizer_it_drives(small_env_options: dict) -> None:
+    checkpoint = _checkpoint(EnvConfig(**small_env_options, optimizer="schedulefree-adamw"))
+    with pytest.raises(UserError, match=r"trained to drive schedulefree-adamw.*--optimizer schedulefree-adamw"):
+        Learned(checkpoint).check(make_env(**small_env_options))
+    Learned(checkpoint).check(make_env(**small_env_options, optimizer="schedulefree-adamw"))
+
+
+def test_the_batched_children_refuse_another_optimizer(small_env_options: dict) -> None:
+    with pytest.raises(UserError, match="batched children run plain Adam only \\(optimizer differ\\)"):
+        check_batchable(EnvConfig(**small_env_options, optimizer="schedulefree-adamw"))
+    with pytest.raises(UserError, match="weight_average differ"):
+        check_batchable(EnvConfig(**small_env_options, weight_average="uniform"))
+
+
+def test_a_last_pt_from_before_the_optimizer_settings_resumes(small_env_options: dict, tmp_path: Path) -> None:
+    config, ppo = EnvConfig(**small_env_options), PPOConfig()
+    metadata = controller_metadata(config, ppo, seed=0)
+    for key in ("optimizer", "beta1", "beta2", "weight_decay", "warmup_steps", "d_coef", "weight_average"):
+        del metadata["env"][key]
+    saved = {"ppo": {}, "progress": {"episodes_done": 0}, "controller": {"metadata": metadata}}
+    save_torch(saved, tmp_path / "last.pt")
+    _check_last(saved, tmp_path / "last.pt", config, ppo, 0, {"episodes_done": 0})  # read as the defaults: Adam
+    with pytest.raises(UserError, match=r"env\.optimizer"):
+        _check_last(
+            saved, tmp_path / "last.pt", EnvConfig(**small_env_options, optimizer="sgd"), ppo, 0, {"episodes_done": 0}
+        )
