@@ -7,13 +7,16 @@ and the controller started from each initial LR it was trained on and from the t
     python test.py --test-id <run> --policy sample        # actions drawn from the policy, not its mode
     python test.py --baselines-only --config configs/fa-mnist_cnn.json
     python test.py --replot results/fa-mnist_cnn/<run>     # redraw curves.png from summary.json
+    python test.py --suite configs/generalist.json --test-id <run>   # the held-out tasks of an instance set
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 from alrs.env import LREnv
@@ -24,6 +27,7 @@ from alrs.evaluation import (
     baseline_file,
     baseline_grid_search,
     check_test_seeds,
+    checkpoint_file,
     evaluation_settings,
     format_table,
     grid_schedules,
@@ -39,10 +43,12 @@ from alrs.evaluation import (
     stored_curves,
     summarize,
 )
-from alrs.io import FolderLock
+from alrs.io import FolderLock, load_torch, save_json
 from alrs.parallel import make_pool
-from alrs.plotting import plot_comparison
-from alrs.schedules import HandMadeSchedule
+from alrs.plotting import plot_comparison, plot_suite
+from alrs.schedules import HandMadeSchedule, Learned
+from alrs.suite import format_suite, run_suite, suite_folder, suite_settings, summarize_suite
+from alrs.tasks import load_instance_set
 from alrs.training import evaluation_seeds, training_initial_lrs
 from utils import env_config, parallel_config, parse_args, read_run_config, run_script, set_threads
 
@@ -55,8 +61,55 @@ def replot(folder: str) -> int:
     return 0
 
 
+def suite(args: Namespace) -> int:
+    """Run the held-out suite of the instance set ``args.suite``, with the controller of ``--test-id`` if given."""
+    instance_set = load_instance_set(args.suite)
+    if not instance_set.heldout:
+        raise UserError(f'{args.suite} has no held-out tasks; add a "heldout" set to test on')
+    base = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0, instance_set=None)
+    learned, tag = None, "baselines"
+    if args.suite_seeds <= 0:
+        raise UserError("--suite-seeds must be positive")
+    seeds = [args.seed + 1000 + i for i in range(args.suite_seeds)]
+    if hasattr(args, "run_dir"):
+        path = checkpoint_file(args.run_dir, args.checkpoint)
+        saved = load_torch(path)
+        saved = saved.get("controller") if args.checkpoint == "last" and isinstance(saved, dict) else saved
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        learned = Learned(saved, name=f"controller {sha}", policy=args.policy)
+        learned.check(LREnv(instance_set.heldout[0].env_config(base, instance_set.decisions)))
+        tag = Path(args.run_dir).name + ("" if args.checkpoint == "best" else f"_{args.checkpoint}")
+        run = read_run_config(args.run_dir) if args.checkpoint != "last" else {}
+        check_test_seeds(seeds, args.seed, evaluation_seeds(run.get("eval_seeds", 0)) if run.get("eval_every") else [])
+    out = suite_folder(args.results_dir, args.suite)
+    with FolderLock(out / ".lock", f"suite folder {out}"):
+        store = ResultStore(out / "results.json", suite_settings(instance_set, args.seed, args.suite_seeds))
+        try:
+            with make_pool(parallel_config(args), base, jobs=len(seeds) * 8) as pool:
+                results = run_suite(
+                    instance_set, base, learned, store, pool, args.seed, args.suite_seeds, args.progress
+                )
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted; every finished run is kept in {store.path}. Rerun the same command.", file=sys.stderr
+            )
+            return 130
+        summary = summarize_suite(results, learned.name if learned else None)
+        title = f"{Path(args.suite).stem}: {tag}, {len(results)} held-out tasks, {len(seeds)} seeds"
+        table = format_suite(summary, title)
+        save_json({"summary": summary, "controller": learned.name if learned else None}, out / f"{tag}.json")
+        (out / f"{tag}.md").write_text(table)
+        plot_suite(summary, out / f"{tag}.png", title=title)
+    print(table)
+    print(f"written: {out / tag}.json, .md, .png")
+    return 0
+
+
 def main() -> int:
     args = parse_args("test")
+    if hasattr(args, "suite"):
+        set_threads(args.threads)
+        return suite(args)
     if hasattr(args, "replot"):
         if hasattr(args, "run_dir") or args.baselines_only:
             raise UserError("--replot redraws a finished test and runs nothing; drop --test-id and --baselines-only")

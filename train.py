@@ -3,19 +3,22 @@
 python train.py --config configs/quick.json
 python train.py --dataset fa-mnist --architecture cnn --episodes 1000
 python train.py --resume runs/<id>
+python train.py --config configs/generalist.json     # one controller across an instance set of tasks
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 from alrs.data import load_dataset
-from alrs.env import resolve_device
+from alrs.env import EnvConfig, resolve_device
 from alrs.errors import UserError
 from alrs.io import save_json
 from alrs.parallel import WorkerPool
+from alrs.tasks import InstanceSet, load_instance_set
 from alrs.training import CONFIG_FILE, LAST_FILE, require_tensorboard, train_controller
 from alrs.vector_env import check_batchable
 from utils import (
@@ -31,22 +34,31 @@ from utils import (
 )
 
 
-def main() -> int:
-    args = parse_args("train")
-    set_threads(args.threads)
-    env_cfg = env_config(args)
-    ppo_cfg = ppo_config(args, num_steps=env_cfg.num_controller_steps)
+def check_before_start(args: Namespace, env_cfg: EnvConfig, instance_set: InstanceSet | None) -> None:
+    """Fail before making a run folder: bad counts, missing data, a child that cannot be batched."""
     if args.num_envs <= 0 or args.episodes <= 0 or args.eval_seeds <= 0:
         raise UserError("--num-envs, --episodes and --eval-seeds must be positive")
     if args.eval_every < 0:
         raise UserError("--eval-every must be >= 0 (0 turns the evaluations off)")
-    resume = hasattr(args, "resume")
-    # Fail before making a run folder: missing data, a child that cannot be batched.
-    load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))
+    for task in instance_set.train if instance_set else ():
+        task.env_config(env_cfg, instance_set.decisions)  # loads every task's data, checks its horizon
+    if not instance_set:
+        load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))
     if args.batched_envs:
         check_batchable(env_cfg)
     if args.tensorboard:
         require_tensorboard()
+
+
+def main() -> int:
+    args = parse_args("train")
+    set_threads(args.threads)
+    env_cfg = env_config(args)
+    # On an instance set every episode has the set's number of decisions, whatever the task (alrs.tasks).
+    instance_set = load_instance_set(env_cfg.instance_set) if env_cfg.instance_set else None
+    ppo_cfg = ppo_config(args, num_steps=instance_set.decisions if instance_set else env_cfg.num_controller_steps)
+    check_before_start(args, env_cfg, instance_set)
+    resume = hasattr(args, "resume")
     parallel = parallel_config(args)
     workers = parallel.num_workers(env_cfg, args.num_envs)
     if workers > args.num_envs:

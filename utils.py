@@ -44,6 +44,7 @@ class RunConfig:
         out_dir: folder of run folders.
         results_dir: where results are written.
         num_seeds: seeds per schedule (paper: 10).
+        suite_seeds: seeds per schedule and held-out task in test.py --suite (ours).
         checkpoint: which controller of the run: best (best.pt), last (last.pt, where training ended)
             or iter-N (the controller evaluated after iteration N, kept in the run's evals/).
         policy: how the controller acts in the test: mode (its most likely action, as in the training's
@@ -69,6 +70,7 @@ class RunConfig:
     out_dir: str = field(default="runs", metadata={"scripts": ("train", "test")})
     results_dir: str = field(default="results", metadata={"scripts": ("baselines", "test")})
     num_seeds: int = field(default=10, metadata={"scripts": ("test",)})
+    suite_seeds: int = field(default=5, metadata={"scripts": ("test",)})
     checkpoint: str = field(default="best", metadata={"scripts": ("test",)})
     policy: str = field(default="mode", metadata={"scripts": ("test",)})
     start_lr: float | None = field(default=None, metadata={"scripts": ("test",)})
@@ -179,6 +181,7 @@ def build_parser(script: str) -> argparse.ArgumentParser:
     holds exactly the flags given on the command line."""
     p = argparse.ArgumentParser(
         prog=f"{script}.py",
+        allow_abbrev=False,
         argument_default=argparse.SUPPRESS,
         description={
             "train": "Learn an LR controller with PPO.",
@@ -205,6 +208,12 @@ def build_parser(script: str) -> argparse.ArgumentParser:
         g.add_argument("--test-id", help="run to test: an id under --out-dir, or a run folder")
         g.add_argument(
             "--replot", metavar="FOLDER", help="redraw a finished test's curves.png from its summary.json; runs nothing"
+        )
+        g.add_argument(
+            "--suite",
+            metavar="FILE",
+            help="run the held-out tasks of this instance set (alrs.tasks): the controller of --test-id if given, "
+            "untuned defaults and per-task tuned linear and step decay, --suite-seeds seeds each",
         )
     g.add_argument("--debug", action="store_true", help="show the full traceback of an error (as ALRS_DEBUG=1)")
     return p
@@ -365,12 +374,13 @@ def provenance() -> dict[str, Any]:
 
 
 def new_run_dir(out_dir: str | os.PathLike, args: argparse.Namespace) -> Path:
-    """A fresh folder ``<out_dir>/<dataset>_<architecture>_s<seed>_<time>``; an ``out_dir`` that is a
-    file or cannot be written is a one-line error."""
+    """A fresh folder ``<out_dir>/<dataset>_<architecture>_s<seed>_<time>`` (``<instance set>_s<seed>_<time>``
+    for a run on an instance set); an ``out_dir`` that is a file or cannot be written is a one-line error."""
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"--out-dir {out_dir} is a file, not a folder; name a folder")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(out_dir) / f"{args.dataset}_{args.architecture}_s{args.seed}_{stamp}"
+    what = Path(args.instance_set).stem if args.instance_set else f"{args.dataset}_{args.architecture}"
+    base = Path(out_dir) / f"{what.replace(':', '-')}_s{args.seed}_{stamp}"
     path, n = base, 1
     while path.exists():
         n += 1

@@ -1,10 +1,22 @@
-"""Datasets as in-memory tensors, split as the paper does.
+"""Datasets as in-memory tensors, split as the paper does, and their variants (ours).
 
 Xu et al. (2019), Sec. 4: Fashion-MNIST is split 50k/10k/10k and CIFAR10 40k/10k/10k
 (train/validation/test). Both splits carve the validation set out of the official training
 set, so one rule gives both: validation = 10,000 examples of the official training set drawn
 with a fixed seed, training = the rest, test = the official test set. Pixels are scaled to
 [0, 1] as torchvision's ``ToTensor`` does; no normalization and no augmentation (paper Sec. 4).
+
+Ours, for tasks the controller never saw (:mod:`alrs.tasks`):
+
+- ``digits``: scikit-learn's bundled handwritten digits (``load_digits``: 1,797 8x8 images, 17
+  grey levels, no download), split 60/20/20 into training, validation and test (1,078 / 359 /
+  360 images) by the fixed :data:`SPLIT_SEED`.
+- A variant of any dataset is its name followed by ``:``-separated modifiers, applied in order:
+  ``classes=0-4`` (only those classes, relabelled 0..k-1, in every split), ``14x14`` (images
+  average-pooled to that size; it must divide the original), ``fraction=0.1`` (the first 10% of a
+  fixed permutation of the training split), ``noise=0.2`` (20% of the training labels replaced by
+  a different class, drawn by a fixed seed; validation and test stay clean).
+  E.g. ``fa-mnist:classes=0-4:14x14``.
 """
 
 from __future__ import annotations
@@ -16,9 +28,11 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from alrs.errors import UserError
 
@@ -56,7 +70,14 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("MNIST", (1, 28, 28)),
     "fa-mnist": DatasetInfo("FashionMNIST", (1, 28, 28)),
     "cifar10": DatasetInfo("CIFAR10", (3, 32, 32)),
+    "digits": DatasetInfo("", (1, 8, 8)),  # scikit-learn's load_digits, bundled with the package
 }
+
+DIGITS_SPLIT = (0.6, 0.2, 0.2)
+"""Training, validation and test shares of the digits (no official split exists)."""
+
+VARIANT_SEED = 1
+"""Seed of the variants' draws (the training fraction's permutation, the flipped labels)."""
 
 
 class DatasetError(UserError):
@@ -79,11 +100,64 @@ class Splits:
         return Splits(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
+def _variant_error(name: str, why: str) -> UserError:
+    return UserError(
+        f"dataset {name!r}: {why}; a variant is NAME[:classes=A-B or A,B,...][:HxW][:fraction=F][:noise=P] "
+        f"with NAME one of {', '.join(DATASETS)}"
+    )
+
+
+def parse_variant(name: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The base dataset and the modifiers of a dataset variant such as ``fa-mnist:classes=0-4:14x14``."""
+    if not isinstance(name, str):
+        raise UserError(f"a dataset is a name such as fa-mnist, got {name!r}")
+    base, *parts = name.split(":")
+    if base not in DATASETS:
+        raise UserError(f"unknown dataset {base!r}; choose one of {', '.join(DATASETS)}")
+    mods: list[tuple[str, Any]] = []
+    for part in parts:
+        key, eq, value = part.partition("=")
+        try:
+            if key == "classes" and eq:
+                if "-" in value:
+                    lo, hi = (int(v) for v in value.split("-"))
+                    classes = tuple(range(lo, hi + 1))
+                else:
+                    classes = tuple(int(v) for v in value.split(","))
+                mods.append(("classes", classes))
+            elif key in ("fraction", "noise") and eq:
+                mods.append((key, float(value)))
+            elif not eq and "x" in key:
+                h, w = (int(v) for v in key.split("x"))
+                mods.append(("size", (h, w)))
+            else:
+                raise ValueError
+        except ValueError:
+            raise _variant_error(name, f"cannot read {part!r}") from None
+    return base, mods
+
+
 def check_dataset(name: str) -> DatasetInfo:
-    """The dataset's info, or a one-line error listing the valid names."""
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
+    """The info (image shape, classes) of a dataset or variant, or a one-line error naming the problem."""
+    base, mods = parse_variant(name)
+    info = DATASETS[base]
+    channels, height, width = info.image_shape
+    num_classes = info.num_classes
+    for key, value in mods:
+        if key == "classes":
+            if len(value) < 2 or len(set(value)) != len(value) or not all(0 <= c < num_classes for c in value):
+                raise _variant_error(name, f"classes must be 2 or more distinct labels in 0..{num_classes - 1}")
+            num_classes = len(value)
+        elif key == "size":
+            h, w = value
+            if not (0 < h <= height and 0 < w <= width and height % h == 0 and width % w == 0):
+                raise _variant_error(name, f"{h}x{w} must divide the {height}x{width} images")
+            height, width = h, w
+        elif key == "fraction" and not 0 < value <= 1:
+            raise _variant_error(name, f"fraction must be in (0, 1], got {value}")
+        elif key == "noise" and not 0 <= value < 1:
+            raise _variant_error(name, f"noise must be in [0, 1), got {value}")
+    return DatasetInfo(info.torchvision_class, (channels, height, width), num_classes)
 
 
 def load_dataset(
@@ -103,10 +177,15 @@ def load_dataset(
     return _load_cached(name, str(Path(data_dir).expanduser().resolve()), str(torch.device(device)), download)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _load_cached(name: str, data_dir: str, device: str, download: bool) -> Splits:
     if device != "cpu":
         return _load_cached(name, data_dir, "cpu", download).to(device)
+    base, mods = parse_variant(name)
+    if mods:
+        return apply_variant(_load_cached(base, data_dir, "cpu", download), mods)
+    if name == "digits":
+        return _load_digits()
     train_x, train_y, test_x, test_y = _read_official(name, Path(data_dir), download)
     if len(train_x) <= NUM_VAL:
         raise DatasetError(
@@ -116,6 +195,49 @@ def _load_cached(name: str, data_dir: str, device: str, download: bool) -> Split
     perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
     val_idx, train_idx = perm[:NUM_VAL], perm[NUM_VAL:]
     return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx], test_x, test_y)
+
+
+def _load_digits() -> Splits:
+    """scikit-learn's bundled digits (no download), split by :data:`DIGITS_SPLIT` with :data:`SPLIT_SEED`."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.as_tensor(digits.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # 17 grey levels -> [0, 1]
+    y = torch.as_tensor(digits.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_train, n_val = round(DIGITS_SPLIT[0] * len(x)), round(DIGITS_SPLIT[1] * len(x))
+    train, val, test = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+    return Splits(x[train], y[train], x[val], y[val], x[test], y[test])
+
+
+def apply_variant(splits: Splits, mods: list[tuple[str, Any]]) -> Splits:
+    """``splits`` changed by the modifiers of :func:`parse_variant`, in order; deterministic (fixed seeds)."""
+    s = dict(vars(splits))
+    for key, value in mods:
+        if key == "classes":
+            lookup = torch.full((int(max(value)) + 1,), -1, dtype=torch.long)
+            lookup[list(value)] = torch.arange(len(value))
+            for part in ("train", "val", "test"):
+                x, y = s[f"{part}_x"], s[f"{part}_y"]
+                keep = torch.isin(y, torch.tensor(value))
+                s[f"{part}_x"], s[f"{part}_y"] = x[keep], lookup[y[keep]]
+        elif key == "size":
+            for part in ("train", "val", "test"):
+                x = s[f"{part}_x"]
+                s[f"{part}_x"] = F.avg_pool2d(x, (x.shape[2] // value[0], x.shape[3] // value[1]))
+        elif key == "fraction":
+            n = max(1, round(value * len(s["train_x"])))
+            keep = torch.randperm(len(s["train_x"]), generator=torch.Generator().manual_seed(VARIANT_SEED))[:n]
+            s["train_x"], s["train_y"] = s["train_x"][keep], s["train_y"][keep]
+        elif key == "noise":
+            generator = torch.Generator().manual_seed(VARIANT_SEED)
+            y = s["train_y"].clone()
+            num_classes = int(torch.cat([s["train_y"], s["val_y"], s["test_y"]]).max()) + 1
+            flip = torch.rand(len(y), generator=generator) < value
+            shift = torch.randint(1, num_classes, (len(y),), generator=generator)  # another class, never the same
+            y[flip] = (y[flip] + shift[flip]) % num_classes
+            s["train_y"] = y
+    return Splits(**{k: v.contiguous() for k, v in s.items()})
 
 
 def _read_official(name: str, data_dir: Path, download: bool) -> tuple[torch.Tensor, ...]:

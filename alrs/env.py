@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -30,6 +31,7 @@ from alrs.features import (
     feature_names,
     next_lr,
     observation_tail,
+    relative_child_features,
     step_reward,
 )
 from alrs.models import ALIASES as ARCHITECTURE_ALIASES
@@ -99,6 +101,8 @@ class EnvConfig:
             (ours; see :mod:`alrs.features`).
         lr_feature: ``lr`` (the paper's raw LR) or ``log-lr`` (ours: ``log10(lr / 1e-3)``).
         time_feature: add the fraction of the episode's Adam steps still to come (ours).
+        feature_scale: raw (the paper's features as measured) or relative (ours: scale-free, the same
+            meaning on any dataset and network; :mod:`alrs.features`).
         optimizer: the child's optimizer: adam (the paper's), adamw, sgd (momentum 0.9),
             schedulefree-adamw or prodigy (ours; :mod:`alrs.optim`). With prodigy the LR is a
             multiplier of its estimate d (1 is its default), and the LR recorded is lr x d.
@@ -108,6 +112,9 @@ class EnvConfig:
         d_coef: prodigy's coefficient of its step-size estimate d.
         weight_average: evaluate averaged weights (ours): ema:DECAY (e.g. ema:0.95) or uniform; the
             features, reward, best-validation copy and test all see the average. Unset: the weights.
+        instance_set: a JSON file of tasks (:mod:`alrs.tasks`, ours): training draws a task per episode
+            from its training tasks, and each task sets the dataset, architecture, batch size, horizon,
+            initial LR and validation subset (the fields above are then only defaults). Unset: one task.
         eval_batch_size: chunk size of evaluation passes (speed only).
         data_dir: where the dataset files are, in torchvision's layout.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -130,6 +137,7 @@ class EnvConfig:
     reward: str = "val-loss"
     lr_feature: str = "lr"
     time_feature: bool = False
+    feature_scale: str = "raw"
     optimizer: str = "adam"
     beta1: float = 0.9
     beta2: float = 0.999
@@ -137,6 +145,7 @@ class EnvConfig:
     warmup_steps: int = 0
     d_coef: float = 1.0
     weight_average: str | None = None
+    instance_set: str | None = None
     eval_batch_size: int = 500
     data_dir: str = "./data"
     device: str = "auto"
@@ -176,7 +185,9 @@ class EnvConfig:
             raise UserError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
         check_reward(self.reward)
         check_optimizer(**self.optimizer_settings)
-        feature_names(self.lr_feature, self.time_feature)  # checks lr_feature
+        if self.instance_set is not None and not Path(self.instance_set).is_file():
+            raise UserError(f"instance_set {self.instance_set!r}: no such file; name a JSON file of tasks")
+        feature_names(self.lr_feature, self.time_feature, self.feature_scale)  # checks both
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise UserError(f"device must be cpu, cuda or auto, got {self.device!r}")
 
@@ -193,7 +204,7 @@ class EnvConfig:
     @property
     def features(self) -> tuple[str, ...]:
         """The names of the observation's features, in order."""
-        return feature_names(self.lr_feature, self.time_feature)
+        return feature_names(self.lr_feature, self.time_feature, self.feature_scale)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -221,6 +232,8 @@ class EpisodeTracker:
         self.config = config
         self.np_random: np.random.Generator | None = None
         self._last_obs: np.ndarray | None = None
+        self._num_classes = check_dataset(config.dataset).num_classes
+        self._first_child: list[float] | None = None  # the untrained child's features, for feature_scale=relative
         self._start_episode(math.nan)
 
     def begin(self, np_random: np.random.Generator, options: dict[str, Any] | None) -> int:
@@ -256,6 +269,7 @@ class EpisodeTracker:
 
     def first_observation(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
         """Observation and info of the untrained child."""
+        self._first_child = None
         obs, info = self._observe(features, val_acc)
         self.best_val_loss = self.val_loss = info["val_loss"]
         return obs, info
@@ -292,7 +306,7 @@ class EpisodeTracker:
             # divergence_loss for every step left, and the observation stays finite.
             self.diverged = True
             obs = np.where(np.isfinite(obs), obs, self._last_obs).astype(np.float32)
-            obs[[0, 1]] = cfg.divergence_loss
+            obs[[0, 1]] = cfg.divergence_loss / (self._first_child[1] if cfg.feature_scale == "relative" else 1.0)
             self._last_obs = obs
             info.update(train_loss=math.inf, val_loss=math.inf, best_val_loss=self.best_val_loss, diverged=True)
             reward = divergence_reward(
@@ -313,8 +327,13 @@ class EpisodeTracker:
         time left, if asked for) are appended."""
         *child, acc = torch.cat([features.double(), val_acc.double().reshape(1)]).tolist()
         cfg = self.config
+        observed = child
+        if cfg.feature_scale == "relative":
+            self._first_child = self._first_child or child
+            observed = relative_child_features(child, self._first_child, self._num_classes)
         obs = np.asarray(
-            [*child, *observation_tail(cfg.features, self.lr, self.adam_steps, cfg.num_train_steps)], dtype=np.float32
+            [*observed, *observation_tail(cfg.features, self.lr, self.adam_steps, cfg.num_train_steps)],
+            dtype=np.float32,
         )
         info = {
             "train_loss": child[0],

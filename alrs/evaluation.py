@@ -192,7 +192,7 @@ BASELINE_KEYS = ("dataset", "architecture", "batch_size", "update_freq", "num_tr
 """The env settings that decide a hand-made schedule's results (the rest concern the controller)."""
 
 
-LATER_SETTINGS = ("reward", "lr_feature", "time_feature", *OPTIMIZER_FIELDS)
+LATER_SETTINGS = ("reward", "lr_feature", "time_feature", "feature_scale", "instance_set", *OPTIMIZER_FIELDS)
 """EnvConfig fields added after the first committed results."""
 
 

@@ -15,6 +15,12 @@ by one config value and recorded in every controller checkpoint:
   (the best-validation checkpoint), and comparable across initial LRs.
 - ``reward="log-val"``: ``log L_{t-1} - log L_t``, a potential-based shaping with potential
   ``-log L``; with gamma = 1 the return is ``log(L_0 / L_T)``, the final network's loss.
+- ``feature_scale="relative"``: the six child features in a scale-free form, so that they mean the
+  same on any dataset and network (for a controller trained across tasks, :mod:`alrs.tasks`):
+  the losses over the untrained child's validation loss ``L_0`` (about ``log C`` for C classes);
+  the two prediction variances over ``1/C - 1/C^2``, their value for one-hot predictions (so
+  0 = uniform, 1 = certain); the output weights' mean over their initial std and their
+  variance over their initial variance (which depend on the layer's width).
 """
 
 from __future__ import annotations
@@ -37,6 +43,19 @@ CHILD_FEATURES: tuple[str, ...] = (
 )
 """The six features of the child network, the first six of every feature set."""
 
+RELATIVE_CHILD_FEATURES: tuple[str, ...] = (
+    "train_loss_rel",  # train loss / L_0
+    "val_loss_rel",  # validation loss / L_0
+    "pred_confidence",  # pred_var / (1/C - 1/C^2)
+    "pred_change",  # pred_change_var / (1/C - 1/C^2)
+    "output_weight_mean_rel",  # output weight mean / its initial std
+    "output_weight_var_rel",  # output weight variance / its initial variance
+)
+"""The child features with ``feature_scale="relative"`` (ours): scale-free across datasets and networks."""
+
+FEATURE_SCALES: tuple[str, ...] = ("raw", "relative")
+"""How the child's six features are observed: as measured (the paper's), or scale-free (ours)."""
+
 LR_FEATURES: tuple[str, ...] = ("lr", "log-lr")
 """How the current LR is observed: raw (the paper's), or ``log10(lr / 1e-3)`` (ours)."""
 
@@ -51,14 +70,32 @@ LOG_LR_REFERENCE = 1e-3
 """The LR that the ``log-lr`` feature maps to 0."""
 
 
-def feature_names(lr_feature: str = "lr", time_feature: bool = False) -> tuple[str, ...]:
+def feature_names(lr_feature: str = "lr", time_feature: bool = False, feature_scale: str = "raw") -> tuple[str, ...]:
     """The observation's features, in order: the child's six, the LR, and optionally the time left.
 
     ``feature_names()`` is the paper's 7 (Sec. 3.1).
     """
     if lr_feature not in LR_FEATURES:
         raise UserError(f"lr_feature must be one of {', '.join(LR_FEATURES)}, got {lr_feature!r}")
-    return (*CHILD_FEATURES, "lr" if lr_feature == "lr" else "log_lr", *(("budget_left",) if time_feature else ()))
+    if feature_scale not in FEATURE_SCALES:
+        raise UserError(f"feature_scale must be one of {', '.join(FEATURE_SCALES)}, got {feature_scale!r}")
+    child = CHILD_FEATURES if feature_scale == "raw" else RELATIVE_CHILD_FEATURES
+    return (*child, "lr" if lr_feature == "lr" else "log_lr", *(("budget_left",) if time_feature else ()))
+
+
+def relative_child_features(child: list[float], first: list[float], num_classes: int) -> list[float]:
+    """The six child features ``child`` in the scale-free form of ``feature_scale="relative"``, given the
+    untrained child's raw features ``first`` and the number of classes."""
+    one_hot_var = 1 / num_classes - 1 / num_classes**2
+    loss0, weight_var0 = first[1], first[5]
+    return [
+        child[0] / loss0,
+        child[1] / loss0,
+        child[2] / one_hot_var,
+        child[3] / one_hot_var,
+        child[4] / math.sqrt(weight_var0),
+        child[5] / weight_var0,
+    ]
 
 
 PAPER_FEATURES: tuple[str, ...] = feature_names()

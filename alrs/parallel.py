@@ -35,6 +35,7 @@ from gymnasium.vector.utils import batch_space
 
 from alrs.env import EnvConfig, LREnv, resolve_device
 from alrs.errors import UserError
+from alrs.tasks import make_training_env
 from alrs.vector_env import make_lr_envs, vector_seeds
 
 BACKENDS: tuple[str, ...] = ("local", "ray")
@@ -106,12 +107,12 @@ class _Host:
     def env(self, config: EnvConfig) -> LREnv:
         """The env that runs whole episodes of ``config`` (built once; the dataset is loaded once per process)."""
         if config not in self._episode_envs:
-            self._episode_envs[config] = LREnv(config)
+            self._episode_envs[config] = make_training_env(config)
         return self._episode_envs[config]
 
     def make_envs(self, config: EnvConfig, count: int) -> tuple[gym.Space, gym.Space]:
         """Build this worker's slice of PPO's children; returns their observation and action spaces."""
-        self.envs = [LREnv(config) for _ in range(count)]
+        self.envs = [make_training_env(config) for _ in range(count)]
         return self.envs[0].observation_space, self.envs[0].action_space
 
     def reset(self, seeds: list[int | None], options: dict[str, Any] | None) -> list[tuple[np.ndarray, dict]]:
@@ -227,6 +228,18 @@ class _RayWorker:
 
         ready, _ = ray.wait([w.ref for w in workers], num_returns=1)
         return [w for w in workers if w.ref in ready]
+
+
+def node_id(env: Any) -> str:
+    """Where a job runs: the Ray node's id (the host name outside Ray); a job for ``WorkerPool.run``."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return socket.gethostname()
 
 
 def require_ray() -> Any:

@@ -117,3 +117,32 @@ def plot_training(
         ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def plot_suite(summary: Mapping[str, object], path: str | os.PathLike, title: str = "") -> None:
+    """Each schedule's mean test loss relative to the tuned linear, one row per held-out task
+    (left of 0: better than the tuned linear); the controller drawn large and black.
+
+    Args:
+        summary: :func:`alrs.suite.summarize_suite`'s result.
+        path: where the PNG goes.
+        title: figure title.
+    """
+    rows = summary["tasks"]
+    tasks = list(rows)
+    labels = [label for label in rows[tasks[0]]["test_loss"] if label != "linear, tuned"]
+    controller = summary.get("controller")
+    fig = Figure(figsize=(10, 1.2 + 0.32 * len(tasks)), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(tasks))
+    for label in labels:
+        rel = [rows[t]["test_loss"][label] / rows[t]["test_loss"]["linear, tuned"] - 1 for t in tasks]
+        style = {"color": "black", "s": 40, "zorder": 3} if label == controller else {"s": 16, "alpha": 0.8}
+        ax.scatter(np.asarray(rel) * 100, y, label=label, **style)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set(yticks=y, yticklabels=tasks, xlabel="test loss relative to the tuned linear (%)")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False, fontsize="small")
+    fig.suptitle(title)
+    _save(fig, path)

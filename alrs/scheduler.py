@@ -49,7 +49,15 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from alrs.controller import Controller
 from alrs.errors import UserError
-from alrs.features import LR_FEATURES, child_features, feature_names, next_lr, observation_tail
+from alrs.features import (
+    FEATURE_SCALES,
+    LR_FEATURES,
+    child_features,
+    feature_names,
+    next_lr,
+    observation_tail,
+    relative_child_features,
+)
 from alrs.io import load_torch
 from alrs.optim import optimizer_class
 
@@ -91,16 +99,19 @@ def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source
             f"(metadata['env'] lacks {', '.join(missing)})"
         )
     features = metadata.get("features")
-    producible = [feature_names(lr, time) for lr in LR_FEATURES for time in (False, True)]
+    producible = [
+        feature_names(lr, time, scale) for lr in LR_FEATURES for time in (False, True) for scale in FEATURE_SCALES
+    ]
     if not isinstance(features, (list, tuple)) or tuple(features) not in producible:
         raise UserError(
             f"{source}: the controller observes features {features}, not a feature set that "
             "alrs.features.feature_names produces"
         )
-    if tuple(features) != feature_names(env["lr_feature"], env["time_feature"]):
+    if tuple(features) != feature_names(env["lr_feature"], env["time_feature"], env.get("feature_scale", "raw")):
         raise UserError(
             f"{source}: features {list(features)} contradict the checkpoint's lr_feature="
-            f"{env['lr_feature']!r} and time_feature={env['time_feature']!r}"
+            f"{env['lr_feature']!r}, time_feature={env['time_feature']!r} and feature_scale="
+            f"{env.get('feature_scale', 'raw')!r}"
         )
     if controller.obs_dim != len(features):
         raise UserError(
@@ -198,6 +209,7 @@ class LearnedLRScheduler(LRScheduler):
         self.lr = float(first.get("initial_lr", first["lr"]))  # what LRScheduler takes as the first base LR
         self.diverged = False
         self._prev_probs: torch.Tensor | None = None
+        self._first_child: list[float] | None = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # validation reported before its step()
@@ -341,6 +353,9 @@ class LearnedLRScheduler(LRScheduler):
         weight = self._output_weight().detach().to(probs.device)
         features = child_features(train_loss[None], val_loss[None], probs[None], prev, weight[None])
         child = features[0].double().tolist()  # the one host sync of an observation
+        if self.features[0] == "train_loss_rel":  # feature_scale=relative: against the untrained model's
+            self._first_child = self._first_child or child
+            child = relative_child_features(child, self._first_child, probs.shape[1])
         tail = observation_tail(self.features, self.lr, steps, self.num_train_steps)
         obs = np.asarray([*child, *tail], dtype=np.float32)
         self._prev_probs, self._last_obs = probs, torch.from_numpy(obs)

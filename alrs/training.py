@@ -37,6 +37,7 @@ from alrs.io import FolderLock, atomic_write, load_torch, save_torch
 from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.plotting import plot_episode, plot_training
 from alrs.ppo import PPO, PPOConfig
+from alrs.tasks import task_metadata
 
 CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = (
     "config.json",
@@ -98,17 +99,31 @@ def iteration_seed(seed: int, iteration: int) -> int:
 
 def controller_metadata(env_config: EnvConfig, ppo_config: PPOConfig, **extra: Any) -> dict[str, Any]:
     """What a saved controller carries about how it was trained (checked before it is used)."""
-    return {"env": asdict(env_config), "features": list(env_config.features), "ppo": asdict(ppo_config), **extra}
+    return {
+        "env": asdict(env_config),
+        "features": list(env_config.features),
+        "ppo": asdict(ppo_config),
+        **task_metadata(env_config),
+        **extra,
+    }
 
 
-def training_initial_lrs(config: EnvConfig) -> tuple[float, ...]:
-    """The initial LRs a controller of ``config`` is trained from."""
+def training_initial_lrs(config: EnvConfig) -> tuple[float | None, ...]:
+    """The initial LRs a controller of ``config`` is trained from; ``(None,)``: each task's own (an instance set)."""
+    if config.instance_set is not None:
+        return (None,)
     return RANDOM_INITIAL_LRS if config.initial_lr == "random" else (float(config.initial_lr),)
 
 
-def policy_episode(env: LREnv, controller: Controller, seed: int, initial_lr: float) -> float:
-    """Best validation loss of one episode of the policy's mode (frozen statistics) from ``initial_lr``."""
-    obs, info = env.reset(seed=seed, options={"initial_lr": initial_lr})
+def lr_label(lr: float | None) -> str:
+    """An initial LR in eval.csv and checkpoints: ``0.01``, or ``task`` for each task's own."""
+    return "task" if lr is None else f"{lr:g}"
+
+
+def policy_episode(env: LREnv, controller: Controller, seed: int, initial_lr: float | None) -> float:
+    """Best validation loss of one episode of the policy's mode (frozen statistics) from ``initial_lr``
+    (None: the env's own, each task's in an instance set)."""
+    obs, info = env.reset(seed=seed, options=None if initial_lr is None else {"initial_lr": initial_lr})
     done = False
     while not done:
         obs, _, terminated, truncated, info = env.step(controller.act(obs))
@@ -392,7 +407,7 @@ def _evaluate_and_select(
                 iteration,
                 state["episodes_done"],
                 mean,
-                " ".join(f"{lr:g}:{v:.6f}" for lr, v in per_lr.items()),
+                " ".join(f"{lr_label(lr)}:{v:.6f}" for lr, v in per_lr.items()),
                 round(wall_time, 2),
             ]
         )
@@ -402,7 +417,7 @@ def _evaluate_and_select(
         iteration=iteration,
         episode=state["episodes_done"],
         eval_best_val_loss=mean,
-        eval_per_initial_lr={f"{lr:g}": v for lr, v in per_lr.items()},
+        eval_per_initial_lr={lr_label(lr): v for lr, v in per_lr.items()},
         eval_seeds=seeds,
         seed=seed,
     )

@@ -27,6 +27,7 @@ from alrs.env import BatchSampler, EnvConfig, EpisodeTracker, LREnv, init_child,
 from alrs.errors import UserError
 from alrs.features import child_features
 from alrs.ppo import make_vector_env
+from alrs.tasks import make_training_env
 
 BATCHABLE_ARCHITECTURES: tuple[str, ...] = ("mlp", "cnn", "paper-cnn")
 """Children without batch norm: their forward pass is a pure function of the parameters.
@@ -43,6 +44,8 @@ def check_batchable(config: EnvConfig) -> None:
             f"architecture {config.architecture!r} cannot be batched (batch norm); drop --batched-envs "
             f"(or pass batched=False), or use one of {', '.join(BATCHABLE_ARCHITECTURES)}"
         )
+    if config.instance_set is not None:
+        raise UserError("the batched children train one task; drop --batched-envs to train on an instance set")
     paper_adam = {"optimizer": "adam", "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "weight_average": None}
     if differ := [k for k, v in paper_adam.items() if config.optimizer_settings[k] != v]:
         raise UserError(
@@ -268,7 +271,7 @@ def make_lr_envs(config: EnvConfig, num_envs: int, batched: bool | None = None) 
         batched = resolve_device(config.device).type == "cuda" and _can_batch(config)
     if batched:
         return BatchedLREnv(config, num_envs)
-    return make_vector_env([lambda: LREnv(config)] * num_envs)
+    return make_vector_env([lambda: make_training_env(config)] * num_envs)
 
 
 __all__ = ["BATCHABLE_ARCHITECTURES", "BatchedLREnv", "check_batchable", "make_lr_envs", "vector_seeds"]

@@ -1,0 +1,238 @@
+"""A held-out suite: how a controller does on tasks it never saw, against what a user would type (ours).
+
+For every held-out task of an instance set (:mod:`alrs.tasks`) and every test seed, the suite runs:
+
+- the controller, from the task's initial LR;
+- untuned defaults a user would type: Adam at 1e-3, constant and cosine to 0; Schedule-Free AdamW
+  and Prodigy at their packages' defaults (lr 0.0025 without warm-up; lr 1, d_coef 1);
+- per-task tuned Adam schedules, each the best of a small grid on the grid seed by final validation
+  loss (the baselines' rule): linear decay to 0 from {0.1, 0.03, 0.01, 0.003, 0.001, 0.0001}, and step
+  decay from {0.03, 0.01, 0.003, 0.001} by x0.9 or x0.99 every controller step.
+
+Every run is kept in one result store per suite, keyed by task, schedule and seed, so an interrupted
+suite resumes, and a second controller reuses the baselines' runs. The report: one row per task
+(each schedule's mean test loss, the controller's rank), the controller's win rate against each
+comparator over tasks with a two-sided sign test, and its median test loss relative to the tuned linear.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from tqdm.auto import tqdm
+
+from alrs.env import EnvConfig
+from alrs.evaluation import EpisodeResult, ResultStore, best_of_family, run_episode, schedule_from_record
+from alrs.parallel import WorkerPool
+from alrs.schedules import (
+    Constant,
+    Cosine,
+    HandMadeSchedule,
+    Learned,
+    Linear,
+    Schedule,
+    StepDecay,
+    prodigy,
+    schedule_free,
+)
+from alrs.tasks import InstanceSet, Task
+
+SUITE_SEEDS = 5
+"""Test seeds per task (seed + 1000 + i, as test.py's)."""
+
+LINEAR_LRS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4)
+STEP_DECAY_LRS, STEP_DECAY_FACTORS = (3e-2, 1e-2, 3e-3, 1e-3), (0.9, 0.99)
+
+DEFAULTS = ("adam 1e-3", "adam 1e-3 cosine", "schedule-free adamw default", "prodigy default")
+TUNED = ("linear, tuned", "step decay, tuned")
+
+
+def default_schedules(task: Task) -> dict[str, HandMadeSchedule]:
+    """The untuned defaults a user would type, by label."""
+    return {
+        "adam 1e-3": Constant(1e-3),
+        "adam 1e-3 cosine": Cosine(1e-3, task.num_train_steps),
+        "schedule-free adamw default": schedule_free(0.0025, 0),
+        "prodigy default": prodigy(1.0, "constant", task.num_train_steps),
+    }
+
+
+def task_grid(task: Task, update_freq: int) -> list[HandMadeSchedule]:
+    """The small per-task grid the tuned linear and step decay are chosen from."""
+    linear = [Linear(lr, task.num_train_steps) for lr in LINEAR_LRS]
+    steps = [StepDecay(lr, update_freq, f) for lr in STEP_DECAY_LRS for f in STEP_DECAY_FACTORS]
+    return [*linear, *steps]
+
+
+def suite_key(task: Task, label: str, seed: int) -> str:
+    """A suite run's key in the store."""
+    return f"{task.name} | {label} | seed {seed}"
+
+
+def _run(
+    pool: WorkerPool,
+    config: EnvConfig,
+    jobs: list[tuple[str, Schedule, int, bool]],
+    store: ResultStore,
+    bar: tqdm,
+) -> None:
+    """Run the jobs ``(key, schedule, seed, test)`` not yet in ``store`` on envs of ``config``, saving each."""
+    todo = [job for job in jobs if job[0] not in store]
+    bar.update(len(jobs) - len(todo))
+    for i, result in pool.run(run_episode, config, [(schedule, seed, test) for _, schedule, seed, test in todo]):
+        store.add(todo[i][0], result)
+        bar.update()
+
+
+def run_suite(
+    instance_set: InstanceSet,
+    base: EnvConfig,
+    learned: Learned | None,
+    store: ResultStore,
+    pool: WorkerPool,
+    seed: int = 0,
+    num_seeds: int = SUITE_SEEDS,
+    progress: bool = True,
+) -> dict[str, dict[str, list[EpisodeResult]]]:
+    """Every held-out task's grid (on ``seed``) and schedules (on the test seeds); returns, per task name,
+    each schedule label's results in seed order."""
+    seeds = [seed + 1000 + i for i in range(num_seeds)]
+    tasks = instance_set.heldout
+    grid_size = len(task_grid(tasks[0], 1)) if tasks else 0
+    per_task = grid_size + num_seeds * (len(DEFAULTS) + len(TUNED) + (learned is not None))
+    out: dict[str, dict[str, list[EpisodeResult]]] = {}
+    with tqdm(total=len(tasks) * per_task, desc="suite", unit="run", disable=not progress, dynamic_ncols=True) as bar:
+        for task in tasks:
+            config = task.env_config(base, instance_set.decisions)
+            grid = task_grid(task, config.update_freq)
+            _run(pool, config, [(suite_key(task, s.name, seed), s, seed, False) for s in grid], store, bar)
+            grid_results = {s.name: store[suite_key(task, s.name, seed)] for s in grid}
+            tuned = {
+                "linear, tuned": schedule_from_record(grid_results[best_of_family(grid_results, "linear")].schedule),
+                "step decay, tuned": schedule_from_record(
+                    grid_results[best_of_family(grid_results, "step-decay")].schedule
+                ),
+            }
+            schedules: dict[str, Schedule] = {**default_schedules(task), **tuned}
+            if learned is not None:
+                schedules[learned.name] = learned.starting_at(task.initial_lr)
+            jobs = [(suite_key(task, label, s), sch, s, True) for label, sch in schedules.items() for s in seeds]
+            _run(pool, config, jobs, store, bar)
+            out[task.name] = {label: [store[suite_key(task, label, s)] for s in seeds] for label in schedules}
+    return out
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided p-value of the sign test (ties dropped); NaN with no decided pair."""
+    n = wins + losses
+    return float(stats.binomtest(wins, n, 0.5).pvalue) if n else math.nan
+
+
+def summarize_suite(results: dict[str, dict[str, list[EpisodeResult]]], controller: str | None) -> dict[str, Any]:
+    """Per task, each schedule's mean test loss (best-validation checkpoint) and the controller's rank; and,
+    over tasks, the controller's wins and losses against each comparator with the sign test, and its test
+    loss relative to the tuned linear (median and per task)."""
+    rows: dict[str, Any] = {}
+    for task, by_label in results.items():
+        means = {label: float(np.nanmean([r.test_loss_best for r in runs])) for label, runs in by_label.items()}
+        row: dict[str, Any] = {"test_loss": means}
+        if controller is not None:
+            order = sorted(means, key=lambda label: means[label] if math.isfinite(means[label]) else math.inf)
+            row["controller_rank"] = order.index(controller) + 1
+            row["relative_to_linear"] = means[controller] / means["linear, tuned"] - 1
+        row["diverged"] = {label: sum(r.diverged for r in runs) for label, runs in by_label.items()}
+        rows[task] = row
+    summary: dict[str, Any] = {"tasks": rows}
+    if controller is None or not rows:
+        return summary
+    comparators = [label for label in next(iter(rows.values()))["test_loss"] if label != controller]
+    against = {}
+    for label in comparators:
+        diffs = [row["test_loss"][controller] - row["test_loss"][label] for row in rows.values()]
+        wins, losses = sum(d < 0 for d in diffs), sum(d > 0 for d in diffs)
+        against[label] = {
+            "wins": wins,
+            "losses": losses,
+            "win_rate": wins / len(diffs),
+            "sign_p": sign_test(wins, losses),
+        }
+    relative = [row["relative_to_linear"] for row in rows.values()]
+    summary.update(
+        controller=controller,
+        against=against,
+        median_relative_to_linear=float(np.median(relative)),
+        mean_rank=float(np.mean([row["controller_rank"] for row in rows.values()])),
+    )
+    return summary
+
+
+def format_suite(summary: dict[str, Any], title: str) -> str:
+    """The suite's tables in Markdown: one row per task, then the controller against each comparator."""
+    rows = summary["tasks"]
+    labels = list(next(iter(rows.values()))["test_loss"]) if rows else []
+    controller = summary.get("controller")
+    lines = [f"### {title}", "", "Test loss of the best-validation checkpoint, mean over the test seeds.", ""]
+    head = "| task | " + " | ".join(labels) + (" | controller's rank |" if controller else " |")
+    lines += [head, "|" + "---|" * (len(labels) + 1 + bool(controller))]
+    for task, row in rows.items():
+        best = min(row["test_loss"].values())
+        cells = [
+            f"**{row['test_loss'][label]:.4f}**"
+            if row["test_loss"][label] == best
+            else f"{row['test_loss'][label]:.4f}"
+            for label in labels
+        ]
+        rank = f" | {row['controller_rank']} of {len(labels)}" if controller else ""
+        lines.append(f"| {task} | " + " | ".join(cells) + rank + " |")
+    if controller:
+        lines += [
+            "",
+            f"**{controller}** against each comparator over {len(rows)} tasks (a win: a lower mean test loss):",
+            "",
+            "| comparator | wins | losses | win rate | sign test p |",
+            "|---|---|---|---|---|",
+        ]
+        for label, a in summary["against"].items():
+            lines.append(f"| {label} | {a['wins']} | {a['losses']} | {a['win_rate']:.0%} | {a['sign_p']:.3g} |")
+        lines += [
+            "",
+            f"Median test loss relative to the tuned linear: {summary['median_relative_to_linear']:+.2%}; "
+            f"mean rank {summary['mean_rank']:.2f} of {len(labels)}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def suite_settings(instance_set: InstanceSet, seed: int, num_seeds: int) -> dict[str, Any]:
+    """What decides a suite's hand-made runs: the held-out tasks, the decisions, the seeds."""
+    return {
+        "heldout": [asdict(t) for t in instance_set.heldout],
+        "decisions": instance_set.decisions,
+        "grid_seed": seed,
+        "seeds": [seed + 1000 + i for i in range(num_seeds)],
+    }
+
+
+def suite_folder(results_dir: str | Path, instance_set_path: str | Path) -> Path:
+    """``<results>/suites/<instance set's file name>``."""
+    return Path(results_dir) / "suites" / Path(instance_set_path).stem
+
+
+__all__ = [
+    "DEFAULTS",
+    "SUITE_SEEDS",
+    "TUNED",
+    "default_schedules",
+    "format_suite",
+    "run_suite",
+    "sign_test",
+    "suite_folder",
+    "suite_key",
+    "suite_settings",
+    "summarize_suite",
+    "task_grid",
+]

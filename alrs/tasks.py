@@ -1,0 +1,250 @@
+"""Tasks as data, instance sets of them, and an env that trains a task drawn per episode (ours).
+
+A task is what a user's training run is: a dataset variant (:func:`alrs.data.check_dataset`), an
+architecture spec (:mod:`alrs.models`), a batch size, a horizon (optimizer steps), an initial LR and
+the validation subset the features and reward use. An instance set, a JSON file, lists or samples
+tasks for training and a disjoint held-out set for testing (``test.py --suite``)::
+
+    {
+      "decisions": 20,
+      "train": {"sample": {"seed": 0, "count": 24, "dataset": ["fa-mnist:14x14", "mnist:14x14"],
+                           "architecture": ["mlp:128", "convnet:8-16"], "batch_size": [128, 256],
+                           "num_train_steps": [100, 200], "initial_lr": [0.001, 0.003, 0.01]}},
+      "heldout": {"tasks": [{"dataset": "digits", "architecture": "mlp:64:tanh", "batch_size": 64,
+                             "num_train_steps": 300, "initial_lr": 0.003}]}
+    }
+
+``decisions`` fixes the controller steps of every episode, whatever its horizon: a task of
+``num_train_steps`` optimizer steps has ``update_freq = num_train_steps / decisions`` (ours: the
+paper's K = 10 is for one horizon; with the time feature the controller sees the fraction left).
+PPO's rollout is then one episode per child for every task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from alrs.data import check_dataset, load_dataset
+from alrs.env import EnvConfig, LREnv
+from alrs.errors import UserError
+from alrs.io import load_json
+from alrs.models import architecture_spec
+
+TASK_FIELDS = ("dataset", "architecture", "batch_size", "num_train_steps", "initial_lr", "val_size")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One training run of a child network.
+
+    Args:
+        dataset: a dataset or variant, e.g. ``fa-mnist:classes=0-4``.
+        architecture: a name or spec (string or dict), e.g. ``mlp:256-128:tanh``.
+        batch_size: minibatch size.
+        num_train_steps: optimizer steps (the horizon).
+        initial_lr: the LR the run starts from.
+        val_size: validation examples for the features and reward (at most the split's size); None: all.
+    """
+
+    dataset: str
+    architecture: str
+    batch_size: int
+    num_train_steps: int
+    initial_lr: float
+    val_size: int | None = 1000
+
+    def __post_init__(self) -> None:
+        check_dataset(self.dataset)
+        object.__setattr__(self, "architecture", architecture_spec(self.architecture))
+        for name in ("batch_size", "num_train_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"task {name} must be a positive integer, got {value!r}")
+        lr = self.initial_lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 1:
+            raise UserError(f"task initial_lr must be a number in (0, 1], got {lr!r}")
+        if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
+            raise UserError(f"task val_size must be a positive integer or null, got {self.val_size!r}")
+
+    @property
+    def name(self) -> str:
+        """A short unique label, e.g. ``digits mlp:64:tanh bs64 300 steps lr=0.003``."""
+        val = "" if self.val_size == 1000 else f" val{self.val_size}"
+        return (
+            f"{self.dataset} {self.architecture} bs{self.batch_size} {self.num_train_steps} steps "
+            f"lr={self.initial_lr:g}{val}"
+        )
+
+    def env_config(self, base: EnvConfig, decisions: int) -> EnvConfig:
+        """``base`` with this task's settings, ``decisions`` controller steps per episode, and the
+        validation subset cut to the split's size."""
+        if self.num_train_steps % decisions:
+            raise UserError(f"task {self.name}: {decisions} decisions must divide its {self.num_train_steps} steps")
+        num_val = len(load_dataset(self.dataset, base.data_dir).val_x)
+        val_size = num_val if self.val_size is None else min(self.val_size, num_val)
+        return dataclasses.replace(
+            base,
+            dataset=self.dataset,
+            architecture=self.architecture,
+            batch_size=self.batch_size,
+            num_train_steps=self.num_train_steps,
+            update_freq=self.num_train_steps // decisions,
+            initial_lr=float(self.initial_lr),
+            val_size=val_size,
+            lr_min=min(base.lr_min, float(self.initial_lr)),
+            lr_max=max(base.lr_max, float(self.initial_lr)),
+            instance_set=None,
+        )
+
+
+@dataclass(frozen=True)
+class InstanceSet:
+    """Training tasks and disjoint held-out tasks, and the controller steps of every episode."""
+
+    train: tuple[Task, ...]
+    heldout: tuple[Task, ...]
+    decisions: int
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise UserError("an instance set needs at least one training task")
+        if clash := sorted({t.name for t in self.train} & {t.name for t in self.heldout}):
+            raise UserError(f"task {clash[0]!r} is both a training and a held-out task; they must be disjoint")
+
+
+def _task(record: Any, where: str) -> Task:
+    if not isinstance(record, dict) or not set(record) <= set(TASK_FIELDS):
+        unknown = sorted(set(record) - set(TASK_FIELDS)) if isinstance(record, dict) else record
+        raise UserError(f"{where}: a task is an object of {', '.join(TASK_FIELDS)}; got {unknown!r}")
+    try:
+        return Task(**record)
+    except TypeError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def _tasks(spec: Any, where: str, exclude: Sequence[Task] = ()) -> tuple[Task, ...]:
+    """The tasks of ``{"tasks": [...]}`` or of ``{"sample": {"seed", "count", field: [choices]}}``."""
+    if isinstance(spec, dict) and set(spec) == {"tasks"} and isinstance(spec["tasks"], list):
+        tasks = tuple(_task(r, f"{where}.tasks[{i}]") for i, r in enumerate(spec["tasks"]))
+        if len({t.name for t in tasks}) != len(tasks):
+            raise UserError(f"{where}: a task is listed twice")
+        return tasks
+    sample = spec.get("sample") if isinstance(spec, dict) and set(spec) == {"sample"} else None
+    if not isinstance(sample, dict) or not {"seed", "count"} <= set(sample):
+        raise UserError(f'{where}: expected {{"tasks": [...]}} or {{"sample": {{"seed", "count", ...choices}}}}')
+    choices = {k: v if isinstance(v, list) else [v] for k, v in sample.items() if k not in ("seed", "count")}
+    if unknown := sorted(set(choices) - set(TASK_FIELDS)):
+        raise UserError(f"{where}.sample: unknown field {unknown[0]!r}; fields: {', '.join(TASK_FIELDS)}")
+    if missing := sorted(set(TASK_FIELDS) - {"val_size"} - set(choices)):
+        raise UserError(f"{where}.sample: no choices for {missing[0]!r}")
+    keys = list(choices)
+    combos = list(itertools.product(*(choices[k] for k in keys)))
+    order = np.random.default_rng(sample["seed"]).permutation(len(combos))
+    taken = {t.name for t in exclude}
+    tasks: list[Task] = []
+    for i in order:
+        task = _task(dict(zip(keys, combos[i], strict=True)), f"{where}.sample")
+        if task.name not in taken:
+            tasks.append(task)
+            taken.add(task.name)
+        if len(tasks) == sample["count"]:
+            return tuple(tasks)
+    raise UserError(f"{where}.sample: only {len(tasks)} distinct tasks to draw, fewer than count={sample['count']}")
+
+
+def load_instance_set(path: str | Path) -> InstanceSet:
+    """The instance set of a JSON file (see the module's docs); the held-out tasks are never sampled for training."""
+    data = load_json(path)
+    if (
+        not isinstance(data, dict)
+        or not {"train", "decisions"} <= set(data)
+        or not set(data)
+        <= {
+            "train",
+            "heldout",
+            "decisions",
+            "note",
+        }
+    ):
+        raise UserError(f'{path}: an instance set is an object with "decisions", "train" and "heldout" (optional)')
+    decisions = data["decisions"]
+    if isinstance(decisions, bool) or not isinstance(decisions, int) or decisions <= 0:
+        raise UserError(f"{path}: decisions must be a positive integer, got {decisions!r}")
+    heldout = _tasks(data["heldout"], f"{path}: heldout") if "heldout" in data else ()
+    train = _tasks(data["train"], f"{path}: train", exclude=heldout)
+    return InstanceSet(train, heldout, decisions)
+
+
+class TaskEnv(gym.Env):
+    """An LR environment whose every episode trains a task drawn from ``tasks`` (one :class:`LREnv` per task,
+    built when first drawn). The draw uses the reset's seed, so a seed fixes the task and its child.
+
+    Info gains ``task``, the task's name. Reset options pass through (``initial_lr`` overrides the task's).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig, tasks: Sequence[Task] | None = None, decisions: int | None = None):
+        if tasks is None:
+            if config.instance_set is None:
+                raise UserError("a TaskEnv needs tasks, or a config with an instance_set")
+            instance_set = load_instance_set(config.instance_set)
+            tasks, decisions = instance_set.train, instance_set.decisions
+        self.config, self.tasks, self.decisions = config, tuple(tasks), int(decisions)
+        self.configs = [task.env_config(config, self.decisions) for task in self.tasks]
+        self._envs: dict[int, LREnv] = {}
+        self.current: LREnv | None = None
+        self._task = ""
+        first = self._env(0)
+        self.observation_space, self.action_space = first.observation_space, first.action_space
+
+    def _env(self, index: int) -> LREnv:
+        if index not in self._envs:
+            self._envs[index] = LREnv(self.configs[index])
+        return self._envs[index]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        index = int(self.np_random.integers(len(self.tasks)))
+        self.current, self._task = self._env(index), self.tasks[index].name
+        obs, info = self.current.reset(seed=int(self.np_random.integers(2**62)), options=options)
+        info["task"] = self._task
+        return obs, info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.current is None:
+            raise RuntimeError("call reset() before step()")
+        obs, reward, terminated, truncated, info = self.current.step(action)
+        info["task"] = self._task
+        return obs, reward, terminated, truncated, info
+
+
+def make_training_env(config: EnvConfig) -> gym.Env:
+    """The env one PPO child trains on: a :class:`TaskEnv` over the instance set's training tasks, or an
+    :class:`LREnv` of ``config``."""
+    return TaskEnv(config) if config.instance_set is not None else LREnv(config)
+
+
+def task_metadata(config: EnvConfig) -> dict[str, Any]:
+    """What a controller checkpoint records of its training tasks (nothing without an instance set)."""
+    if config.instance_set is None:
+        return {}
+    instance_set = load_instance_set(config.instance_set)
+    return {
+        "tasks": [dataclasses.asdict(t) for t in instance_set.train],
+        "heldout_tasks": [dataclasses.asdict(t) for t in instance_set.heldout],
+        "decisions": instance_set.decisions,
+    }
+
+
+__all__ = ["InstanceSet", "Task", "TaskEnv", "load_instance_set", "make_training_env", "task_metadata"]

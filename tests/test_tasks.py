@@ -1,0 +1,317 @@
+"""Tasks as data: architecture specs, dataset variants, the digits, instance sets, relative features and the
+held-out suite (resumable, and equal on local workers and on a two-node Ray cluster)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli import run_script
+from test_scheduler import _checkpoint, _Loop
+from torch import nn
+
+from alrs.data import apply_variant, check_dataset, load_dataset, parse_variant
+from alrs.env import EnvConfig, LREnv
+from alrs.errors import UserError
+from alrs.evaluation import ResultStore
+from alrs.models import architecture_spec, build_model
+from alrs.parallel import ParallelConfig, WorkerPool, node_id
+from alrs.schedules import Learned
+from alrs.suite import run_suite, suite_key, suite_settings, summarize_suite
+from alrs.tasks import InstanceSet, Task, TaskEnv, load_instance_set
+
+
+def _one_line(call, match: str) -> None:
+    with pytest.raises(UserError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ architectures
+def test_architecture_specs_build_the_right_shapes() -> None:
+    mlp = build_model("mlp:256-128:tanh", "fa-mnist")
+    linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 256), (256, 128), (128, 10)]
+    assert sum(isinstance(m, nn.Tanh) for m in mlp.modules()) == 2 and mlp.output_layer is linears[-1]
+    cnn = build_model("convnet:16-32:fc64", "fa-mnist")
+    convs = [m for m in cnn.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 16, (5, 5)), (16, 32, (5, 5))]
+    assert cnn.output_layer.in_features == 64 and cnn(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    bn = build_model("convnet:8-16-32:fc32:bn", "digits")
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 3 and bn(torch.zeros(2, 1, 8, 8)).shape == (
+        2,
+        10,
+    )
+    assert build_model("mlp:64:gelu", "fa-mnist:classes=0-4:14x14")(torch.zeros(2, 1, 14, 14)).shape == (2, 5)
+    assert architecture_spec({"family": "mlp", "hidden": [256, 128], "activation": "tanh"}) == "mlp:256-128:tanh"
+    assert architecture_spec({"family": "convnet", "channels": [16], "batch_norm": True}) == "convnet:16:fc64:bn"
+
+
+@pytest.mark.parametrize(
+    "spec", ["mlp:", "mlp:0", "mlp:64:swish", "convnet:1-2-3-4", "convnet:8:fc", "vgg", {"family": "rnn"}]
+)
+def test_a_bad_architecture_spec_is_one_line(spec: object) -> None:
+    _one_line(lambda: build_model(architecture_spec(spec), "fa-mnist"), "architecture .*an architecture is")
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def test_dataset_variants_have_the_right_sizes_and_are_deterministic(data_dir: Path) -> None:
+    base = load_dataset("fa-mnist", data_dir, download=False)
+    sub = load_dataset("fa-mnist:classes=2-4", data_dir, download=False)
+    for part in ("train", "val", "test"):
+        y = getattr(base, f"{part}_y")
+        assert len(getattr(sub, f"{part}_y")) == int(((y >= 2) & (y <= 4)).sum())
+    assert set(sub.train_y.tolist()) == {0, 1, 2} and check_dataset("fa-mnist:classes=2-4").num_classes == 3
+    small = load_dataset("fa-mnist:14x14", data_dir, download=False)
+    assert small.train_x.shape[1:] == (1, 14, 14) and torch.allclose(
+        small.val_x[0, 0, 0, 0], base.val_x[0, 0, :2, :2].mean()
+    )
+    fraction = load_dataset("fa-mnist:fraction=0.25", data_dir, download=False)
+    assert len(fraction.train_x) == round(0.25 * len(base.train_x)) and len(fraction.val_x) == len(base.val_x)
+    noisy = load_dataset("fa-mnist:noise=0.3", data_dir, download=False)
+    flipped = (noisy.train_y != base.train_y).float().mean()
+    assert 0.2 < flipped < 0.4 and torch.equal(noisy.val_y, base.val_y) and torch.equal(noisy.test_y, base.test_y)
+    again = apply_variant(base, parse_variant("fa-mnist:noise=0.3:fraction=0.25")[1])
+    assert torch.equal(again.train_y, apply_variant(base, parse_variant("fa-mnist:noise=0.3:fraction=0.25")[1]).train_y)
+
+
+def test_the_digits_load_offline_split_60_20_20() -> None:
+    digits = load_dataset("digits")
+    assert [len(digits.train_x), len(digits.val_x), len(digits.test_x)] == [1078, 359, 360]
+    assert digits.train_x.shape[1:] == (1, 8, 8) and float(digits.train_x.max()) == 1.0
+    assert torch.equal(load_dataset("digits", "/nonexistent").test_y, digits.test_y)
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("fa-mnist:13x13", "must divide the 28x28 images"),
+        ("fa-mnist:classes=3", "2 or more distinct labels"),
+        ("fa-mnist:noise=1", "noise must be in"),
+        ("fa-mnist:fraction=0", "fraction must be in"),
+        ("fa-mnist:blur", "cannot read 'blur'"),
+        ("svhn:14x14", "unknown dataset 'svhn'"),
+    ],
+)
+def test_a_bad_dataset_variant_is_one_line(name: str, match: str) -> None:
+    _one_line(lambda: check_dataset(name), match)
+
+
+# ------------------------------------------------------------------------------------------ instance sets
+def _write_set(path: Path, heldout: list[dict], **sample: object) -> Path:
+    choices = {
+        "dataset": ["fa-mnist:14x14", "fa-mnist:classes=0-4:14x14"],
+        "architecture": ["mlp:16", "convnet:4:fc8"],
+        "batch_size": 16,
+        "num_train_steps": [8, 16],
+        "initial_lr": [0.001, 0.01],
+        "val_size": 100,
+        **sample,
+    }
+    count = choices.pop("count", 5)
+    data = {"decisions": 4, "train": {"sample": {"seed": 0, "count": count, **choices}}, "heldout": {"tasks": heldout}}
+    path.write_text(json.dumps(data))
+    return path
+
+
+HELDOUT = [
+    {"dataset": "digits", "architecture": "mlp:16:tanh", "batch_size": 32, "num_train_steps": 12, "initial_lr": 0.003},
+    {
+        "dataset": "fa-mnist:14x14",
+        "architecture": "convnet:4:fc8",
+        "batch_size": 16,
+        "num_train_steps": 8,
+        "initial_lr": 0.01,
+        "val_size": 100,
+    },
+]
+
+
+def test_instance_set_sampling_is_deterministic_and_disjoint(tmp_path: Path) -> None:
+    path = _write_set(tmp_path / "set.json", HELDOUT)
+    first, second = load_instance_set(path), load_instance_set(path)
+    assert first == second and len(first.train) == 5 and first.decisions == 4
+    assert not {t.name for t in first.heldout} & {t.name for t in first.train}
+    # The second held-out task is a point of the sampling grid (16 points): it is never drawn for training.
+    every_other = load_instance_set(_write_set(tmp_path / "all.json", HELDOUT, count=15)).train
+    assert len({t.name for t in every_other}) == 15 and Task(**HELDOUT[1]).name not in {t.name for t in every_other}
+    _one_line(lambda: load_instance_set(_write_set(tmp_path / "big.json", HELDOUT, count=16)), "only 15 distinct")
+    _one_line(lambda: InstanceSet(first.heldout, first.heldout, 4), "both a training and a held-out task")
+    _one_line(lambda: load_instance_set(tmp_path / "missing.json"), "missing.json")
+
+
+def test_a_task_env_draws_its_task_from_the_seed(data_dir: Path, tmp_path: Path) -> None:
+    instance_set = load_instance_set(_write_set(tmp_path / "set.json", HELDOUT))
+    base = EnvConfig(data_dir=str(data_dir), device="cpu", feature_scale="relative", time_feature=True)
+    env = TaskEnv(base, instance_set.train, instance_set.decisions)
+    tasks = [env.reset(seed=s)[1]["task"] for s in range(12)]
+    assert tasks == [env.reset(seed=s)[1]["task"] for s in range(12)] and len(set(tasks)) > 1
+    _, info = env.reset(seed=3)
+    steps = 0
+    while True:
+        _, _, terminated, truncated, info = env.step(2)
+        steps += 1
+        if terminated or truncated:
+            break
+    assert steps == instance_set.decisions and info["task"] == tasks[3]
+
+
+def test_relative_features_are_scale_free_and_the_same_in_a_plain_loop(small_env_options: dict) -> None:
+    config = EnvConfig(
+        **{**small_env_options, "num_train_steps": 40}, feature_scale="relative", lr_feature="log-lr", time_feature=True
+    )
+    checkpoint = _checkpoint(config)
+    env, learned = LREnv(config), Learned(checkpoint).starting_at(1e-3)
+    obs, info = env.reset(seed=7, options={"initial_lr": 1e-3})
+    learned.start(7)
+    observations, done = [obs], False
+    while not done:
+        obs, _, terminated, truncated, info = learned.step(env, obs, info)
+        observations.append(obs)
+        done = terminated or truncated
+    first = observations[0]
+    assert first[0] == first[1] == pytest.approx(1.0) and first[5] == pytest.approx(1.0)
+    assert all(0 <= o[2] <= 1 and 0 <= o[3] <= 1 for o in observations)
+    loop = _Loop(config, checkpoint, 7, 1e-3)
+    loop.run(config.num_train_steps)
+    loop.finish()
+    assert np.allclose(np.stack(loop.observations), np.stack(observations), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------ the suite
+def _suite(data_dir: Path, tmp_path: Path, pool: WorkerPool, name: str, learned: Learned | None = None) -> dict:
+    instance_set = load_instance_set(_write_set(tmp_path / "set.json", HELDOUT))
+    base = EnvConfig(data_dir=str(data_dir), device="cpu", feature_scale="relative", time_feature=True)
+    store = ResultStore(tmp_path / name, suite_settings(instance_set, 0, 2))
+    results = run_suite(instance_set, base, learned, store, pool, seed=0, num_seeds=2, progress=False)
+    return {
+        task: {label: [r.test_loss_best for r in runs] for label, runs in by.items()} for task, by in results.items()
+    }
+
+
+def test_a_suite_runs_resumes_and_reports(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import alrs.suite as suite
+
+    pool = WorkerPool(ParallelConfig(workers=1), 1, EnvConfig())
+    real, calls = suite.run_episode, []
+
+    def interrupted(env, schedule, seed, test=True):
+        if len(calls) == 20:
+            raise KeyboardInterrupt
+        calls.append(schedule.name)
+        return real(env, schedule, seed, test)
+
+    monkeypatch.setattr(suite, "run_episode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _suite(data_dir, tmp_path, pool, "store.json")
+    monkeypatch.setattr(suite, "run_episode", lambda *a: calls.append(a[1].name) or real(*a))
+    whole = _suite(data_dir, tmp_path, pool, "store.json")
+    per_task = 14 + 2 * 6  # the grid on the grid seed; 4 defaults and 2 tuned schedules on 2 test seeds
+    assert len(calls) == 2 * per_task  # nothing ran twice
+    assert set(whole) == {Task(**t).name for t in HELDOUT}
+    labels = set(next(iter(whole.values())))
+    assert labels == {
+        "adam 1e-3",
+        "adam 1e-3 cosine",
+        "schedule-free adamw default",
+        "prodigy default",
+        "linear, tuned",
+        "step decay, tuned",
+    }
+    sequential = _suite(data_dir, tmp_path, pool, "again.json")
+    assert sequential == whole
+
+    stored = json.loads((tmp_path / "store.json").read_text())["results"]
+    task = Task(**HELDOUT[0])
+    assert suite_key(task, "adam 1e-3", 1000) in stored
+
+
+def test_the_suite_report_counts_wins_with_a_sign_test() -> None:
+    from alrs.evaluation import EpisodeResult
+
+    def runs(loss: float) -> list[EpisodeResult]:
+        return [EpisodeResult({}, 0, 0, 0, 0, False, loss, 0, loss, 0)]
+
+    results = {
+        f"task {i}": {"linear, tuned": runs(1.0), "adam 1e-3": runs(1.2), "ctrl": runs(0.9 if i < 7 else 1.1)}
+        for i in range(8)
+    }
+    summary = summarize_suite(results, "ctrl")
+    assert summary["against"]["linear, tuned"] == {
+        "wins": 7,
+        "losses": 1,
+        "win_rate": 7 / 8,
+        "sign_p": pytest.approx(0.0703125),
+    }
+    assert summary["against"]["adam 1e-3"]["wins"] == 8 and summary["tasks"]["task 0"]["controller_rank"] == 1
+    assert summary["median_relative_to_linear"] == pytest.approx(-0.1)
+
+
+def test_the_suite_on_local_workers_and_a_two_node_ray_cluster_equals_the_sequential_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with WorkerPool(ParallelConfig(workers=1, threads=1), 1, EnvConfig()) as pool:
+        sequential = _suite(data_dir, tmp_path, pool, "sequential.json")
+    with WorkerPool(ParallelConfig(workers=2, threads=1), 2, EnvConfig()) as pool:
+        assert _suite(data_dir, tmp_path, pool, "local.json") == sequential
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        parallel = ParallelConfig(workers=2, threads=1, backend="ray", ray_address=cluster.address)
+        with WorkerPool(parallel, 2, EnvConfig()) as pool:
+            tiny = EnvConfig(data_dir=str(data_dir), device="cpu", architecture="mlp", batch_size=50)
+            nodes = {where for _, where in pool.run(node_id, tiny, [()] * 8)}
+            assert len(nodes) == 2  # one worker on each node (each has one CPU)
+            assert _suite(data_dir, tmp_path, pool, "ray.json") == sequential
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_test_py_suite_end_to_end(data_dir: Path, tmp_path: Path) -> None:
+    path = _write_set(tmp_path / "set.json", HELDOUT)
+    flags = ["--data-dir", str(data_dir), "--device", "cpu", "--no-progress", "--feature-scale", "relative"]
+    train = run_script(
+        "train.py",
+        "--instance-set",
+        str(path),
+        *flags,
+        "--time-feature",
+        "--num-envs",
+        "2",
+        "--episodes",
+        "4",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--eval-every",
+        "2",
+        "--eval-seeds",
+        "2",
+    )
+    assert train.returncode == 0, train.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("set_s0_")
+    result = run_script(
+        "test.py",
+        "--suite",
+        str(path),
+        "--test-id",
+        str(run),
+        *flags,
+        "--suite-seeds",
+        "2",
+        "--results-dir",
+        str(tmp_path / "results"),
+    )
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "results" / "suites" / "set"
+    assert (out / f"{run.name}.md").is_file() and (out / f"{run.name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "controller's rank" in result.stdout and "sign test p" in result.stdout
