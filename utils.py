@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from alrs.env import EnvConfig
+from alrs.env import EnvConfig, check_seed
 from alrs.errors import UserError
 from alrs.io import load_json
 from alrs.parallel import ParallelConfig
@@ -240,6 +240,13 @@ def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Names
     except UserError as exc:
         parser.error(str(exc))
     settings.update(given)
+    try:  # domains a type cannot say: the seed's range (the test seeds add up to 1000 + the seed count)
+        check_seed(settings["seed"], "--seed")
+        check_seed(
+            settings["seed"] + 1000 + max(settings["num_seeds"], settings["suite_seeds"]), "--seed + 1000 + seeds"
+        )
+    except UserError as exc:
+        parser.error(str(exc))
     return argparse.Namespace(**settings)
 
 

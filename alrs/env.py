@@ -49,6 +49,18 @@ FEATURES: tuple[str, ...] = PAPER_FEATURES
 """The paper's observation, in order: its 7 state features (Sec. 3.1). Other feature sets:
 :func:`alrs.features.feature_names`."""
 
+MAX_SEED = 2**32 - 1
+"""Seeds are integers in [0, MAX_SEED]: what numpy's and torch's seeding both accept."""
+
+
+def check_seed(seed: object, name: str = "seed") -> None:
+    """A one-line error unless ``seed`` is None or an integer in [0, :data:`MAX_SEED`]."""
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED
+    ):
+        raise UserError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+
+
 RANDOM_INITIAL_LRS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 """Initial LRs drawn per episode when ``initial_lr="random"`` (paper Sec. 4)."""
 
@@ -422,6 +434,7 @@ class LREnv(gym.Env):
         ``{"initial_lr": x}`` overrides the initial LR (hand-made schedules use it), and
         ``{"optimizer": {...}}`` overrides :data:`~alrs.optim.OPTIMIZER_FIELDS` for this episode (the peers
         and the Adam baselines use it, whatever the config's optimizer)."""
+        check_seed(seed)
         super().reset(seed=seed)
         settings = self._episode_optimizer(options)
         child_seed = self.episode.begin(self.np_random, options)
@@ -559,10 +572,12 @@ def make_env(dataset: str = "fa-mnist", architecture: str = "cnn", **options: An
 
 __all__ = [
     "FEATURES",
+    "MAX_SEED",
     "RANDOM_INITIAL_LRS",
     "BatchSampler",
     "EnvConfig",
     "LREnv",
+    "check_seed",
     "init_child",
     "make_env",
     "resolve_device",

@@ -120,9 +120,17 @@ def next_lr(
     ``exp(log_noise)`` (the seed's optional LR noise). The result is clipped to ``[lr_min, lr_max]``.
     """
     if discrete:
-        if np.ndim(action) != 0 or int(action) not in (0, 1, 2):
-            raise UserError(f"discrete action must be 0 (increase), 1 (decrease) or 2 (keep), got {action!r}")
-        factor = (action_range, 1 / action_range, 1.0)[int(action)]
+        # An integer of the action space: a float such as 2.7 is refused, not truncated by int().
+        value = (
+            action.item()
+            if isinstance(action, (np.ndarray, np.generic, torch.Tensor)) and np.ndim(action) == 0
+            else action
+        )
+        if isinstance(value, bool) or not isinstance(value, int) or value not in (0, 1, 2):
+            raise UserError(
+                f"discrete action must be the integer 0 (increase), 1 (decrease) or 2 (keep), got {action!r}"
+            )
+        factor = (action_range, 1 / action_range, 1.0)[value]
     else:
         value = np.asarray(action, dtype=np.float64).reshape(-1)
         if value.size != 1 or not np.isfinite(value[0]):

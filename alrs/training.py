@@ -332,7 +332,10 @@ def train_controller(
                     bar.set_postfix(
                         ret=f"{np.mean([e.episode_return for e in finished]):.2f}",
                         val_loss=f"{np.mean([e.infos[-1]['val_loss'] for e in finished]):.4f}",
-                        **({"eval": f"{state['best_eval_loss']:.4f}"} if eval_every else {}),
+                        # nothing for a value not yet measured (before the first evaluation)
+                        **(
+                            {"eval": f"{state['best_eval_loss']:.4f}"} if math.isfinite(state["best_eval_loss"]) else {}
+                        ),
                         refresh=False,
                     )
                 bar.update(len(rows))

@@ -275,3 +275,19 @@ def test_a_seed_gives_the_same_batches_on_every_device() -> None:
     cpu, cuda = (BatchSampler(1000, 100, seed=3, device=torch.device(d)) for d in ("cpu", "cuda"))
     for _ in range(25):  # two and a half epochs
         assert torch.equal(cpu.next(), cuda.next().cpu())
+
+
+@pytest.mark.parametrize("action", [2.7, 1.0, True, np.float32(2), "2", np.array([1])])
+def test_a_discrete_action_is_an_integer_of_the_action_space(small_env_options: dict, action: object) -> None:
+    env = make_env(**small_env_options)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="discrete action must be the integer 0"):
+        env.step(action)
+    env.step(np.int64(2))
+    env.step(torch.tensor(1))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_a_seed_outside_its_domain_is_one_line(small_env_options: dict, seed: object) -> None:
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 4294967295\]"):
+        make_env(**small_env_options).reset(seed=seed)
