@@ -42,9 +42,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a file-size limit: the old file stays whole; name the one being written
+        Path(tmp).unlink(missing_ok=True)
+        raise with_filename(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def with_filename(exc: OSError, path: str | os.PathLike) -> OSError:
+    """``exc`` with ``path`` as its file name where it has none (a failed write() names no file)."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def append_csv_rows(path: str | os.PathLike, rows: list[list[Any]]) -> None:
+    """Append rows to a CSV file; a failed write names the file (a partial last row is dropped on resume)."""
+    import csv
+
+    try:
+        with open(path, "a", newline="") as f:
+            csv.writer(f).writerows(rows)
+    except OSError as exc:
+        raise with_filename(exc, path) from exc
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

@@ -33,7 +33,7 @@ from alrs.controller import Controller
 from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
 from alrs.errors import UserError
 from alrs.features import FIXED_SCALE_FEATURES
-from alrs.io import FolderLock, atomic_write, load_torch, save_torch
+from alrs.io import FolderLock, append_csv_rows, atomic_write, load_torch, save_torch
 from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.plotting import plot_episode, plot_training
 from alrs.ppo import PPO, PPOConfig
@@ -284,8 +284,7 @@ def train_controller(
                             seed=seed,
                         )
                         save_torch(snapshot, run_dir / BEST_FILE)
-                with open(metrics_path, "a", newline="") as f:
-                    csv.DictWriter(f, METRICS_COLUMNS).writerows(rows)
+                append_csv_rows(metrics_path, [[row[c] for c in METRICS_COLUMNS] for row in rows])
                 if eval_every and (ppo.iteration % eval_every == 0 or ppo.iteration == iterations):
                     _evaluate_and_select(
                         ppo.controller,
@@ -404,16 +403,8 @@ def _evaluate_and_select(
     per_lr = evaluate_policy(pool, config, controller, seeds, training_initial_lrs(env_config))
     mean = float(np.mean(list(per_lr.values())))
     state["eval_iteration"], state["eval_loss"] = iteration, mean
-    with open(run_dir / EVAL_FILE, "a", newline="") as f:
-        csv.writer(f).writerow(
-            [
-                iteration,
-                state["episodes_done"],
-                mean,
-                " ".join(f"{lr_label(lr)}:{v:.6f}" for lr, v in per_lr.items()),
-                round(wall_time, 2),
-            ]
-        )
+    per_lr_text = " ".join(f"{lr_label(lr)}:{v:.6f}" for lr, v in per_lr.items())
+    append_csv_rows(run_dir / EVAL_FILE, [[iteration, state["episodes_done"], mean, per_lr_text, round(wall_time, 2)]])
     metadata = controller_metadata(
         env_config,
         ppo_config,
@@ -501,8 +492,8 @@ def _truncate_csv(path: Path, columns: tuple[str, ...], keep_up_to: int) -> None
             f"{path}: its header is missing or not {','.join(columns[:3])},...; the run folder is damaged "
             "(restore the file, or start a new run)"
         )
-    try:
-        kept = [row for row in rows[1:] if int(row[0]) <= keep_up_to]
+    try:  # a row cut short by a failed write (a full disk) is dropped with the rows past the saved iteration
+        kept = [row for row in rows[1:] if len(row) == len(columns) and int(row[0]) <= keep_up_to]
     except (ValueError, IndexError) as exc:
         raise UserError(f"{path}: a row does not start with a number; the run folder is damaged") from exc
     if path.name == METRICS_FILE and len(kept) < keep_up_to:

@@ -297,3 +297,31 @@ def test_checkpoint_of_a_run_is_loadable_after_resume(tmp_path: Path, data_dir: 
     assert result.returncode == 0, result.stderr
     assert load_torch(run / "last.pt")["progress"]["episodes_done"] == 6
     assert torch.load(run / "best.pt", weights_only=True)["format"]
+
+
+# ---------------------------------------------------------------------------------------------- full disk
+def test_a_file_size_limit_during_training_is_one_line_and_the_last_state_resumes(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    import resource
+
+    out = tmp_path / "runs"
+    flags = [*_small(data_dir), "--num-envs", "2", "--episodes", "16", "--eval-every", "0", "--out-dir", str(out)]
+    proc = start_script("train.py", *flags)
+    deadline = time.time() + 120
+    while not list(out.glob("*/last.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    # As `ulimit -f` would: from now on no file of the run may grow past 20 kB (last.pt is ~70 kB, a figure ~40 kB).
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+    _, stderr = proc.communicate(timeout=120)
+    (run,) = out.iterdir()
+    last_line = stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr
+    assert last_line.startswith(f"train.py: error: {run}") and last_line.endswith(": File too large")
+    assert not list(run.glob(".*.tmp"))  # the failed write left no temporary file
+    kept = load_torch(run / "last.pt")["progress"]["episodes_done"]
+    assert 2 <= kept < 16
+    resumed = run_script("train.py", "--resume", str(run), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    episodes = [int(row["episode"]) for row in csv.DictReader(open(run / "metrics.csv"))]
+    assert episodes == list(range(1, 17))  # every episode exactly once
