@@ -49,8 +49,8 @@ FEATURES: tuple[str, ...] = PAPER_FEATURES
 """The paper's observation, in order: its 7 state features (Sec. 3.1). Other feature sets:
 :func:`alrs.features.feature_names`."""
 
-MAX_SEED = 2**32 - 1
-"""Seeds are integers in [0, MAX_SEED]: what numpy's and torch's seeding both accept."""
+MAX_SEED = 2**63 - 1
+"""Seeds are integers in [0, MAX_SEED]: what numpy's and torch's seeding both accept (a signed 64-bit integer)."""
 
 
 def check_seed(seed: object, name: str = "seed") -> None:
