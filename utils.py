@@ -404,19 +404,25 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+_TERMINATED: list[bool] = []  # set by SIGTERM: the exit status is then 143, not Ctrl-C's 130
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    """SIGTERM stops the work as Ctrl-C does (the same clean-up, what is kept, the resume hint)."""
+    _TERMINATED.append(True)
+    raise KeyboardInterrupt
 
 
 def run_script(main: Callable[[], int | None]) -> None:
     """Run a script's main: a :class:`~alrs.errors.UserError` prints as one line ``error: ...`` (exit 2);
-    Ctrl-C exits with 130. ``ALRS_DEBUG=1`` or ``--debug`` shows the traceback instead. SIGTERM exits
-    with 143 through the same cleanup as Ctrl-C (worker processes and a local Ray are stopped)."""
+    Ctrl-C exits with 130. ``ALRS_DEBUG=1`` or ``--debug`` shows the traceback instead. SIGTERM takes
+    Ctrl-C's path (worker processes and a local Ray are stopped, the resume hint printed) and exits with 143."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     debug = bool(os.environ.get("ALRS_DEBUG")) or "--debug" in sys.argv[1:]
     name = Path(sys.argv[0]).name
     try:
-        sys.exit(main())
+        code = main()
+        sys.exit(128 + signal.SIGTERM if _TERMINATED and code == 130 else code)
     except UserError as exc:
         if debug:
             raise
@@ -426,7 +432,7 @@ def run_script(main: Callable[[], int | None]) -> None:
         if debug:
             raise
         print(f"\n{name}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGTERM if _TERMINATED else 130)
     except (MemoryError, torch.OutOfMemoryError) as exc:
         if debug:
             raise

@@ -23,6 +23,7 @@ import os
 import pickle
 import signal
 import socket
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -265,6 +266,9 @@ def _start_ray(address: str | None, cpus_needed: int) -> bool:
                 f"cannot reach the Ray cluster at --ray-address {address} ({exc}); start it with "
                 "'ray start --head' or fix the address"
             ) from exc
+    # ray.init installs its C++ failure handler for SIGTERM, which dumps a stack and aborts: our handler
+    # (a clean stop, the resume hint, exit 143) is put back once it has run.
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address is None:
             ray.init(
@@ -277,6 +281,9 @@ def _start_ray(address: str | None, cpus_needed: int) -> bool:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     except ConnectionError as exc:
         raise UserError(f"cannot connect to Ray at --ray-address {address}: {exc}") from exc
+    finally:
+        if callable(sigterm) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cpus_needed:
         ray.shutdown()

@@ -325,3 +325,26 @@ def test_a_file_size_limit_during_training_is_one_line_and_the_last_state_resume
     assert resumed.returncode == 0, resumed.stderr
     episodes = [int(row["episode"]) for row in csv.DictReader(open(run / "metrics.csv"))]
     assert episodes == list(range(1, 17))  # every episode exactly once
+
+
+# ---------------------------------------------------------------------------------------------- SIGTERM under Ray
+def test_sigterm_under_ray_stops_cleanly_with_the_resume_hint(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "runs"
+    flags = [*small_flags(data_dir), "--num-envs", "2", "--episodes", "400", "--out-dir", str(out)]
+    proc = start_script("train.py", *flags, "--backend", "ray", "--workers", "2", "--threads", "1")
+    deadline = time.time() + 300
+    while not list(out.glob("*/last.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # what a cluster scheduler or `timeout` sends
+    _, stderr = proc.communicate(timeout=120)
+    (run,) = out.iterdir()
+    assert proc.returncode == 143, stderr
+    assert f"Continue with: python train.py --resume {run}" in stderr
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr and "PC: @" not in stderr
+    # The local Ray the run started is gone: its raylet and GCS processes have exited.
+    session = [
+        line
+        for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+        if "raylet" in line and str(proc.pid) in line
+    ]
+    assert not session
