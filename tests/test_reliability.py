@@ -341,10 +341,13 @@ def test_sigterm_under_ray_stops_cleanly_with_the_resume_hint(tmp_path: Path, da
     assert proc.returncode == 143, stderr
     assert f"Continue with: python train.py --resume {run}" in stderr
     assert "SIGTERM received" not in stderr and "Traceback" not in stderr and "PC: @" not in stderr
-    # The local Ray the run started is gone: its raylet and GCS processes have exited.
-    session = [
-        line
-        for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-        if "raylet" in line and str(proc.pid) in line
-    ]
-    assert not session
+
+    # The local Ray the run started is gone: no raylet of its session (named after the driver's pid) is left.
+    def raylets() -> list[str]:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+        return [line for line in ps if "raylet" in line and f"_{proc.pid}/" in line]
+
+    deadline = time.time() + 30
+    while raylets() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not raylets()
