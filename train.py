@@ -17,7 +17,7 @@ from alrs.data import load_dataset
 from alrs.env import EnvConfig, resolve_device
 from alrs.errors import UserError
 from alrs.io import save_json
-from alrs.parallel import WorkerPool
+from alrs.parallel import WorkerDied, WorkerPool
 from alrs.tasks import InstanceSet, load_instance_set
 from alrs.training import CONFIG_FILE, LAST_FILE, require_tensorboard, train_controller
 from alrs.vector_env import check_batchable
@@ -104,6 +104,8 @@ def main() -> int:
         fresh = run_dir is not None and not resume and not (run_dir / LAST_FILE).exists()
         if fresh:
             shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed or was stopped leaves no run folder
+        if isinstance(exc, WorkerDied) and run_dir is not None and (run_dir / LAST_FILE).exists():
+            raise WorkerDied(f"{exc}; continue with: python train.py --resume {run_dir}") from exc
         if not isinstance(exc, KeyboardInterrupt):
             raise
         if run_dir is not None and (run_dir / LAST_FILE).exists():

@@ -156,6 +156,7 @@ RUNTIME_KEYS = {
     "workers",
     "backend",
     "ray_address",
+    "max_worker_restarts",
     "debug",
 }
 """Settings a resumed run may change: where and how fast it runs, and how long it goes on."""
@@ -322,7 +323,11 @@ def env_config(args: argparse.Namespace) -> EnvConfig:
 def parallel_config(args: argparse.Namespace) -> ParallelConfig:
     """Where the work of ``args`` runs."""
     return ParallelConfig(
-        workers=args.workers, backend=args.backend, ray_address=args.ray_address, threads=args.threads
+        workers=args.workers,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        threads=args.threads,
+        max_worker_restarts=args.max_worker_restarts,
     )
 
 

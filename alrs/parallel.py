@@ -24,6 +24,7 @@ import pickle
 import signal
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,12 +61,15 @@ class ParallelConfig:
         ray_address: the Ray cluster to join (``host:port``, ``ray://host:port`` or ``auto``);
             None starts a local Ray with this machine's cores.
         threads: torch threads per worker; None: the cores split evenly among the workers.
+        max_worker_restarts: workers that may die in one run (killed, out of memory) and be replaced,
+            their lost work rerun exactly; one more death stops the run with its cause.
     """
 
     workers: int | None = None
     backend: str = "local"
     ray_address: str | None = None
     threads: int | None = None
+    max_worker_restarts: int = 3
 
     def __post_init__(self) -> None:
         if self.workers is not None and (
@@ -80,6 +84,12 @@ class ParallelConfig:
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads <= 0
         ):
             raise UserError(f"--threads must be a positive integer, got {self.threads!r}")
+        if (
+            isinstance(self.max_worker_restarts, bool)
+            or not isinstance(self.max_worker_restarts, int)
+            or (self.max_worker_restarts < 0)
+        ):
+            raise UserError(f"--max-worker-restarts must be an integer >= 0, got {self.max_worker_restarts!r}")
 
     def num_workers(self, config: EnvConfig, jobs: int) -> int:
         """Workers for ``jobs`` parallel jobs of ``config``'s children."""
@@ -117,11 +127,17 @@ class _Host:
         return self.envs[0].observation_space, self.envs[0].action_space
 
     def reset(self, seeds: list[int | None], options: dict[str, Any] | None) -> list[tuple[np.ndarray, dict]]:
+        self._check_envs(len(seeds))
         return [env.reset(seed=seed, options=options) for env, seed in zip(self.envs, seeds, strict=True)]
+
+    def _check_envs(self, count: int) -> None:
+        if len(self.envs) != count:
+            raise EnvsLost(f"this worker holds {len(self.envs)} envs, not {count}: it was restarted")
 
     def step(self, actions: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Step each env; one that ends restarts at once (Gymnasium's SAME_STEP autoreset), its last
         observation and info returned beside the new ones."""
+        self._check_envs(len(actions))
         out = []
         for env, action in zip(self.envs, actions, strict=True):
             obs, reward, terminated, truncated, info = env.step(action)
@@ -139,27 +155,59 @@ class _Host:
         return os.getpid()
 
 
+class WorkerDied(UserError):
+    """A worker process or Ray actor died (killed, out of memory) with work in flight."""
+
+
+class EnvsLost(RuntimeError):
+    """A worker was asked to step envs it does not hold: it was restarted (after a death) since they were made."""
+
+
+def death_cause(exitcode: int | None) -> str:
+    """Why a worker process ended, in words, with what to change where it is likely memory."""
+    if exitcode == -signal.SIGKILL:
+        return (
+            "killed by SIGKILL (exit -9), most likely the kernel's out-of-memory killer: lower --batch-size, "
+            "--val-size, --num-envs or --workers"
+        )
+    if exitcode is not None and exitcode < 0:
+        return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
 class _ProcessWorker:
     """A host in a spawned local process, driven through a pipe."""
 
     def __init__(self, context: Any, threads: int):
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, threads), daemon=True, name="alrs-worker")
+        self.context, self.threads = context, threads
+        self._start()
+
+    def _start(self) -> None:
+        self.conn, child = self.context.Pipe()
+        self.process = self.context.Process(target=_serve, args=(child, self.threads), daemon=True, name="alrs-worker")
         self.process.start()
         child.close()
 
+    def restart(self) -> None:
+        """A fresh process in place of a dead one (its envs are gone: the caller rebuilds them)."""
+        self.close()
+        self._start()
+
     def submit(self, method: str, *args: Any) -> None:
-        self.conn.send((method, args))
+        try:
+            self.conn.send((method, args))
+        except (BrokenPipeError, ConnectionError, EOFError, OSError) as exc:
+            raise self._died() from exc
+
+    def _died(self) -> WorkerDied:
+        self.process.join(timeout=5)
+        return WorkerDied(f"worker process {self.process.pid} died ({death_cause(self.process.exitcode)})")
 
     def result(self) -> Any:
         try:
             status, value = self.conn.recv()
-        except (EOFError, ConnectionError) as exc:
-            self.process.join(timeout=1)
-            raise UserError(
-                f"worker process {self.process.pid} died (exit code {self.process.exitcode}); "
-                "out of memory? try fewer --workers"
-            ) from exc
+        except (EOFError, ConnectionError, OSError) as exc:
+            raise self._died() from exc
         if status == "error":
             exc, trace = value
             exc.add_note(f"in worker process {self.process.pid}:\n{trace}")
@@ -175,6 +223,10 @@ class _ProcessWorker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
 
     @staticmethod
     def wait_any(workers: list[_ProcessWorker]) -> list[_ProcessWorker]:
@@ -210,7 +262,9 @@ class _RayWorker:
         import ray
 
         self._ray = ray
-        self.actor = ray.remote(_Host).options(num_cpus=threads, num_gpus=num_gpus).remote(threads)
+        # Ray's own fault tolerance: a dead actor is restarted (its state, the envs, is rebuilt by the caller).
+        options = {"num_cpus": threads, "num_gpus": num_gpus, "max_restarts": -1, "max_task_retries": 0}
+        self.actor = ray.remote(_Host).options(**options).remote(threads)
         self.ref: Any = None
 
     def submit(self, method: str, *args: Any) -> None:
@@ -218,7 +272,23 @@ class _RayWorker:
 
     def result(self) -> Any:
         ref, self.ref = self.ref, None
-        return self._ray.get(ref)
+        try:
+            return self._ray.get(ref)
+        except (self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError) as exc:
+            raise WorkerDied(f"Ray actor {self.actor._actor_id.hex()[:8]} died ({exc.__class__.__name__})") from exc
+
+    def restart(self) -> None:
+        """Wait until Ray has restarted the actor (``max_restarts``); its envs are rebuilt by the caller."""
+        errors = (self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self._ray.get(self.actor.ping.remote())
+                return
+            except errors as exc:
+                if time.monotonic() > deadline:
+                    raise WorkerDied(f"Ray actor {self.actor._actor_id.hex()[:8]} did not come back in 300 s") from exc
+                time.sleep(0.5)
 
     def close(self) -> None:
         self._ray.kill(self.actor)
@@ -311,6 +381,7 @@ class WorkerPool:
         self.workers: list[Any] = []
         self._host: _Host | None = None
         self._started_ray = False
+        self.restarts = 0
         if parallel.backend == "local" and workers == 1:
             self._host = _Host(parallel.threads)  # in this process: no copies, no pipes
             return
@@ -346,7 +417,7 @@ class WorkerPool:
                 f"--workers {self.num_workers} is more than the {num_envs} children of a PPO iteration; "
                 f"use --workers {num_envs} or fewer (or raise --num-envs)"
             )
-        return WorkerVectorEnv(self.workers, config, num_envs)
+        return WorkerVectorEnv(self.workers, config, num_envs, self.replace)
 
     def run(self, fn: Callable[..., Any], config: EnvConfig, jobs: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
         """``fn(env, *job)`` for every job, on an env of ``config``; yields ``(job index, result)`` as each finishes.
@@ -365,12 +436,34 @@ class WorkerPool:
             while pending and idle:
                 worker = idle.pop()
                 index, job = pending.pop()
-                worker.submit("run", fn, config, tuple(job))
                 busy[worker] = index
+                try:
+                    worker.submit("run", fn, config, tuple(job))
+                except WorkerDied as exc:
+                    self.replace(worker, exc)
+                    pending.append((busy.pop(worker), job))
+                    idle.append(worker)
             for worker in type(self.workers[0]).wait_any(list(busy)):
                 index = busy.pop(worker)
-                yield index, worker.result()
+                try:
+                    result = worker.result()
+                except WorkerDied as exc:  # a job is deterministic given its arguments: rerun it elsewhere
+                    self.replace(worker, exc)
+                    pending.append((index, jobs[index]))
+                else:
+                    yield index, result
                 idle.append(worker)
+
+    def replace(self, worker: Any, death: WorkerDied) -> None:
+        """Put a fresh worker in place of ``worker``, which died; past ``max_worker_restarts`` deaths, stop
+        with the cause."""
+        self.restarts += 1
+        if self.restarts > self.parallel.max_worker_restarts:
+            raise WorkerDied(
+                f"{death}; that is {self.restarts} worker deaths in this run, more than --max-worker-restarts "
+                f"{self.parallel.max_worker_restarts}"
+            ) from death
+        worker.restart()
 
     def close(self) -> None:
         """Stop the workers (work in flight is dropped) and a Ray this pool started."""
@@ -403,14 +496,18 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
 
     metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
 
-    def __init__(self, workers: list[Any], config: EnvConfig, num_envs: int):
-        self.workers, self.num_envs = workers, num_envs
+    def __init__(self, workers: list[Any], config: EnvConfig, num_envs: int, replace: Callable[..., None]):
+        self.workers, self.num_envs, self.config, self._replace = workers, num_envs, config, replace
         base, extra = divmod(num_envs, len(workers))
-        sizes = [base + (i < extra) for i in range(len(workers))]
-        self._slices = [slice(sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(workers))]
-        for worker, size in zip(workers, sizes, strict=True):
-            worker.submit("make_envs", config, size)
-        spaces = [worker.result() for worker in workers]
+        self._sizes = [base + (i < extra) for i in range(len(workers))]
+        self._slices = [slice(sum(self._sizes[:i]), sum(self._sizes[: i + 1])) for i in range(len(workers))]
+        # Every call since the last reset, per worker: a replacement replays them to reach the lost envs' state
+        # (an env is deterministic given its seed and the actions), so a lost worker costs no result.
+        self._history: list[list[tuple[str, tuple]]] = [[] for _ in workers]
+        self._pending: list[tuple[str, tuple]] = [("make_envs", ()) for _ in workers]
+        for i, size in enumerate(self._sizes):
+            self._submit(i, "make_envs", config, size)
+        spaces = [self._result(i) for i in range(len(workers))]
         self.single_observation_space, self.single_action_space = spaces[0]
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -422,9 +519,9 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         if options and "reset_mask" in options:
             raise UserError("WorkerVectorEnv resets every child at once; it has no reset_mask")
         seeds = vector_seeds(seed, self.num_envs)
-        for worker, part in zip(self.workers, self._slices, strict=True):
-            worker.submit("reset", seeds[part], options)
-        results = [r for worker in self.workers for r in worker.result()]
+        for i, part in enumerate(self._slices):
+            self._submit(i, "reset", seeds[part], options)
+        results = [r for i in range(len(self.workers)) for r in self._result(i)]
         infos: dict[str, Any] = {}
         for i, (_, info) in enumerate(results):
             infos = self._add_info(infos, info, i)
@@ -433,9 +530,9 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if len(actions) != self.num_envs:
             raise UserError(f"need one action per env ({self.num_envs}), got {len(actions)}")
-        for worker, part in zip(self.workers, self._slices, strict=True):
-            worker.submit("step", actions[part])
-        results = [r for worker in self.workers for r in worker.result()]
+        for i, part in enumerate(self._slices):
+            self._submit(i, "step", actions[part])
+        results = [r for i in range(len(self.workers)) for r in self._result(i)]
         infos: dict[str, Any] = {}
         for i, (_, _, _, _, final, info) in enumerate(results):
             if final is not None:
@@ -453,5 +550,55 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     def _stack(self, obs: list[np.ndarray]) -> np.ndarray:
         return np.stack(obs).astype(self.single_observation_space.dtype, copy=False)
 
+    def _submit(self, i: int, method: str, *args: Any) -> None:
+        """Send worker ``i`` a call, remembered for a replay; a dead worker is replaced first."""
+        if method == "reset":
+            self._history[i] = []
+        if method != "make_envs":
+            self._history[i].append((method, args))
+        self._pending[i] = (method, args)
+        try:
+            self.workers[i].submit(method, *args)
+        except WorkerDied as exc:
+            self._recover(i, exc)
 
-__all__ = ["BACKENDS", "ParallelConfig", "WorkerPool", "WorkerVectorEnv", "available_cores", "make_pool", "require_ray"]
+    def _result(self, i: int) -> Any:
+        """Worker ``i``'s answer to its last call; if it died, a fresh worker replays its calls and answers."""
+        while True:
+            try:
+                return self.workers[i].result()
+            except WorkerDied as exc:
+                self._recover(i, exc)
+            except EnvsLost:  # replaced after a death in other work (an evaluation job): rebuild its envs
+                self._recover(i, None)
+
+    def _recover(self, i: int, death: WorkerDied | None) -> None:
+        """Replace worker ``i`` (if it died), bring it to where the lost envs were, and send its pending call again."""
+        while True:
+            if death is not None:
+                self._replace(self.workers[i], death)
+            worker, (method, args) = self.workers[i], self._pending[i]
+            try:
+                if method != "make_envs":
+                    worker.submit("make_envs", self.config, self._sizes[i])
+                    worker.result()
+                    for done_method, done_args in self._history[i][:-1]:
+                        worker.submit(done_method, *done_args)
+                        worker.result()
+                worker.submit(method, *args)
+                return
+            except WorkerDied as again:
+                death = again
+
+
+__all__ = [
+    "BACKENDS",
+    "ParallelConfig",
+    "WorkerDied",
+    "WorkerPool",
+    "WorkerVectorEnv",
+    "available_cores",
+    "make_pool",
+    "node_id",
+    "require_ray",
+]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from cli import ROOT, small_flags, start_script
 from alrs.env import EnvConfig, LREnv
 from alrs.evaluation import ResultStore, run_jobs
 from alrs.io import load_json, load_torch
-from alrs.parallel import ParallelConfig, WorkerPool
+from alrs.parallel import ParallelConfig, WorkerDied, WorkerPool
 from alrs.ppo import PPOConfig
 from alrs.schedules import Constant, Cosine, StepDecay
 from alrs.training import train_controller
@@ -33,10 +34,14 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def _train(run: Path, config: EnvConfig, parallel: ParallelConfig) -> tuple[list[list[str]], list[list[str]], dict]:
+def _train(
+    run: Path, config: EnvConfig, parallel: ParallelConfig, prepare: Callable[[WorkerPool], None] | None = None
+) -> tuple[list[list[str]], list[list[str]], dict, int]:
     """A 3-iteration run of 4 children with an evaluation each iteration: metrics and eval rows
-    (without wall times) and the final controller weights."""
+    (without wall times), the final controller weights, and how many workers were replaced."""
     with WorkerPool(parallel, parallel.workers or 1, config) as pool:
+        if prepare is not None:
+            prepare(pool)
         train_controller(
             run,
             config,
@@ -51,7 +56,7 @@ def _train(run: Path, config: EnvConfig, parallel: ParallelConfig) -> tuple[list
         )
     metrics = [row[:7] + row[8:] for row in csv.reader(open(run / "metrics.csv"))]
     evals = [row[:4] for row in csv.reader(open(run / "eval.csv"))]
-    return metrics, evals, load_torch(run / "last.pt")["controller"]["state_dict"]
+    return metrics, evals, load_torch(run / "last.pt")["controller"]["state_dict"], pool.restarts
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
@@ -72,6 +77,55 @@ def test_parallel_training_equals_the_sequential_run(
     assert parallel[0] == sequential[0]
     assert parallel[1] == sequential[1]
     assert all(torch.equal(parallel[2][k], v) for k, v in sequential[2].items())
+
+
+def _kill_on(pool: WorkerPool, method: str, call: int) -> None:
+    """Kill the pool's first worker (SIGKILL, as the OOM killer does) just after its ``call``-th ``method`` call."""
+    worker, count = pool.workers[0], [0]
+    real = worker.submit
+
+    def submit(name: str, *args) -> None:
+        real(name, *args)
+        count[0] += name == method
+        if name == method and count[0] == call:
+            if hasattr(worker, "process"):
+                os.kill(worker.process.pid, signal.SIGKILL)
+            else:
+                import ray
+
+                ray.kill(worker.actor, no_restart=False)  # Ray restarts it (max_restarts)
+
+    worker.submit = submit
+
+
+@pytest.mark.parametrize(("backend", "method", "call"), [("local", "step", 5), ("local", "run", 2), ("ray", "step", 6)])
+def test_a_killed_worker_is_replaced_and_the_run_equals_the_undisturbed_one(
+    small_env_options: dict, tmp_path: Path, backend: str, method: str, call: int, request
+) -> None:
+    """A worker killed mid-rollout (its children are rebuilt and replayed) or mid-evaluation (its job reruns):
+    the run ends as the undisturbed one does, to the last digit."""
+    if backend == "ray":
+        request.getfixturevalue("local_ray")
+    torch.set_num_threads(1)
+    try:
+        config = EnvConfig(**small_env_options, initial_lr="random")
+        undisturbed = _train(tmp_path / "undisturbed", config, ParallelConfig(workers=2, backend=backend, threads=1))
+        parallel = ParallelConfig(workers=2, backend=backend, threads=1)
+        killed = _train(tmp_path / "killed", config, parallel, lambda pool: _kill_on(pool, method, call))
+    finally:
+        torch.set_num_threads(2)
+    assert killed[0] == undisturbed[0] and killed[1] == undisturbed[1]
+    assert all(torch.equal(killed[2][k], v) for k, v in undisturbed[2].items())
+    assert killed[3] == 1  # one restart
+
+
+def test_more_worker_deaths_than_allowed_stop_with_the_cause(small_env_options: dict, tmp_path: Path) -> None:
+    config = EnvConfig(**small_env_options)
+    parallel = ParallelConfig(workers=2, threads=1, max_worker_restarts=0)
+    with pytest.raises(
+        WorkerDied, match=r"died \(killed by SIGKILL \(exit -9\), most likely the kernel's out-of-memory"
+    ):
+        _train(tmp_path / "run", config, parallel, lambda pool: _kill_on(pool, "step", 2))
 
 
 def _jobs() -> list[tuple[str, object, int]]:

@@ -351,3 +351,35 @@ def test_sigterm_under_ray_stops_cleanly_with_the_resume_hint(tmp_path: Path, da
     while raylets() and time.time() < deadline:
         time.sleep(0.5)
     assert not raylets()
+
+
+# ---------------------------------------------------------------------------------------------- killed workers
+def _kill_a_worker(driver: subprocess.Popen, ready) -> None:
+    """SIGKILL one of the driver's worker processes (as the OOM killer would) once ``ready()``."""
+    deadline = time.time() + 180
+    while not ready() and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    ps = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(driver.pid)], capture_output=True, text=True)
+    workers = [int(line.split()[0]) for line in ps.stdout.splitlines() if "spawn_main" in line]
+    assert workers, ps.stdout
+    os.kill(workers[0], signal.SIGKILL)
+
+
+@pytest.mark.parametrize("restarts", [3, 0])
+def test_a_killed_worker_costs_nothing_or_stops_with_the_cause(restarts: int, tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "runs"
+    flags = [*small_flags(data_dir), "--num-envs", "2", "--episodes", "12", "--out-dir", str(out), "--workers", "2"]
+    proc = start_script("train.py", *flags, "--threads", "1", "--max-worker-restarts", str(restarts))
+    _kill_a_worker(proc, lambda: bool(list(out.glob("*/last.pt"))))
+    _, stderr = proc.communicate(timeout=300)
+    (run,) = out.iterdir()
+    assert "Traceback" not in stderr, stderr
+    if restarts:
+        assert proc.returncode == 0, stderr
+        episodes = [int(row["episode"]) for row in csv.DictReader(open(run / "metrics.csv"))]
+        assert episodes == list(range(1, 13))
+    else:
+        last = stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2
+        assert "died (killed by SIGKILL (exit -9), most likely the kernel's out-of-memory killer" in last
+        assert last.endswith(f"more than --max-worker-restarts 0; continue with: python train.py --resume {run}")
