@@ -359,7 +359,7 @@ def _kill_a_worker(driver: subprocess.Popen, ready) -> None:
     deadline = time.time() + 180
     while not ready() and time.time() < deadline and driver.poll() is None:
         time.sleep(0.05)
-    ps = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(driver.pid)], capture_output=True, text=True)
+    ps = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(driver.pid)], capture_output=True, text=True)
     workers = [int(line.split()[0]) for line in ps.stdout.splitlines() if "spawn_main" in line]
     assert workers, ps.stdout
     os.kill(workers[0], signal.SIGKILL)
@@ -383,3 +383,37 @@ def test_a_killed_worker_costs_nothing_or_stops_with_the_cause(restarts: int, tm
         assert proc.returncode == 2
         assert "died (killed by SIGKILL (exit -9), most likely the kernel's out-of-memory killer" in last
         assert last.endswith(f"more than --max-worker-restarts 0; continue with: python train.py --resume {run}")
+
+
+# ---------------------------------------------------------------------------------------------- kill -9 of the driver
+def test_a_driver_killed_at_many_points_loses_at_most_the_iteration_in_flight(tmp_path: Path, data_dir: Path) -> None:
+    """SIGKILL the training at five points of its iterations (between and during the writes of metrics.csv,
+    eval.csv, evals/, best.pt, last.pt and the figures), resume after each: every episode is recorded exactly
+    once, and the run ends with the undisturbed run's controller."""
+    flags = [*_small(data_dir), "--num-envs", "2", "--episodes", "24", "--eval-every", "2", "--eval-seeds", "1"]
+    whole = run_script("train.py", *flags, "--out-dir", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    proc = start_script("train.py", *flags, "--out-dir", str(out))
+    for delay in (0.0, 0.05, 0.15, 0.3, 0.6):
+        last = list(out.glob("*/last.pt"))
+        seen = last[0].stat().st_mtime_ns if last else None
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            last = list(out.glob("*/last.pt"))
+            if last and last[0].stat().st_mtime_ns != seen:  # an iteration was just saved
+                break
+            time.sleep(0.005)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        (run,) = out.iterdir()
+        proc = start_script("train.py", "--resume", str(run), "--no-progress")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    episodes = [int(row["episode"]) for row in csv.DictReader(open(run / "metrics.csv"))]
+    iterations = [int(row["iteration"]) for row in csv.DictReader(open(run / "eval.csv"))]
+    assert episodes == list(range(1, 25)) and iterations == [2, 4, 6, 8, 10, 12]
+    (reference,) = (tmp_path / "whole").iterdir()
+    ours, theirs = load_torch(run / "last.pt")["controller"], load_torch(reference / "last.pt")["controller"]
+    assert all(torch.equal(ours["state_dict"][k], v) for k, v in theirs["state_dict"].items())
