@@ -17,7 +17,9 @@ previous one::
         scheduler.step()
 
 ``evaluate()`` returns the validation logits and integer targets; the scheduler calls it when an
-observation is due, and first in its constructor. Without it, call
+observation is due, and first in its constructor. With a schedule-free optimizer it calls it, and
+reads the output layer's weights, between ``optimizer.eval()`` and ``optimizer.train()``, as the env
+does; with ``report_validation`` that is the caller's to do. Without it, call
 ``scheduler.report_validation(logits, targets)`` whenever ``scheduler.needs_validation`` is true:
 once before the first ``optimizer.step()``, then after every K-th ``scheduler.step()`` (or just
 before it, after the K-th ``optimizer.step()``). Use the same validation examples, in the same
@@ -59,7 +61,7 @@ from alrs.features import (
     relative_child_features,
 )
 from alrs.io import load_torch
-from alrs.optim import optimizer_class
+from alrs.optim import evaluation_weights, optimizer_class
 
 Evaluate = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 """A function returning the model's validation logits (N, classes) and integer targets (N,)."""
@@ -318,8 +320,12 @@ class LearnedLRScheduler(LRScheduler):
         if self._pending is not None:
             (val_loss, probs), self._pending = self._pending, None
         elif self.evaluate is not None:
-            with torch.no_grad():
+            # A schedule-free optimizer's evaluation weights are swapped in for the validation and the weights
+            # feature, as the env does (alrs.optim.evaluation_weights; a no-op for other optimizers).
+            with torch.no_grad(), evaluation_weights(self.optimizer):
                 val_loss, probs = self._validation(*self.evaluate())
+                self._observe(steps, train_loss, val_loss, probs)
+            return
         else:
             self._waiting_at, self._waiting_train_loss = steps, train_loss
             return

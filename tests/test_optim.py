@@ -210,3 +210,28 @@ def test_a_last_pt_from_before_the_optimizer_settings_resumes(small_env_options:
         _check_last(
             saved, tmp_path / "last.pt", EnvConfig(**small_env_options, optimizer="sgd"), ppo, 0, {"episodes_done": 0}
         )
+
+
+def test_the_scheduler_observes_schedule_free_evaluation_weights(small_env_options: dict) -> None:
+    import schedulefree
+
+    config = EnvConfig(**small_env_options, initial_lr=0.01, optimizer="schedulefree-adamw")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    optimizer = schedulefree.AdamWScheduleFree(model.parameters(), lr=0.01)
+    optimizer.train()
+    x, y = torch.randn(64, 16), torch.randint(0, 10, (64,))
+    scheduler = LearnedLRScheduler(optimizer, _checkpoint(config), model[1], evaluate=lambda: (model(x), y))
+    for _ in range(config.update_freq):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.report_train_loss(loss)
+        scheduler.step()
+    assert optimizer.param_groups[0]["train_mode"]
+    train_weights = float(F.cross_entropy(model(x), y).detach())
+    with evaluation_weights(optimizer):
+        eval_weights = float(F.cross_entropy(model(x), y).detach())
+    assert abs(train_weights - eval_weights) > 1e-4
+    assert scheduler.last_observation[1] == pytest.approx(eval_weights, rel=1e-5)
