@@ -139,10 +139,14 @@ def summarize_suite(results: dict[str, dict[str, list[EpisodeResult]]], controll
     loss relative to the tuned linear (median and per task)."""
     rows: dict[str, Any] = {}
     for task, by_label in results.items():
-        means = {label: float(np.nanmean([r.test_loss_best for r in runs])) for label, runs in by_label.items()}
+        # A diverged run (no test loss) counts as an infinite loss: a schedule that diverges never wins.
+        means = {
+            label: float(np.mean([r.test_loss_best if math.isfinite(r.test_loss_best) else math.inf for r in runs]))
+            for label, runs in by_label.items()
+        }
         row: dict[str, Any] = {"test_loss": means}
         if controller is not None:
-            order = sorted(means, key=lambda label: means[label] if math.isfinite(means[label]) else math.inf)
+            order = sorted(means, key=means.get)
             row["controller_rank"] = order.index(controller) + 1
             row["relative_to_linear"] = means[controller] / means["linear, tuned"] - 1
         row["diverged"] = {label: sum(r.diverged for r in runs) for label, runs in by_label.items()}
