@@ -315,3 +315,18 @@ def test_test_py_suite_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "results" / "suites" / "set"
     assert (out / f"{run.name}.md").is_file() and (out / f"{run.name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "controller's rank" in result.stdout and "sign test p" in result.stdout
+
+
+def test_training_on_an_instance_set_on_workers_equals_the_sequential_run(data_dir: Path, tmp_path: Path) -> None:
+    from test_parallel import _train
+
+    path = _write_set(tmp_path / "set.json", HELDOUT)
+    config = EnvConfig(data_dir=str(data_dir), device="cpu", instance_set=str(path), feature_scale="relative")
+    torch.set_num_threads(1)
+    try:
+        sequential = _train(tmp_path / "sequential", config, ParallelConfig(workers=1, threads=1))
+        parallel = _train(tmp_path / "parallel", config, ParallelConfig(workers=2, threads=1))
+    finally:
+        torch.set_num_threads(2)
+    assert parallel[0] == sequential[0] and parallel[1] == sequential[1]
+    assert all(torch.equal(parallel[2][k], v) for k, v in sequential[2].items())
