@@ -13,7 +13,6 @@ and the controller started from each initial LR it was trained on and from the t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import sys
 from argparse import Namespace
@@ -27,7 +26,6 @@ from alrs.evaluation import (
     baseline_file,
     baseline_grid_search,
     check_test_seeds,
-    checkpoint_file,
     evaluation_settings,
     format_table,
     grid_schedules,
@@ -43,10 +41,10 @@ from alrs.evaluation import (
     stored_curves,
     summarize,
 )
-from alrs.io import FolderLock, load_torch, save_json
+from alrs.io import FolderLock, save_json
 from alrs.parallel import make_pool
 from alrs.plotting import plot_comparison, plot_suite
-from alrs.schedules import HandMadeSchedule, Learned
+from alrs.schedules import HandMadeSchedule
 from alrs.suite import format_suite, run_suite, suite_folder, suite_settings, summarize_suite
 from alrs.tasks import load_instance_set
 from alrs.training import evaluation_seeds, training_initial_lrs
@@ -72,12 +70,9 @@ def suite(args: Namespace) -> int:
         raise UserError("--suite-seeds must be positive")
     seeds = [args.seed + 1000 + i for i in range(args.suite_seeds)]
     if hasattr(args, "run_dir"):
-        path = checkpoint_file(args.run_dir, args.checkpoint)
-        saved = load_torch(path)
-        saved = saved.get("controller") if args.checkpoint == "last" and isinstance(saved, dict) else saved
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-        learned = Learned(saved, name=f"controller {sha}", policy=args.policy)
-        learned.check(LREnv(instance_set.heldout[0].env_config(base, instance_set.decisions)))
+        first_task = LREnv(instance_set.heldout[0].env_config(base, instance_set.decisions))
+        learned, _, _, sha = load_learned(args.run_dir, args.checkpoint, first_task, args.policy)
+        learned.name = f"controller {sha[:8]}"  # the store keys a controller's runs by its file's hash
         tag = Path(args.run_dir).name + ("" if args.checkpoint == "best" else f"_{args.checkpoint}")
         run = read_run_config(args.run_dir) if args.checkpoint != "last" else {}
         check_test_seeds(seeds, args.seed, evaluation_seeds(run.get("eval_seeds", 0)) if run.get("eval_every") else [])

@@ -37,7 +37,7 @@ from alrs.schedules import (
     peer_from_record,
     peer_grid,
 )
-from alrs.training import BEST_FILE, LAST_FILE, evaluated_checkpoint, evaluated_iterations
+from alrs.training import BEST_FILE, LAST_FILE, episode_curves, evaluated_checkpoint, evaluated_iterations
 
 
 @dataclass
@@ -71,8 +71,7 @@ def run_episode(env: LREnv, schedule: Schedule, seed: int, test: bool = True) ->
     while not (terminated or truncated):
         obs, _, terminated, truncated, info = schedule.step(env, obs, info)
         infos.append(info)
-    curves = {key: [i[key] for i in infos] for key in ("step", "train_loss", "val_loss")}
-    curves["lr"] = [i["effective_lr"] for i in infos]  # the step size taken: Prodigy's lr x d
+    curves = episode_curves(infos)
     test_best = env.evaluate_test("best") if test else (math.nan, math.nan)
     test_final = env.evaluate_test("current") if test and not info["diverged"] else (math.nan, math.nan)
     return EpisodeResult(

@@ -46,8 +46,9 @@ def check_batchable(config: EnvConfig) -> None:
         )
     if config.instance_set is not None:
         raise UserError("the batched children train one task; drop --batched-envs to train on an instance set")
-    paper_adam = {"optimizer": "adam", "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "weight_average": None}
-    if differ := [k for k, v in paper_adam.items() if config.optimizer_settings[k] != v]:
+    # The batched step is plain Adam at torch's defaults (ADAM_BETAS), the config's defaults for these fields.
+    batchable = ("optimizer", "beta1", "beta2", "weight_decay", "weight_average")
+    if differ := [k for k in batchable if config.optimizer_settings[k] != getattr(EnvConfig, k)]:
         raise UserError(
             f"the batched children run plain Adam only ({', '.join(differ)} differ); drop --batched-envs "
             "(or pass batched=False) to train with this optimizer"
