@@ -18,12 +18,12 @@ from alrs.env import EnvConfig, resolve_device
 from alrs.errors import UserError
 from alrs.io import save_json
 from alrs.parallel import WorkerDied, WorkerPool
+from alrs.runfolder import CONFIG_FILE, LAST_FILE, new_run_dir
 from alrs.tasks import InstanceSet, load_instance_set
-from alrs.training import CONFIG_FILE, LAST_FILE, require_tensorboard, train_controller
+from alrs.training import require_tensorboard, train_controller
 from alrs.vector_env import check_batchable
 from utils import (
     env_config,
-    new_run_dir,
     parallel_config,
     parse_args,
     ppo_config,
@@ -48,6 +48,12 @@ def check_before_start(args: Namespace, env_cfg: EnvConfig, instance_set: Instan
         check_batchable(env_cfg)
     if args.tensorboard:
         require_tensorboard()
+
+
+def run_name(args: Namespace) -> str:
+    """``<dataset>_<architecture>_s<seed>`` (``<instance set>_s<seed>`` for a run on an instance set)."""
+    what = Path(args.instance_set).stem if args.instance_set else f"{args.dataset}_{args.architecture}"
+    return f"{what}_s{args.seed}"
 
 
 def main() -> int:
@@ -77,7 +83,7 @@ def main() -> int:
     try:
         with WorkerPool(parallel, workers, env_cfg) as pool:  # an unreachable Ray fails here, before any run folder
             if run_dir is None:
-                run_dir = new_run_dir(args.out_dir, args)
+                run_dir = new_run_dir(args.out_dir, run_name(args))
                 save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
             where = (
                 f" on {workers} {'Ray' if parallel.backend == 'ray' else 'local'} workers"

@@ -24,7 +24,7 @@ from alrs.errors import UserError
 from alrs.io import load_json
 from alrs.parallel import ParallelConfig
 from alrs.ppo import PPOConfig
-from alrs.training import CONFIG_FILE
+from alrs.runfolder import CONFIG_FILE, resolve_run
 
 
 @dataclass(frozen=True)
@@ -303,18 +303,6 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     return settings
 
 
-def resolve_run(test_id: str, out_dir: str | os.PathLike) -> Path:
-    """The run folder named by ``test_id``: a path, or an id under ``out_dir``; else an error listing the runs."""
-    for candidate in (Path(test_id), Path(out_dir) / test_id):
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    runs = sorted(p.parent.name for p in Path(out_dir).glob(f"*/{CONFIG_FILE}"))
-    listing = ", ".join(runs) if runs else "none"
-    raise UserError(
-        f"no run {test_id!r} (looked for {test_id} and {Path(out_dir) / test_id}); runs in {out_dir}: {listing}"
-    )
-
-
 def env_config(args: argparse.Namespace) -> EnvConfig:
     """The environment settings in ``args``."""
     return EnvConfig(**{k: getattr(args, k) for k in ENV_KEYS})
@@ -383,22 +371,6 @@ def provenance() -> dict[str, Any]:
         },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
-
-
-def new_run_dir(out_dir: str | os.PathLike, args: argparse.Namespace) -> Path:
-    """A fresh folder ``<out_dir>/<dataset>_<architecture>_s<seed>_<time>`` (``<instance set>_s<seed>_<time>``
-    for a run on an instance set); an ``out_dir`` that is a file or cannot be written is a one-line error."""
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise UserError(f"--out-dir {out_dir} is a file, not a folder; name a folder")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    what = Path(args.instance_set).stem if args.instance_set else f"{args.dataset}_{args.architecture}"
-    base = Path(out_dir) / f"{what.replace(':', '-')}_s{args.seed}_{stamp}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
 
 
 def set_threads(threads: int | None) -> None:

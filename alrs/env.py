@@ -582,3 +582,11 @@ __all__ = [
     "make_env",
     "resolve_device",
 ]
+
+
+def episode_curves(infos: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-step ``step``, ``train_loss``, ``val_loss`` and ``lr`` (the effective LR, Prodigy's lr x d) of an
+    episode's infos."""
+    curves = {key: [info[key] for info in infos] for key in ("step", "train_loss", "val_loss")}
+    curves["lr"] = [info["effective_lr"] for info in infos]
+    return curves

@@ -18,11 +18,12 @@ import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
-from alrs.env import EnvConfig, LREnv
+from alrs.env import EnvConfig, LREnv, episode_curves
 from alrs.errors import UserError
 from alrs.io import FolderLock, load_json, load_torch, save_json
 from alrs.optim import OPTIMIZER_FIELDS
 from alrs.parallel import WorkerPool
+from alrs.runfolder import checkpoint_file
 from alrs.schedules import (
     Constant,
     Cosine,
@@ -37,7 +38,6 @@ from alrs.schedules import (
     peer_from_record,
     peer_grid,
 )
-from alrs.training import BEST_FILE, LAST_FILE, episode_curves, evaluated_checkpoint, evaluated_iterations
 
 
 @dataclass
@@ -515,26 +515,6 @@ def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: 
             )
             comparisons.append((key, f"step-decay@{lr:g}"))
     return TestPlan(schedules, labels, comparisons)
-
-
-def checkpoint_file(run_dir: str | Path, checkpoint: str) -> Path:
-    """The file ``test.py --checkpoint`` names: ``best`` (best.pt, chosen by the run's deterministic
-    evaluations), ``last`` (last.pt, where training ended) or ``iter-N`` (the controller evaluated
-    after iteration N, in the run's evals/); a one-line error for anything else or a missing file."""
-    run_dir = Path(run_dir)
-    if checkpoint in ("best", "last"):
-        return run_dir / (BEST_FILE if checkpoint == "best" else LAST_FILE)
-    number = checkpoint.removeprefix("iter-")
-    if not (checkpoint.startswith("iter-") and number.isdigit()):
-        raise UserError(f"--checkpoint must be best, last or iter-N (an evaluated iteration), got {checkpoint!r}")
-    path = evaluated_checkpoint(run_dir, int(number))
-    if not path.is_file():
-        saved = [f"iter-{i}" for i in evaluated_iterations(run_dir)]
-        raise UserError(
-            f"--checkpoint {checkpoint}: {path} does not exist; the run's evaluated controllers are: "
-            f"{', '.join(saved) or 'none (a run before evals/ was kept, or without evaluations)'}"
-        )
-    return path
 
 
 TEST_SEED_OFFSET = 1000

@@ -1,20 +1,4 @@
-"""Learning a controller: PPO on the LR environment, with a run folder that survives interruptions.
-
-A run folder holds (the one place that fixes this layout):
-    config.json   every setting, the git commit and library versions (written by the caller)
-    metrics.csv   one row per finished episode
-    last.pt       PPO state, counters and best-so-far: enough to resume exactly
-    best.pt       the controller with the lowest mean best validation loss in the deterministic
-                  evaluations (eval.csv); with evaluations off (eval_every=0), the controller after
-                  whose rollout an episode reached the lowest final validation loss (the seed's rule)
-    eval.csv      one row per deterministic evaluation: the policy's mode on held-out seeds
-    evals/        every evaluated controller, iter_NNNN.pt (``test.py --checkpoint iter-N``), so that a
-                  controller can be tested on another rule than best.pt's (from one initial LR, say)
-    .lock         held by the process writing the folder (an advisory lock; see alrs.io.FolderLock)
-    tensorboard/  the same figures as TensorBoard events (with ``tensorboard=True``; metrics.csv stays the record)
-    episode.png   curves of the latest episode, refreshed every iteration
-    training.png  final validation loss and LR of every episode so far: the controller's learning curve
-"""
+"""Learning a controller: PPO on the LR environment, with a run folder (alrs.runfolder) that survives interruptions."""
 
 from __future__ import annotations
 
@@ -30,56 +14,33 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alrs.controller import Controller
-from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
+from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv, episode_curves
 from alrs.errors import UserError
 from alrs.features import FIXED_SCALE_FEATURES
 from alrs.io import FolderLock, append_csv_rows, atomic_write, load_torch, save_torch
 from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.plotting import plot_episode, plot_training
 from alrs.ppo import PPO, PPOConfig
+from alrs.runfolder import (
+    BEST_FILE,
+    EPISODE_PLOT,
+    EVAL_COLUMNS,
+    EVAL_FILE,
+    LAST_FILE,
+    LOCK_FILE,
+    METRICS_COLUMNS,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    TRAINING_PLOT,
+    csv_columns,
+    evaluated_checkpoint,
+    evaluated_iterations,
+    evaluation_curves,
+)
 from alrs.tasks import task_metadata
 
-CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = (
-    "config.json",
-    "metrics.csv",
-    "eval.csv",
-    "last.pt",
-    "best.pt",
-)
-EPISODE_PLOT, TRAINING_PLOT, LOCK_FILE, EVALS_DIR = "episode.png", "training.png", ".lock", "evals"
-METRICS_COLUMNS = (
-    "episode",
-    "iteration",
-    "env",
-    "return",
-    "final_val_loss",
-    "best_val_loss",
-    "final_lr",
-    "wall_time",
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "approx_kl",
-    "clip_fraction",
-    "explained_variance",
-    "initial_lr",
-)
 LEGACY_METRICS_COLUMNS = METRICS_COLUMNS[:-1]
 """metrics.csv's header before the initial_lr column: resuming such a run adds the column, empty in the old rows."""
-
-EVAL_COLUMNS = ("iteration", "episodes", "mean_best_val_loss", "per_initial_lr", "wall_time")
-
-
-def evaluated_checkpoint(run_dir: Path, iteration: int) -> Path:
-    """The file of the controller evaluated after ``iteration`` (in ``run_dir/evals``)."""
-    return Path(run_dir) / EVALS_DIR / f"iter_{iteration:04d}.pt"
-
-
-def evaluated_iterations(run_dir: Path) -> dict[int, Path]:
-    """The run's kept evaluated controllers, by iteration in increasing order."""
-    found = {int(p.stem.removeprefix("iter_")): p for p in (Path(run_dir) / EVALS_DIR).glob("iter_*.pt")}
-    return dict(sorted(found.items()))
-
 
 EVAL_SEED_BASE = 2000
 """Held-out evaluation seeds are 2000, 2001, ...: apart from the training resets (hashes of the run
@@ -143,14 +104,6 @@ def evaluate_policy(
     jobs = [(controller, seed, lr) for lr in initial_lrs for seed in seeds]
     losses = dict(pool.run(policy_episode, config, jobs))
     return {lr: float(np.mean([losses[i] for i, job in enumerate(jobs) if job[2] == lr])) for lr in initial_lrs}
-
-
-def episode_curves(infos: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Per-step ``step``, ``train_loss``, ``val_loss`` and ``lr`` (the effective LR, Prodigy's lr x d) of an
-    episode's infos."""
-    curves = {key: [info[key] for info in infos] for key in ("step", "train_loss", "val_loss")}
-    curves["lr"] = [info["effective_lr"] for info in infos]
-    return curves
 
 
 def train_controller(
@@ -323,7 +276,7 @@ def train_controller(
                     )
                     evaluations = evaluation_curves(eval_path) if eval_every else None
                     plot_training(
-                        *_csv_columns(metrics_path, "final_val_loss", "final_lr"),
+                        *csv_columns(metrics_path, "final_val_loss", "final_lr"),
                         run_dir / TRAINING_PLOT,
                         title=name,
                         evaluations=evaluations,
@@ -368,7 +321,7 @@ def require_tensorboard() -> type:
 def _tensorboard_writer(run_dir: Path, purge_step: int) -> Any:
     """A SummaryWriter into ``run_dir/tensorboard``; events past ``purge_step`` (an interrupted
     iteration's) are dropped."""
-    return require_tensorboard()(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step or None)
+    return require_tensorboard()(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=purge_step or None)
 
 
 def _write_events(
@@ -421,30 +374,6 @@ def _evaluate_and_select(
     if mean < state["best_eval_loss"]:
         state["best_eval_loss"], state["best_eval_iteration"] = mean, iteration
         save_torch(checkpoint, run_dir / BEST_FILE)
-
-
-def evaluation_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
-    """The evaluations of an ``eval.csv`` as learning curves (episodes done, mean best validation loss):
-    the mean that chooses best.pt first, then one curve per initial LR when the run trains from several."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    episodes = [float(row["episodes"]) for row in rows]
-    per_lr = [dict(item.split(":") for item in row["per_initial_lr"].split()) for row in rows]
-    label = "policy mode, held-out seeds (best val loss)" + (", mean" if len(per_lr[0]) > 1 else "")
-    curves = {label: (episodes, [float(row["mean_best_val_loss"]) for row in rows])}
-    if len(per_lr[0]) > 1:
-        for lr in per_lr[0]:
-            curves[f"policy mode from lr={lr}"] = (episodes, [float(losses[lr]) for losses in per_lr])
-    return curves
-
-
-def _csv_columns(path: Path, *columns: str) -> list[list[float]]:
-    """Columns of metrics.csv or eval.csv as floats."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [[float(row[c]) for row in rows] for c in columns]
 
 
 def _check_last(

@@ -13,10 +13,10 @@ from cli import run_script, small_flags
 from alrs import training
 from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
 from alrs.errors import UserError
-from alrs.evaluation import checkpoint_file
 from alrs.io import load_torch
 from alrs.plotting import plot_training
 from alrs.ppo import PPO, PPOConfig, make_vector_env
+from alrs.runfolder import checkpoint_file, evaluation_curves
 from alrs.training import train_controller
 from utils import parse_args
 
@@ -95,7 +95,7 @@ def test_learning_curve_shows_each_initial_lrs_evaluation(tmp_path: Path) -> Non
     header = "iteration,episodes,mean_best_val_loss,per_initial_lr,wall_time\n"
     random_lrs = tmp_path / "random.csv"
     random_lrs.write_text(header + "10,40,0.4,0.01:0.3 0.0001:0.5,1.0\n20,80,0.35,0.01:0.28 0.0001:0.42,2.0\n")
-    curves = training.evaluation_curves(random_lrs)
+    curves = evaluation_curves(random_lrs)
     assert list(curves) == [
         "policy mode, held-out seeds (best val loss), mean",
         "policy mode from lr=0.01",
@@ -105,10 +105,10 @@ def test_learning_curve_shows_each_initial_lrs_evaluation(tmp_path: Path) -> Non
     assert curves["policy mode, held-out seeds (best val loss), mean"][1] == [0.4, 0.35]
     one_lr = tmp_path / "one.csv"
     one_lr.write_text(header + "5,40,0.28,0.01:0.28,1.0\n")
-    assert training.evaluation_curves(one_lr) == {"policy mode, held-out seeds (best val loss)": ([40.0], [0.28])}
+    assert evaluation_curves(one_lr) == {"policy mode, held-out seeds (best val loss)": ([40.0], [0.28])}
     empty = tmp_path / "empty.csv"
     empty.write_text(header)
-    assert training.evaluation_curves(empty) == {}
+    assert evaluation_curves(empty) == {}
     png = tmp_path / "training.png"
     plot_training([0.5, 0.3] * 20, [1e-3, 1e-2] * 20, png, evaluations=curves)
     assert png.read_bytes()[:4] == b"\x89PNG"
