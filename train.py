@@ -18,9 +18,10 @@ from alrs.env import EnvConfig, resolve_device
 from alrs.errors import UserError
 from alrs.io import save_json
 from alrs.parallel import WorkerDied, WorkerPool
+from alrs.recorder import require_tensorboard
 from alrs.runfolder import CONFIG_FILE, LAST_FILE, new_run_dir
 from alrs.tasks import InstanceSet, load_instance_set
-from alrs.training import require_tensorboard, train_controller
+from alrs.training import train_controller
 from alrs.vector_env import check_batchable
 from utils import (
     env_config,
@@ -31,6 +32,7 @@ from utils import (
     run_script,
     set_threads,
     settings_of,
+    training_config,
 )
 
 
@@ -95,15 +97,10 @@ def main() -> int:
                 run_dir,
                 env_cfg,
                 ppo_cfg,
-                num_envs=args.num_envs,
-                episodes=args.episodes,
+                training_config(args),
                 seed=args.seed,
                 resume=resume,
                 progress=args.progress,
-                batched=args.batched_envs,
-                eval_every=args.eval_every,
-                eval_seeds=args.eval_seeds,
-                tensorboard=args.tensorboard,
                 pool=pool,
             )
     except BaseException as exc:

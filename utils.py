@@ -25,6 +25,7 @@ from alrs.io import load_json
 from alrs.parallel import ParallelConfig
 from alrs.ppo import PPOConfig
 from alrs.runfolder import CONFIG_FILE, resolve_run
+from alrs.training import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,6 @@ class RunConfig:
 
     Args:
         seed: random seed (training: the controller and every reset; tests: seed + 1000 + i).
-        num_envs: child trainings per PPO iteration.
-        episodes: episodes to train for.
-        eval_every: PPO iterations between deterministic evaluations that choose best.pt (0: none,
-            best.pt is the controller behind the best episode).
-        eval_seeds: held-out seeds per deterministic evaluation.
-        tensorboard: also write TensorBoard events under the run folder (needs: pip install tensorboard).
-        batched_envs: train the num-envs children as one vmapped model (unset: only on CUDA, where the
-            architecture allows).
         out_dir: folder of run folders.
         results_dir: where results are written.
         num_seeds: seeds per schedule (paper: 10).
@@ -61,12 +54,6 @@ class RunConfig:
     """
 
     seed: int = 0
-    num_envs: int = field(default=4, metadata={"scripts": ("train",)})
-    episodes: int = field(default=1000, metadata={"scripts": ("train",)})
-    eval_every: int = field(default=10, metadata={"scripts": ("train",)})
-    eval_seeds: int = field(default=4, metadata={"scripts": ("train",)})
-    tensorboard: bool = field(default=False, metadata={"scripts": ("train",)})
-    batched_envs: bool | None = field(default=None, metadata={"scripts": ("train",)})
     out_dir: str = field(default="runs", metadata={"scripts": ("train", "test")})
     results_dir: str = field(default="results", metadata={"scripts": ("baselines", "test")})
     num_seeds: int = field(default=10, metadata={"scripts": ("test",)})
@@ -88,6 +75,7 @@ SETTINGS: tuple[tuple[str, type, tuple[str, ...]], ...] = (
     ("child network and environment", EnvConfig, ("train", "baselines", "test")),
     ("where the work runs", ParallelConfig, ("train", "baselines", "test")),
     ("run", RunConfig, ("train", "baselines", "test")),
+    ("training", TrainingConfig, ("train",)),
     ("PPO", PPOConfig, ("train",)),
 )
 """Every setting is a field of one of these dataclasses: its flag, help, default and type checks
@@ -327,6 +315,11 @@ def ppo_config(args: argparse.Namespace, num_steps: int) -> PPOConfig:
         if f.name not in NOT_SETTINGS
     }
     return PPOConfig(num_steps=num_steps, **values)
+
+
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    """How long the training of ``args`` runs, and how it chooses best.pt and reports."""
+    return TrainingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)})
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:

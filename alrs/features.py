@@ -63,6 +63,12 @@ FIXED_SCALE_FEATURES: frozenset[str] = frozenset({"log_lr", "budget_left"})
 """Features already on a unit scale by a fixed transform: a controller does not normalize them
 by running statistics, so what it sees for a given LR or time never drifts during training."""
 
+
+def fixed_scale_indices(features: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of the fixed-scale features in ``features`` (the controller leaves them unnormalized)."""
+    return tuple(i for i, name in enumerate(features) if name in FIXED_SCALE_FEATURES)
+
+
 REWARDS: tuple[str, ...] = ("val-loss", "log-best", "log-val")
 """Reward options: the paper's minus validation loss, and two log-ratio rewards (ours)."""
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import os
 from pathlib import Path
 
 from alrs.errors import UserError
+from alrs.formats import migrate_metrics_header
+from alrs.io import atomic_write
 
 CONFIG_FILE, METRICS_FILE, EVAL_FILE, LAST_FILE, BEST_FILE = (
     "config.json",
@@ -139,3 +142,31 @@ def evaluation_curves(path: Path) -> dict[str, tuple[list[float], list[float]]]:
         for lr in per_lr[0]:
             curves[f"policy mode from lr={lr}"] = (episodes, [float(losses[lr]) for losses in per_lr])
     return curves
+
+
+def truncate_csv(path: Path, columns: tuple[str, ...], keep_up_to: int) -> None:
+    """On resume: check the file's header and that it holds every row up to ``keep_up_to`` (by its first
+    column), then drop the rows past it (written by an iteration interrupted before last.pt was saved)."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing, but last.pt has progress to match; the run folder is damaged")
+    with open(path, newline="") as f:
+        rows = (
+            migrate_metrics_header(list(csv.reader(f)), columns) if path.name == METRICS_FILE else list(csv.reader(f))
+        )
+    if not rows or tuple(rows[0]) != columns:
+        raise UserError(
+            f"{path}: its header is missing or not {','.join(columns[:3])},...; the run folder is damaged "
+            "(restore the file, or start a new run)"
+        )
+    try:  # a row cut short by a failed write (a full disk) is dropped with the rows past the saved iteration
+        kept = [row for row in rows[1:] if len(row) == len(columns) and int(row[0]) <= keep_up_to]
+    except (ValueError, IndexError) as exc:
+        raise UserError(f"{path}: a row does not start with a number; the run folder is damaged") from exc
+    if path.name == METRICS_FILE and len(kept) < keep_up_to:
+        raise UserError(
+            f"{path} holds {len(kept)} episodes but last.pt has {keep_up_to}; the run folder is damaged "
+            "(restore metrics.csv, or start a new run)"
+        )
+    text = io.StringIO()
+    csv.writer(text).writerows([rows[0], *kept])
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))

@@ -31,7 +31,7 @@ from alrs.env import EnvConfig
 from alrs.io import load_json
 from alrs.parallel import ParallelConfig, WorkerPool, available_cores
 from alrs.ppo import PPOConfig
-from alrs.training import train_controller
+from alrs.training import TrainingConfig, train_controller
 
 VARIANTS = {
     "sequential-1thread": lambda cores: ParallelConfig(workers=1, threads=1),  # how the committed runs were made
@@ -80,7 +80,7 @@ def main() -> None:
             with WorkerPool(parallel, parallel.workers, env) as pool, tempfile.TemporaryDirectory() as run:
                 t1 = time.perf_counter()
                 train_controller(
-                    run, env, ppo, num_envs=num_envs, episodes=episodes, seed=0, progress=False, eval_every=0, pool=pool
+                    run, env, ppo, TrainingConfig(num_envs, episodes, eval_every=0), seed=0, progress=False, pool=pool
                 )
                 # metrics.csv's wall_time is the run's clock at the end of each iteration
                 ends = [

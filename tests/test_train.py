@@ -10,14 +10,14 @@ import pytest
 import torch
 from cli import run_script, small_flags
 
-from alrs import training
-from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
+from alrs import evaluator
+from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
 from alrs.io import load_torch
 from alrs.plotting import plot_training
 from alrs.ppo import PPO, PPOConfig, make_vector_env
 from alrs.runfolder import checkpoint_file, evaluation_curves
-from alrs.training import train_controller
+from alrs.training import TrainingConfig, train_controller
 from utils import parse_args
 
 
@@ -119,7 +119,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
 ) -> None:
     env = EnvConfig(**small_env_options, lr_noise=0.05)
     ppo = PPOConfig(num_steps=4)
-    kwargs = dict(env_config=env, ppo_config=ppo, num_envs=2, episodes=6, seed=7, progress=False)
+    kwargs = dict(env_config=env, ppo_config=ppo, config=TrainingConfig(num_envs=2, episodes=6), seed=7, progress=False)
     train_controller(tmp_path / "straight", **kwargs)
 
     real_update, calls = PPO.update, []
@@ -144,21 +144,6 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     assert rows[0] == rows[1] and len(rows[0]) == 7
 
 
-def test_resuming_a_run_from_before_the_initial_lr_column_adds_it(small_env_options: dict, tmp_path: Path) -> None:
-    env = EnvConfig(**{**small_env_options, "initial_lr": "random"})
-    kwargs = dict(env_config=env, ppo_config=PPOConfig(num_steps=4), num_envs=2, seed=5, progress=False)
-    train_controller(tmp_path, episodes=2, **kwargs)
-    metrics = tmp_path / "metrics.csv"
-    rows = list(csv.reader(open(metrics)))
-    assert rows[0][-1] == "initial_lr" and {float(r[-1]) for r in rows[1:]} <= set(RANDOM_INITIAL_LRS)
-    metrics.write_text("".join(",".join(r[:-1]) + "\n" for r in rows))  # as an older version wrote it
-    train_controller(tmp_path, episodes=4, resume=True, **kwargs)
-    resumed = list(csv.DictReader(open(metrics)))
-    assert [r["episode"] for r in resumed] == ["1", "2", "3", "4"]
-    assert [r["initial_lr"] for r in resumed[:2]] == ["", ""]
-    assert {float(r["initial_lr"]) for r in resumed[2:]} <= set(RANDOM_INITIAL_LRS)
-
-
 def test_best_checkpoint_is_the_controller_that_played_the_best_episode(
     small_env_options: dict, tmp_path: Path
 ) -> None:
@@ -166,7 +151,7 @@ def test_best_checkpoint_is_the_controller_that_played_the_best_episode(
     env = EnvConfig(**small_env_options)
     ppo_config = PPOConfig(num_steps=4)
     train_controller(
-        tmp_path, env, ppo_config, num_envs=2, episodes=2, seed=3, progress=False, eval_every=0
+        tmp_path, env, ppo_config, TrainingConfig(num_envs=2, episodes=2, eval_every=0), seed=3, progress=False
     )  # one iteration
     best = load_torch(tmp_path / "best.pt")["state_dict"]
     after_update = load_torch(tmp_path / "last.pt")["controller"]["state_dict"]
@@ -186,24 +171,21 @@ def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluatio
         score = next(scores)
         return {lr: score for lr in initial_lrs}
 
-    monkeypatch.setattr(training, "evaluate_policy", scripted)
+    monkeypatch.setattr(evaluator, "evaluate_policy", scripted)
     env = EnvConfig(**small_env_options, initial_lr="random")
     kwargs = dict(
         env_config=env,
         ppo_config=PPOConfig(num_steps=4),
-        num_envs=1,
         seed=0,
         progress=False,
-        eval_every=2,
-        eval_seeds=3,
     )
-    summary = train_controller(tmp_path, episodes=5, **kwargs)
+    summary = train_controller(tmp_path, config=TrainingConfig(1, 5, eval_every=2, eval_seeds=3), **kwargs)
     assert summary["best_eval_iteration"] == 4 and summary["best_eval_loss"] == 0.3
     best, last = load_torch(tmp_path / "best.pt"), load_torch(tmp_path / "last.pt")
     assert best["metadata"]["iteration"] == 4 and best["metadata"]["eval_seeds"] == [2000, 2001, 2002]
     assert not torch.equal(best["state_dict"]["actor.0.weight"], last["controller"]["state_dict"]["actor.0.weight"])
     (tmp_path / "evals" / "iter_0009.pt").write_bytes(b"")  # as if evaluated after the saved iteration
-    summary = train_controller(tmp_path, episodes=6, resume=True, **kwargs)
+    summary = train_controller(tmp_path, config=TrainingConfig(1, 6, eval_every=2, eval_seeds=3), resume=True, **kwargs)
     rows = list(csv.DictReader(open(tmp_path / "eval.csv")))
     assert [r["iteration"] for r in rows] == ["2", "4", "5", "6"] and summary["best_eval_iteration"] == 4
     assert rows[0]["per_initial_lr"] == "0.01:0.500000 0.001:0.500000 0.0001:0.500000"
@@ -269,12 +251,8 @@ def test_tensorboard_events_load_in_tensorboards_reader(small_env_options: dict,
         tmp_path,
         env,
         PPOConfig(num_steps=4),
-        num_envs=2,
-        episodes=4,
+        TrainingConfig(num_envs=2, episodes=4, eval_every=1, eval_seeds=1, tensorboard=True),
         progress=False,
-        eval_every=1,
-        eval_seeds=1,
-        tensorboard=True,
     )
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
@@ -292,5 +270,9 @@ def test_tensorboard_without_the_package_is_a_one_line_error(
     env = EnvConfig(**small_env_options)
     with pytest.raises(ValueError, match="pip install tensorboard"):
         train_controller(
-            tmp_path, env, PPOConfig(num_steps=4), num_envs=1, episodes=1, progress=False, tensorboard=True
+            tmp_path,
+            env,
+            PPOConfig(num_steps=4),
+            TrainingConfig(num_envs=1, episodes=1, tensorboard=True),
+            progress=False,
         )
