@@ -11,7 +11,7 @@ import dataclasses
 import sys
 
 from alrs.env import LREnv
-from alrs.evaluation import BEST_KEYS, baseline_file, baseline_grid_search, grid_schedules
+from alrs.grid import BEST_KEYS, baseline_file, baseline_grid_search, grid_schedules
 from alrs.parallel import make_pool
 from alrs.plotting import plot_episode
 from utils import env_config, parallel_config, parse_args, run_script, set_threads

@@ -20,34 +20,34 @@ from pathlib import Path
 
 from alrs.env import LREnv
 from alrs.errors import UserError
-from alrs.evaluation import (
+from alrs.evaluator import evaluation_seeds, training_initial_lrs
+from alrs.grid import (
     BEST_KEYS,
-    ResultStore,
     baseline_file,
     baseline_grid_search,
-    check_test_seeds,
     evaluation_settings,
-    format_table,
     grid_schedules,
     load_grid,
-    load_learned,
     missing_grid_error,
-    plan_jobs,
-    plan_test,
-    result_title,
-    reuse_results,
-    run_test,
-    seeds_for_test,
-    stored_curves,
-    summarize,
 )
 from alrs.io import FolderLock, save_json
 from alrs.parallel import make_pool
 from alrs.plotting import plot_comparison, plot_suite
+from alrs.protocol import (
+    check_test_seeds,
+    load_learned,
+    plan_jobs,
+    plan_test,
+    reuse_results,
+    run_test,
+    seeds_for_test,
+    stored_curves,
+)
+from alrs.results import ResultStore
 from alrs.schedules import HandMadeSchedule
+from alrs.stats import format_table, result_title, summarize
 from alrs.suite import format_suite, run_suite, suite_folder, suite_settings, summarize_suite
 from alrs.tasks import load_instance_set
-from alrs.training import evaluation_seeds, training_initial_lrs
 from utils import env_config, parallel_config, parse_args, read_run_config, run_script, set_threads
 
 

@@ -5,7 +5,7 @@ What runs is the same everywhere. A worker hosts LR environments (built from an
 
 * steps a slice of PPO's children, for :class:`WorkerVectorEnv` (the controller stays in the driver);
 * runs whole episodes: a module-level function ``fn(env, *args)`` such as
-  :func:`alrs.evaluation.run_episode`, for grids, test seeds and deterministic evaluations.
+  :func:`alrs.episodes.run_episode`, for grids, test seeds and deterministic evaluations.
 
 Each child's arithmetic is the same in every backend, so given the same torch threads per child the
 results are equal to the last digit; only the order in which episodes finish changes, and the

@@ -27,8 +27,10 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from alrs.env import EnvConfig
-from alrs.evaluation import EpisodeResult, ResultStore, best_of_family, run_episode, schedule_from_record
+from alrs.episodes import run_episode
+from alrs.grid import best_of_family, schedule_from_record
 from alrs.parallel import WorkerPool
+from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import (
     Constant,
     Cosine,

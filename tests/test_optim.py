@@ -14,8 +14,9 @@ from cli import run_script, small_flags
 from test_scheduler import _checkpoint
 
 from alrs.env import EnvConfig, make_env
+from alrs.episodes import run_episode
 from alrs.errors import UserError
-from alrs.evaluation import BEST_KEYS, baseline_grid_search, run_episode, schedule_from_record
+from alrs.grid import BEST_KEYS, baseline_grid_search, schedule_from_record
 from alrs.io import save_torch
 from alrs.optim import evaluation_weights
 from alrs.ppo import PPOConfig
@@ -147,17 +148,18 @@ def test_the_peers_grid_and_their_records(small_env_options: dict) -> None:
 def test_a_grid_file_from_before_the_peers_gains_them(
     small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import alrs.evaluation as evaluation
+    import alrs.episodes as episodes
+    import alrs.grid as grid
 
     env = make_env(**{**small_env_options, "num_train_steps": 10})
     path = tmp_path / "grid.json"
-    monkeypatch.setattr(evaluation, "peer_grid", lambda steps: [])
+    monkeypatch.setattr(grid, "peer_grid", lambda steps: [])
     old = baseline_grid_search(env, seed=0, path=path, progress=False)
     before = json.loads(path.read_text())
     assert len(old["results"]) == 64 and "best_schedule_free" not in before
     monkeypatch.undo()
-    real_run, calls = evaluation.run_episode, []
-    monkeypatch.setattr(evaluation, "run_episode", lambda *a, **k: calls.append(a[1].family) or real_run(*a, **k))
+    real_run, calls = episodes.run_episode, []
+    monkeypatch.setattr(episodes, "run_episode", lambda *a, **k: calls.append(a[1].family) or real_run(*a, **k))
     data = baseline_grid_search(env, seed=0, path=path, progress=False)
     assert sorted(set(calls)) == ["adam-ema", "prodigy", "schedule-free"] and len(calls) == 23
     assert all(data[key] in data["results"] for key in BEST_KEYS.values())

@@ -20,9 +20,9 @@ from cli import ROOT, run_script, small_flags, start_script
 
 from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
-from alrs.evaluation import EpisodeResult, ResultStore
 from alrs.io import FolderLock, load_torch, save_json
 from alrs.ppo import PPOConfig
+from alrs.results import EpisodeResult, ResultStore
 from alrs.training import train_controller
 
 

@@ -17,7 +17,7 @@ from gymnasium.utils.seeding import np_random
 from alrs.controller import Controller
 from alrs.data import load_dataset
 from alrs.env import BatchSampler, EnvConfig, LREnv, init_child
-from alrs.evaluation import run_episode
+from alrs.episodes import run_episode
 from alrs.features import FIXED_SCALE_FEATURES, PAPER_FEATURES, next_lr
 from alrs.io import load_torch, save_torch
 from alrs.ppo import PPOConfig

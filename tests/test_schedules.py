@@ -9,19 +9,13 @@ import pytest
 import torch
 
 from alrs.env import BatchSampler, make_env
+from alrs.episodes import run_episode
 from alrs.errors import UserError
-from alrs.evaluation import (
-    BEST_KEYS,
-    EpisodeResult,
-    ResultStore,
-    baseline_grid_search,
-    format_table,
-    reuse_results,
-    run_episode,
-    summarize,
-    welch_p,
-)
+from alrs.grid import BEST_KEYS, baseline_grid_search
+from alrs.protocol import reuse_results
+from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import PAPER_GRID, Constant, Cosine, Learned, StepDecay, paper_grid
+from alrs.stats import format_table, summarize, welch_p
 
 
 def test_step_decay_lr_at_every_step() -> None:
@@ -94,11 +88,11 @@ def test_paired_seeding_gives_every_schedule_the_same_child(
 def test_grid_search_resumes_after_an_interruption(
     small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import alrs.evaluation as evaluation
+    import alrs.episodes as episodes
 
     env = make_env(**{**small_env_options, "num_train_steps": 10})
     path = tmp_path / "grid.json"
-    real_run, calls = evaluation.run_episode, []
+    real_run, calls = episodes.run_episode, []
 
     def counted(env, schedule, seed, test=True):
         calls.append(schedule.name)
@@ -109,12 +103,12 @@ def test_grid_search_resumes_after_an_interruption(
             raise KeyboardInterrupt  # Ctrl-C during the fifth point
         return counted(env, schedule, seed, test)
 
-    monkeypatch.setattr(evaluation, "run_episode", interrupted)
+    monkeypatch.setattr(episodes, "run_episode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         baseline_grid_search(env, seed=0, path=path, progress=False)
     assert len(json.loads(path.read_text())["results"]) == 4
     calls.clear()
-    monkeypatch.setattr(evaluation, "run_episode", counted)
+    monkeypatch.setattr(episodes, "run_episode", counted)
     data = baseline_grid_search(env, seed=0, path=path, progress=False)
     # 48 step decays, 4 constants, 6 cosine, 6 linear; the peers: 8 schedule-free, 6 prodigy, 9 adam + ema
     assert len(calls) == 87 - 4 and len(data["results"]) == 87

@@ -10,7 +10,7 @@ import pytest
 from cli import run_script, small_flags
 
 from alrs.errors import UserError
-from alrs.evaluation import check_test_seeds, stored_curves
+from alrs.protocol import check_test_seeds, stored_curves
 
 
 @pytest.fixture(scope="module")

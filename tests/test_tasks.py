@@ -16,9 +16,9 @@ from torch import nn
 from alrs.data import apply_variant, check_dataset, load_dataset, parse_variant
 from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
-from alrs.evaluation import ResultStore
 from alrs.models import architecture_spec, build_model
 from alrs.parallel import ParallelConfig, WorkerPool, node_id
+from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import Learned
 from alrs.suite import run_suite, suite_key, suite_settings, summarize_suite
 from alrs.tasks import InstanceSet, Task, TaskEnv, load_instance_set
@@ -230,8 +230,6 @@ def test_a_suite_runs_resumes_and_reports(data_dir: Path, tmp_path: Path, monkey
 
 
 def test_the_suite_report_counts_wins_with_a_sign_test() -> None:
-    from alrs.evaluation import EpisodeResult
-
     def runs(loss: float) -> list[EpisodeResult]:
         return [EpisodeResult({}, 0, 0, 0, 0, False, loss, 0, loss, 0)]
 
