@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from tqdm.auto import tqdm
 
-from alrs.env import LREnv, episode_curves
+from alrs.env import EnvConfig, LREnv, episode_curves
 from alrs.parallel import WorkerPool
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import Schedule
@@ -48,26 +49,38 @@ def run_episode(env: LREnv, schedule: Schedule, seed: int, test: bool = True) ->
 
 
 def run_jobs(
-    env: LREnv,
+    env: LREnv | EnvConfig,
     jobs: Sequence[tuple[str, Schedule, int]],
     store: ResultStore,
     test: bool = True,
     progress: bool = True,
     desc: str = "",
     pool: WorkerPool | None = None,
+    bar: tqdm | None = None,
 ) -> dict[str, EpisodeResult]:
     """Run each ``(key, schedule, seed)`` not yet in ``store``, saving each as it finishes; return all results.
 
-    Without ``pool`` the jobs run one by one on ``env``; with one, on its workers (envs of ``env.config``),
-    in any order: the store is written by this process alone, so an interruption keeps every finished job.
+    Without ``pool`` the jobs run one by one on ``env``; with one, on its workers (envs of ``env``'s config,
+    or of ``env`` itself, which may then be an :class:`EnvConfig`), in any order: the store is written by
+    this process alone, so an interruption keeps every finished job.
+
+    Args:
+        bar: a progress bar of the caller's (one over several calls), advanced by every job instead of a
+            bar of this call's own (``progress`` and ``desc`` then do nothing).
     """
+    if isinstance(env, EnvConfig) and pool is None:
+        raise ValueError("run_jobs: an EnvConfig needs a pool to build its envs; pass an LREnv to run here")
+    config = env if isinstance(env, EnvConfig) else env.config
     todo = [job for job in jobs if job[0] not in store]
     args = [(schedule, seed, test) for _, schedule, seed in todo]
-    finished = (
-        pool.run(run_episode, env.config, args) if pool else ((i, run_episode(env, *a)) for i, a in enumerate(args))
-    )
-    with tqdm(
-        total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not progress, dynamic_ncols=True
+    finished = pool.run(run_episode, config, args) if pool else ((i, run_episode(env, *a)) for i, a in enumerate(args))
+    stored = len(jobs) - len(todo)
+    if bar is not None:
+        bar.update(stored)
+    with (
+        nullcontext(bar)
+        if bar is not None
+        else tqdm(total=len(jobs), initial=stored, desc=desc, unit="run", disable=not progress, dynamic_ncols=True)
     ) as bar:
         for i, result in finished:
             key, schedule, _ = todo[i]

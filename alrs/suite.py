@@ -27,7 +27,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from alrs.env import EnvConfig
-from alrs.episodes import run_episode
+from alrs.episodes import run_jobs
 from alrs.grid import best_of_family, schedule_from_record
 from alrs.parallel import WorkerPool
 from alrs.results import EpisodeResult, ResultStore
@@ -76,21 +76,6 @@ def suite_key(task: Task, label: str, seed: int) -> str:
     return f"{task.name} | {label} | seed {seed}"
 
 
-def _run(
-    pool: WorkerPool,
-    config: EnvConfig,
-    jobs: list[tuple[str, Schedule, int, bool]],
-    store: ResultStore,
-    bar: tqdm,
-) -> None:
-    """Run the jobs ``(key, schedule, seed, test)`` not yet in ``store`` on envs of ``config``, saving each."""
-    todo = [job for job in jobs if job[0] not in store]
-    bar.update(len(jobs) - len(todo))
-    for i, result in pool.run(run_episode, config, [(schedule, seed, test) for _, schedule, seed, test in todo]):
-        store.add(todo[i][0], result)
-        bar.update()
-
-
 def run_suite(
     instance_set: InstanceSet,
     base: EnvConfig,
@@ -112,8 +97,9 @@ def run_suite(
         for task in tasks:
             config = task.env_config(base, instance_set.decisions)
             grid = task_grid(task, config.update_freq)
-            _run(pool, config, [(suite_key(task, s.name, seed), s, seed, False) for s in grid], store, bar)
-            grid_results = {s.name: store[suite_key(task, s.name, seed)] for s in grid}
+            grid_jobs = [(suite_key(task, s.name, seed), s, seed) for s in grid]
+            done = run_jobs(config, grid_jobs, store, test=False, pool=pool, bar=bar)
+            grid_results = {s.name: done[suite_key(task, s.name, seed)] for s in grid}
             tuned = {
                 "linear, tuned": schedule_from_record(grid_results[best_of_family(grid_results, "linear")].schedule),
                 "step decay, tuned": schedule_from_record(
@@ -123,9 +109,9 @@ def run_suite(
             schedules: dict[str, Schedule] = {**default_schedules(task), **tuned}
             if learned is not None:
                 schedules[learned.name] = learned.starting_at(task.initial_lr)
-            jobs = [(suite_key(task, label, s), sch, s, True) for label, sch in schedules.items() for s in seeds]
-            _run(pool, config, jobs, store, bar)
-            out[task.name] = {label: [store[suite_key(task, label, s)] for s in seeds] for label in schedules}
+            jobs = [(suite_key(task, label, s), sch, s) for label, sch in schedules.items() for s in seeds]
+            done = run_jobs(config, jobs, store, pool=pool, bar=bar)
+            out[task.name] = {label: [done[suite_key(task, label, s)] for s in seeds] for label in schedules}
     return out
 
 

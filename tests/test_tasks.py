@@ -193,10 +193,10 @@ def _suite(data_dir: Path, tmp_path: Path, pool: WorkerPool, name: str, learned:
 
 
 def test_a_suite_runs_resumes_and_reports(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import alrs.suite as suite
+    import alrs.episodes as episodes
 
     pool = WorkerPool(ParallelConfig(workers=1), 1, EnvConfig())
-    real, calls = suite.run_episode, []
+    real, calls = episodes.run_episode, []
 
     def interrupted(env, schedule, seed, test=True):
         if len(calls) == 20:
@@ -204,10 +204,10 @@ def test_a_suite_runs_resumes_and_reports(data_dir: Path, tmp_path: Path, monkey
         calls.append(schedule.name)
         return real(env, schedule, seed, test)
 
-    monkeypatch.setattr(suite, "run_episode", interrupted)
+    monkeypatch.setattr(episodes, "run_episode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _suite(data_dir, tmp_path, pool, "store.json")
-    monkeypatch.setattr(suite, "run_episode", lambda *a: calls.append(a[1].name) or real(*a))
+    monkeypatch.setattr(episodes, "run_episode", lambda *a: calls.append(a[1].name) or real(*a))
     whole = _suite(data_dir, tmp_path, pool, "store.json")
     per_task = 14 + 2 * 6  # the grid on the grid seed; 4 defaults and 2 tuned schedules on 2 test seeds
     assert len(calls) == 2 * per_task  # nothing ran twice
