@@ -59,6 +59,13 @@ def replot(folder: str) -> int:
     return 0
 
 
+def result_name(args: Namespace) -> str:
+    """The name of a controller's results: its run's, then ``_<checkpoint>`` unless best.pt, and ``_sample``
+    where it samples its actions."""
+    checkpoint = "" if args.checkpoint == "best" else f"_{args.checkpoint}"
+    return Path(args.run_dir).name + checkpoint + ("" if args.policy == "mode" else "_sample")
+
+
 def suite(args: Namespace) -> int:
     """Run the held-out suite of the instance set ``args.suite``, with the controller of ``--test-id`` if given."""
     instance_set = load_instance_set(args.suite)
@@ -72,8 +79,9 @@ def suite(args: Namespace) -> int:
     if hasattr(args, "run_dir"):
         first_task = LREnv(instance_set.heldout[0].env_config(base, instance_set.decisions))
         learned, _, _, sha = load_learned(args.run_dir, args.checkpoint, first_task, args.policy)
-        learned.name = f"controller {sha[:8]}"  # the store keys a controller's runs by its file's hash
-        tag = Path(args.run_dir).name + ("" if args.checkpoint == "best" else f"_{args.checkpoint}")
+        # The store keys a controller's runs by its file's hash, and by its policy where it samples its actions.
+        learned.name = f"controller {sha[:8]}" + (" (sampled actions)" if args.policy == "sample" else "")
+        tag = result_name(args)
         run = read_run_config(args.run_dir) if args.checkpoint != "last" else {}
         check_test_seeds(seeds, args.seed, evaluation_seeds(run.get("eval_seeds", 0)) if run.get("eval_every") else [])
     out = suite_folder(args.results_dir, args.suite)
@@ -149,8 +157,7 @@ def main() -> int:
     plan = plan_test(grid, learned, start_lrs)
 
     # Baselines alone go to "baselines" plus the grid file's settings tag, e.g. baselines_bs500_steps200_val1000.
-    suffix = ("" if args.checkpoint == "best" else f"_{args.checkpoint}") + ("" if args.policy == "mode" else "_sample")
-    run_name = Path(args.run_dir).name + suffix if learned else None
+    run_name = result_name(args) if learned else None
     out_name = run_name or "baselines" + path.stem.removeprefix(f"{config.dataset}_{config.architecture}")
     out = Path(args.results_dir) / f"{config.dataset}_{config.architecture}" / out_name
     seeds = seeds_for_test(args.seed, args.num_seeds)

@@ -297,8 +297,7 @@ def test_test_py_suite_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     assert train.returncode == 0, train.stderr
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("set_s0_")
-    result = run_script(
-        "test.py",
+    suite = [
         "--suite",
         str(path),
         "--test-id",
@@ -308,11 +307,21 @@ def test_test_py_suite_end_to_end(data_dir: Path, tmp_path: Path) -> None:
         "2",
         "--results-dir",
         str(tmp_path / "results"),
-    )
+    ]
+    result = run_script("test.py", *suite)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "results" / "suites" / "set"
     assert (out / f"{run.name}.md").is_file() and (out / f"{run.name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "controller's rank" in result.stdout and "sign test p" in result.stdout
+
+    # Sampled actions are other runs than the mode's: their own keys in the store, and their own report.
+    sampled = run_script("test.py", *suite, "--policy", "sample")
+    assert sampled.returncode == 0, sampled.stderr
+    stored = json.loads((out / "results.json").read_text())["results"]
+    controller = {key: r["schedule"]["policy"] for key, r in stored.items() if " | controller " in key}
+    assert sorted(controller.values()) == ["mode"] * 4 + ["sample"] * 4  # 2 tasks x 2 seeds each
+    assert all(("(sampled actions)" in key) == (policy == "sample") for key, policy in controller.items())
+    assert (out / f"{run.name}_sample.md").is_file() and "(sampled actions)" in sampled.stdout
 
 
 def test_training_on_an_instance_set_on_workers_equals_the_sequential_run(data_dir: Path, tmp_path: Path) -> None:
