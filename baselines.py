@@ -3,46 +3,11 @@ the peers (Schedule-Free AdamW, Prodigy, Adam with an EMA of its weights), resum
 
 python baselines.py --dataset fa-mnist --architecture cnn
 python baselines.py --config configs/quick.json
+
+The code is alrs.commands.baselines, which the console script alrs-baselines runs too.
 """
 
-from __future__ import annotations
-
-import dataclasses
-import sys
-
-from alrs.env import LREnv
-from alrs.grid import BEST_KEYS, baseline_file, baseline_grid_search, grid_schedules
-from alrs.parallel import make_pool
-from alrs.plotting import plot_episode
-from utils import env_config, parallel_config, parse_args, run_script, set_threads
-
-
-def main() -> int:
-    args = parse_args("baselines")
-    set_threads(args.threads)
-    # Hand-made schedules run without LR noise.
-    config = dataclasses.replace(env_config(args), lr_noise=0.0, initial_lr_noise=0.0)
-    path = baseline_file(args.results_dir, config)
-    print(f"grid search on {config.dataset}/{config.architecture}; results in {path}")
-    env = LREnv(config)
-    try:
-        with make_pool(parallel_config(args), config, jobs=len(grid_schedules(config))) as pool:
-            data = baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; every finished point is kept in {path}. Rerun the same command to go on.", file=sys.stderr
-        )
-        return 130
-
-    results = data["results"]
-    best = results[data["best_step_decay"]]
-    plot_episode(best["curves"], path.with_suffix(".png"), title=f"best step decay: {data['best_step_decay']}")
-    print(f"\n{'family':<14} {'its best point (final val loss on the grid seed)':<50} {'final':>8} {'best':>8}")
-    for family, best_key in BEST_KEYS.items():
-        key = data[best_key]
-        print(f"{family:<14} {key:<50} {results[key]['final_val_loss']:>8.4f} {results[key]['best_val_loss']:>8.4f}")
-    return 0
-
+from utils import run
 
 if __name__ == "__main__":
-    run_script(main)
+    run("baselines")

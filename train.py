@@ -1,139 +1,14 @@
 """Learn an adaptive learning-rate schedule: train a PPO controller on the LR environment.
 
-python train.py --config configs/quick.json
+python train.py --config configs/quick.json          # or: alrs-train --config configs/quick.json
 python train.py --dataset fa-mnist --architecture cnn --episodes 1000
 python train.py --resume runs/<id>
 python train.py --config configs/generalist.json     # one controller across an instance set of tasks
+
+The code is alrs.commands.train, which the console script alrs-train runs too.
 """
 
-from __future__ import annotations
-
-import shutil
-import sys
-from argparse import Namespace
-from pathlib import Path
-
-from alrs.data import load_dataset
-from alrs.env import EnvConfig, resolve_device
-from alrs.errors import UserError
-from alrs.io import save_json
-from alrs.parallel import WorkerDied, WorkerPool
-from alrs.recorder import require_tensorboard
-from alrs.runfolder import CONFIG_FILE, LAST_FILE, new_run_dir
-from alrs.tasks import InstanceSet, load_instance_set
-from alrs.training import train_controller
-from alrs.vector_env import check_batchable
-from utils import (
-    env_config,
-    parallel_config,
-    parse_args,
-    ppo_config,
-    provenance,
-    run_script,
-    set_threads,
-    settings_of,
-    training_config,
-)
-
-
-def check_before_start(args: Namespace, env_cfg: EnvConfig, instance_set: InstanceSet | None) -> None:
-    """Fail before making a run folder: bad counts, missing data, a child that cannot be batched."""
-    if args.num_envs <= 0 or args.episodes <= 0 or args.eval_seeds <= 0:
-        raise UserError("--num-envs, --episodes and --eval-seeds must be positive")
-    if args.eval_every < 0:
-        raise UserError("--eval-every must be >= 0 (0 turns the evaluations off)")
-    for task in instance_set.train if instance_set else ():
-        task.env_config(env_cfg, instance_set.decisions)  # loads every task's data, checks its horizon
-    if not instance_set:
-        load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))
-    if args.batched_envs:
-        check_batchable(env_cfg)
-    if args.tensorboard:
-        require_tensorboard()
-
-
-def run_name(args: Namespace) -> str:
-    """``<dataset>_<architecture>_s<seed>`` (``<instance set>_s<seed>`` for a run on an instance set)."""
-    what = Path(args.instance_set).stem if args.instance_set else f"{args.dataset}_{args.architecture}"
-    return f"{what}_s{args.seed}"
-
-
-def main() -> int:
-    args = parse_args("train")
-    set_threads(args.threads)
-    env_cfg = env_config(args)
-    # On an instance set every episode has the set's number of decisions, whatever the task (alrs.tasks).
-    instance_set = load_instance_set(env_cfg.instance_set) if env_cfg.instance_set else None
-    ppo_cfg = ppo_config(args, num_steps=instance_set.decisions if instance_set else env_cfg.num_controller_steps)
-    check_before_start(args, env_cfg, instance_set)
-    resume = hasattr(args, "resume")
-    parallel = parallel_config(args)
-    workers = parallel.num_workers(env_cfg, args.num_envs)
-    if workers > args.num_envs:
-        raise UserError(
-            f"--workers {workers} is more than the {args.num_envs} children of a PPO iteration; "
-            f"use --workers {args.num_envs} or fewer (or raise --num-envs)"
-        )
-    if workers > 1 and args.batched_envs:
-        raise UserError("--batched-envs trains every child in one process; drop it or use --workers 1")
-    run_dir = Path(args.resume) if resume else None
-    if resume and not (run_dir / LAST_FILE).is_file():
-        raise UserError(
-            f"{run_dir} has no {LAST_FILE}: it stopped before its first PPO iteration ended, so there "
-            "is nothing to resume; start a new run"
-        )
-    try:
-        with WorkerPool(parallel, workers, env_cfg) as pool:  # an unreachable Ray fails here, before any run folder
-            if run_dir is None:
-                run_dir = new_run_dir(args.out_dir, run_name(args))
-                save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
-            where = (
-                f" on {workers} {'Ray' if parallel.backend == 'ray' else 'local'} workers"
-                if not pool.in_process
-                else ""
-            )
-            print(f"{'resuming' if resume else 'run'} {run_dir}{where}", file=sys.stderr)
-            summary = train_controller(
-                run_dir,
-                env_cfg,
-                ppo_cfg,
-                training_config(args),
-                seed=args.seed,
-                resume=resume,
-                progress=args.progress,
-                pool=pool,
-            )
-    except BaseException as exc:
-        fresh = run_dir is not None and not resume and not (run_dir / LAST_FILE).exists()
-        if fresh:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed or was stopped leaves no run folder
-        if isinstance(exc, WorkerDied) and run_dir is not None and (run_dir / LAST_FILE).exists():
-            raise WorkerDied(f"{exc}; continue with: python train.py --resume {run_dir}") from exc
-        if not isinstance(exc, KeyboardInterrupt):
-            raise
-        if run_dir is not None and (run_dir / LAST_FILE).exists():
-            print(
-                f"\ninterrupted; {run_dir / LAST_FILE} holds the last finished iteration. "
-                f"Continue with: python train.py --resume {run_dir}",
-                file=sys.stderr,
-            )
-        elif fresh:
-            print(
-                f"\ninterrupted before the first iteration ended; nothing to resume, {run_dir} removed", file=sys.stderr
-            )
-        else:
-            print("\ninterrupted", file=sys.stderr)
-        return 130
-    if args.eval_every:
-        chosen = (
-            f"best evaluation: mean best validation loss {summary['best_eval_loss']:.4f} "
-            f"(iteration {summary['best_eval_iteration']})"
-        )
-    else:
-        chosen = f"best final validation loss {summary['best_final_val_loss']:.4f} (episode {summary['best_episode']})"
-    print(f"done: {summary['episodes']} episodes, {chosen}; controller: {summary['best']}")
-    return 0
-
+from utils import run
 
 if __name__ == "__main__":
-    run_script(main)
+    run("train")

@@ -17,8 +17,7 @@ from gymnasium import spaces
 from torch import nn
 
 from alrs.errors import UserError
-
-CHECKPOINT_FORMAT = "alrs-controller/1"
+from alrs.formats import CONTROLLER_FORMAT
 
 
 class RunningMeanStd(nn.Module):
@@ -164,7 +163,7 @@ class Controller(nn.Module):
     def checkpoint(self, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """A self-describing dict: architecture, action space, weights, normalizers, and ``metadata``."""
         return {
-            "format": CHECKPOINT_FORMAT,
+            "format": CONTROLLER_FORMAT,
             "obs_dim": self.obs_dim,
             "action_space": self.action_spec,
             "hidden_sizes": list(self.hidden_sizes),
@@ -178,8 +177,8 @@ class Controller(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> Controller:
         """Rebuild a controller saved by :meth:`checkpoint`."""
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"not an alrs controller checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CONTROLLER_FORMAT:
+            raise UserError(f"not an alrs controller checkpoint (expected format {CONTROLLER_FORMAT!r})")
         try:
             controller = cls(
                 checkpoint["obs_dim"],
@@ -197,4 +196,4 @@ class Controller(nn.Module):
         return controller
 
 
-__all__ = ["CHECKPOINT_FORMAT", "Controller", "RunningMeanStd", "describe_action_space"]
+__all__ = ["Controller", "RunningMeanStd", "describe_action_space"]

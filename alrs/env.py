@@ -44,6 +44,7 @@ from alrs.optim import (
     evaluation_weights,
     make_averager,
 )
+from alrs.settings import setting
 
 FEATURES: tuple[str, ...] = PAPER_FEATURES
 """The paper's observation, in order: its 7 state features (Sec. 3.1). Other feature sets:
@@ -91,76 +92,75 @@ class BatchSampler:
 class EnvConfig:
     """Every setting of an :class:`LREnv`; checked on construction, saved with controllers.
 
-    Args:
-        dataset: ``mnist``, ``fa-mnist`` or ``cifar10``.
-        architecture: ``mlp``, ``lenet5`` (LeNet-5; stored under the seed's name ``cnn``), ``resnet``
-            (ResNet-18) or ``paper-cnn``.
-        batch_size: Adam minibatch size (paper: 1000).
-        update_freq: Adam steps per controller step (paper: K = 10).
-        num_train_steps: Adam steps per episode (paper: 1000).
-        initial_lr: first LR of an episode, or ``"random"`` for a draw from {1e-2, 1e-3, 1e-4}.
-        discrete: True: actions 0/1/2 = multiply by ``action_range`` / divide by it / keep;
-            False: one scale factor in [1/action_range, action_range].
-        action_range: largest factor of one LR update (seed: 1.05, i.e. 5%).
-        lr_noise: std of Gaussian noise on log(LR) after each update (seed's option; 0 = off).
-        initial_lr_noise: std of Gaussian noise on log(initial LR) (0 = off).
-        lr_min, lr_max: bounds of the LR the controller can set (seed: [1e-5, 1e-1]).
-        val_size: use a fixed subset of this many validation examples for the features and
-            reward (cheaper, noisier features than the paper's full split); None = all 10k.
-        divergence_loss: loss charged for every remaining controller step when the child
-            diverges, so that diverging never pays compared with training on.
-        reward: ``val-loss`` (the paper's: minus the validation loss), ``log-best`` or ``log-val``
-            (ours; see :mod:`alrs.features`).
-        lr_feature: ``lr`` (the paper's raw LR) or ``log-lr`` (ours: ``log10(lr / 1e-3)``).
-        time_feature: add the fraction of the episode's Adam steps still to come (ours).
-        feature_scale: raw (the paper's features as measured) or relative (ours: scale-free, the same
-            meaning on any dataset and network; :mod:`alrs.features`).
-        optimizer: the child's optimizer: adam (the paper's), adamw, sgd (momentum 0.9),
-            schedulefree-adamw or prodigy (ours; :mod:`alrs.optim`). With prodigy the LR is a
-            multiplier of its estimate d (1 is its default), and the LR recorded is lr x d.
-        beta1, beta2: the Adam-family optimizers' betas.
-        weight_decay: the optimizer's weight decay (decoupled for adamw, schedulefree-adamw and prodigy).
-        warmup_steps: schedulefree-adamw's linear LR warm-up, in optimizer steps.
-        d_coef: prodigy's coefficient of its step-size estimate d.
-        weight_average: evaluate averaged weights (ours): ema:DECAY (e.g. ema:0.95) or uniform; the
-            features, reward, best-validation copy and test all see the average. Unset: the weights.
-        instance_set: a JSON file of tasks (:mod:`alrs.tasks`, ours): training draws a task per episode
-            from its training tasks, and each task sets the dataset, architecture, batch size, horizon,
-            initial LR and validation subset (the fields above are then only defaults). Unset: one task.
-        eval_batch_size: chunk size of evaluation passes (speed only).
-        data_dir: where the dataset files are, in torchvision's layout.
-        device: ``cpu``, ``cuda`` or ``auto``.
+    Each field's help is its documentation (and its flag's --help).
     """
 
-    dataset: str = "fa-mnist"
-    architecture: str = "cnn"
-    batch_size: int = 1000
-    update_freq: int = 10
-    num_train_steps: int = 1000
-    initial_lr: float | str = 1e-3
-    discrete: bool = True
-    action_range: float = 1.05
-    lr_noise: float = 0.0
-    initial_lr_noise: float = 0.0
-    lr_min: float = 1e-5
-    lr_max: float = 1e-1
-    val_size: int | None = None
-    divergence_loss: float = 5.0
-    reward: str = "val-loss"
-    lr_feature: str = "lr"
-    time_feature: bool = False
-    feature_scale: str = "raw"
-    optimizer: str = "adam"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    d_coef: float = 1.0
-    weight_average: str | None = None
-    instance_set: str | None = None
-    eval_batch_size: int = 500
-    data_dir: str = "./data"
-    device: str = "auto"
+    dataset: str = setting("fa-mnist", "mnist, fa-mnist or cifar10.")
+    architecture: str = setting(
+        "cnn", ("mlp, lenet5 (LeNet-5; stored under the seed's name cnn), resnet (ResNet-18) or paper-cnn.")
+    )
+    batch_size: int = setting(1000, "Adam minibatch size (paper: 1000).")
+    update_freq: int = setting(10, "Adam steps per controller step (paper: K = 10).")
+    num_train_steps: int = setting(1000, "Adam steps per episode (paper: 1000).")
+    initial_lr: float | str = setting(1e-3, 'first LR of an episode, or "random" for a draw from {1e-2, 1e-3, 1e-4}.')
+    discrete: bool = setting(
+        True,
+        "True: actions 0/1/2 = multiply by action_range / divide by it / keep; False: one scale "
+        "factor in [1/action_range, action_range].",
+    )
+    action_range: float = setting(1.05, "largest factor of one LR update (seed: 1.05, i.e. 5%).")
+    lr_noise: float = setting(0.0, "std of Gaussian noise on log(LR) after each update (seed's option; 0 = off).")
+    initial_lr_noise: float = setting(0.0, "std of Gaussian noise on log(initial LR) (0 = off).")
+    lr_min: float = setting(1e-5, "bounds of the LR the controller can set (seed: [1e-5, 1e-1]).")
+    lr_max: float = setting(1e-1, "bounds of the LR the controller can set (seed: [1e-5, 1e-1]).")
+    val_size: int | None = setting(
+        None,
+        "use a fixed subset of this many validation examples for the features and reward (cheaper, "
+        "noisier features than the paper's full split); None = all 10k.",
+    )
+    divergence_loss: float = setting(
+        5.0,
+        "loss charged for every remaining controller step when the child diverges, so that diverging "
+        "never pays compared with training on.",
+    )
+    reward: str = setting(
+        "val-loss",
+        ("val-loss (the paper's: minus the validation loss), log-best or log-val (ours; see alrs.features)."),
+    )
+    lr_feature: str = setting("lr", "lr (the paper's raw LR) or log-lr (ours: log10(lr / 1e-3)).")
+    time_feature: bool = setting(False, "add the fraction of the episode's Adam steps still to come (ours).")
+    feature_scale: str = setting(
+        "raw",
+        "raw (the paper's features as measured) or relative (ours: scale-free, the same meaning on "
+        "any dataset and network; alrs.features).",
+    )
+    optimizer: str = setting(
+        "adam",
+        "the child's optimizer: adam (the paper's), adamw, sgd (momentum 0.9), schedulefree-adamw or "
+        "prodigy (ours; alrs.optim). With prodigy the LR is a multiplier of its estimate d (1 is its "
+        "default), and the LR recorded is lr x d.",
+    )
+    beta1: float = setting(0.9, "the Adam-family optimizers' betas.")
+    beta2: float = setting(0.999, "the Adam-family optimizers' betas.")
+    weight_decay: float = setting(
+        0.0, "the optimizer's weight decay (decoupled for adamw, schedulefree-adamw and prodigy)."
+    )
+    warmup_steps: int = setting(0, "schedulefree-adamw's linear LR warm-up, in optimizer steps.")
+    d_coef: float = setting(1.0, "prodigy's coefficient of its step-size estimate d.")
+    weight_average: str | None = setting(
+        None,
+        "evaluate averaged weights (ours): ema:DECAY (e.g. ema:0.95) or uniform; the features, "
+        "reward, best-validation copy and test all see the average. Unset: the weights.",
+    )
+    instance_set: str | None = setting(
+        None,
+        "a JSON file of tasks (alrs.tasks, ours): training draws a task per episode from its training"
+        " tasks, and each task sets the dataset, architecture, batch size, horizon, initial LR and "
+        "validation subset (the fields above are then only defaults). Unset: one task.",
+    )
+    eval_batch_size: int = setting(500, "chunk size of evaluation passes (speed only).", runtime=True)
+    data_dir: str = setting("./data", "where the dataset files are, in torchvision's layout.", runtime=True)
+    device: str = setting("auto", "cpu, cuda or auto.", runtime=True)
 
     def __post_init__(self) -> None:
         for name in ("action_range", "lr_noise", "initial_lr_noise", "lr_min", "lr_max", "divergence_loss"):

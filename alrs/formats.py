@@ -56,6 +56,16 @@ def migrate_controller(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {**checkpoint, "metadata": metadata}
 
 
+def read_controller(saved: Any) -> Any:
+    """The controller checkpoint of a best.pt, an evals/ file or a last.pt of any version, migrated; anything
+    else is returned as is, for the controller's own check to refuse."""
+    if isinstance(saved, dict) and saved.get("format") == CONTROLLER_FORMAT:
+        return migrate_controller(saved)
+    if isinstance(saved, dict) and isinstance(saved.get("controller"), dict):  # a last.pt
+        return migrate_controller(saved["controller"])
+    return saved
+
+
 @dataclass
 class Progress:
     """Where a training run stands, saved in last.pt after every PPO iteration.

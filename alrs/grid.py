@@ -13,8 +13,8 @@ from typing import Any
 from alrs.env import EnvConfig, LREnv
 from alrs.episodes import run_jobs
 from alrs.errors import UserError
+from alrs.formats import ENV_ADDED_LATER
 from alrs.io import FolderLock, load_json
-from alrs.optim import OPTIMIZER_FIELDS
 from alrs.parallel import WorkerPool
 from alrs.results import EpisodeResult, ResultStore, check_record
 from alrs.schedules import (
@@ -28,21 +28,18 @@ from alrs.schedules import (
     peer_from_record,
     peer_grid,
 )
+from alrs.settings import runtime_settings
 
 BASELINE_KEYS = ("dataset", "architecture", "batch_size", "update_freq", "num_train_steps", "val_size")
 """The env settings that decide a hand-made schedule's results (the rest concern the controller)."""
 
 
-LATER_SETTINGS = ("reward", "lr_feature", "time_feature", "feature_scale", "instance_set", *OPTIMIZER_FIELDS)
-"""EnvConfig fields added after the first committed results."""
-
-
 def evaluation_settings(config: EnvConfig, keys: Sequence[str] | None = None) -> dict[str, Any]:
     """The env settings that decide a result: ``keys``, or all but where the data are and what ran it."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("data_dir", "device", "eval_batch_size")}
+    settings = {k: v for k, v in asdict(config).items() if k not in runtime_settings(EnvConfig)}
     # Settings added after results were first stored are recorded only where they differ from their
     # default, so that stored results of the default stay valid.
-    for key in LATER_SETTINGS:
+    for key in ENV_ADDED_LATER:
         if settings[key] == getattr(EnvConfig, key):
             del settings[key]
     return settings if keys is None else {k: settings[k] for k in keys}
@@ -180,7 +177,6 @@ __all__ = [
     "BEST_KEYS",
     "DECAYS_TO_ZERO",
     "GRID_NOTE",
-    "LATER_SETTINGS",
     "PEER_FAMILIES",
     "baseline_file",
     "baseline_grid_search",

@@ -37,6 +37,7 @@ from gymnasium.vector.utils import batch_space
 
 from alrs.env import EnvConfig, LREnv, resolve_device
 from alrs.errors import UserError
+from alrs.settings import setting
 from alrs.tasks import make_training_env
 from alrs.vector_env import make_lr_envs, vector_seeds
 
@@ -53,23 +54,32 @@ def available_cores() -> int:
 class ParallelConfig:
     """Where a script's child trainings run.
 
-    Args:
-        workers: processes (or Ray actors) that train children at once; None: on the CPU one per two
-            cores (capped by the jobs), each with two torch threads; one on CUDA, where the batched env
-            fills the GPU instead; with Ray, one per job.
-        backend: ``local`` or ``ray``.
-        ray_address: the Ray cluster to join (``host:port``, ``ray://host:port`` or ``auto``);
-            None starts a local Ray with this machine's cores.
-        threads: torch threads per worker; None: the cores split evenly among the workers.
-        max_worker_restarts: workers that may die in one run (killed, out of memory) and be replaced,
-            their lost work rerun exactly; one more death stops the run with its cause.
+    Each field's help is its documentation (and its flag's --help).
     """
 
-    workers: int | None = None
-    backend: str = "local"
-    ray_address: str | None = None
-    threads: int | None = None
-    max_worker_restarts: int = 3
+    workers: int | None = setting(
+        None,
+        "processes (or Ray actors) that train children at once; None: on the CPU one per two cores "
+        "(capped by the jobs), each with two torch threads; one on CUDA, where the batched env fills "
+        "the GPU instead; with Ray, one per job.",
+        runtime=True,
+    )
+    backend: str = setting("local", "local or ray.", runtime=True)
+    ray_address: str | None = setting(
+        None,
+        "the Ray cluster to join (host:port, ray://host:port or auto); None starts a local Ray with "
+        "this machine's cores.",
+        runtime=True,
+    )
+    threads: int | None = setting(
+        None, "torch threads per worker; None: the cores split evenly among the workers.", runtime=True
+    )
+    max_worker_restarts: int = setting(
+        3,
+        "workers that may die in one run (killed, out of memory) and be replaced, their lost work "
+        "rerun exactly; one more death stops the run with its cause.",
+        runtime=True,
+    )
 
     def __post_init__(self) -> None:
         if self.workers is not None and (
@@ -98,7 +108,7 @@ class ParallelConfig:
         if self.backend == "ray":
             return max(1, jobs)  # the cluster's scheduler places them
         # On 2 cores, one process on both cores beat two single-threaded ones for LeNet-5 and lost
-        # to them for the MLP (benchmarks/throughput.py, README "Speed"): two threads per worker.
+        # to them for the MLP (benchmarks/throughput.py, docs/speed.md): two threads per worker.
         return 1 if resolve_device(config.device).type == "cuda" else max(1, min(jobs, available_cores() // 2))
 
     def threads_per_worker(self, workers: int) -> int:

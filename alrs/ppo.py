@@ -23,6 +23,7 @@ from torch import nn
 
 from alrs.controller import Controller, describe_action_space
 from alrs.errors import UserError
+from alrs.settings import setting
 
 MAX_WIDTH = 65_536
 """The widest hidden layer accepted: a controller maps 7 to 9 features to an action, and a width
@@ -33,51 +34,46 @@ beyond this is a typo that would exhaust memory rather than a choice."""
 class PPOConfig:
     """PPO hyper-parameters.
 
-    Args:
-        hidden_sizes: hidden layers of the actor and of the critic (seed: two of 32; paper: one of 32).
-        learning_rate: Adam step size for actor and critic.
-        num_steps: env steps (for the LR env: controller steps, not Adam steps) per env per rollout
-            (100 = one whole episode of the LR env at the paper's settings).
-        gamma: discount factor.
-        gae_lambda: lambda of generalized advantage estimation.
-        num_minibatches: minibatches per epoch over the rollout.
-        update_epochs: passes over the rollout per update.
-        clip_coef: epsilon of the clipped surrogate objective (paper authors' code: 0.2).
-        clip_vloss: clip the value loss around the old values as well.
-        ent_coef: weight of the entropy bonus.
-        vf_coef: weight of the value loss.
-        max_grad_norm: global gradient-norm clip.
-        target_kl: stop the epochs of an update early past this approximate KL (None: never).
-        norm_obs: normalize observations by running mean and variance.
-        norm_reward: scale rewards by the running std of the discounted return.
-        clip_obs: clip normalized observations to [-clip_obs, clip_obs].
-        clip_reward: clip scaled rewards to [-clip_reward, clip_reward].
-        init_log_std: initial log std of the Gaussian policy (continuous actions); -1 (std 0.37 of
-            the half-range) keeps early samples mostly inside the action range, not at its clipped ends.
-        common_reset_seed: reset every env of a rollout with the same seed (common random numbers,
-            ours): in the LR env its children then share initialization and batch order, so their
-            returns differ only through the actions taken. False: seeds seed, seed + 1, ...
+    Each field's help is its documentation (and its flag's --help).
     """
 
-    hidden_sizes: tuple[int, ...] = (32, 32)
-    learning_rate: float = 3e-4
-    num_steps: int = 100
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    num_minibatches: int = 4
-    update_epochs: int = 4
-    clip_coef: float = 0.2
-    clip_vloss: bool = True
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: float | None = None
-    norm_obs: bool = True
-    norm_reward: bool = True
-    clip_obs: float = 10.0
-    clip_reward: float = 10.0
-    init_log_std: float = -1.0
-    common_reset_seed: bool = False
+    hidden_sizes: tuple[int, ...] = setting(
+        (32, 32), "hidden layers of the actor and of the critic (seed: two of 32; paper: one of 32)."
+    )
+    learning_rate: float = setting(3e-4, "Adam step size for actor and critic.", flag="ppo_lr")
+    num_steps: int = setting(
+        100,
+        "env steps (for the LR env: controller steps, not Adam steps) per env per rollout (100 = one "
+        "whole episode of the LR env at the paper's settings); set from the episode's length, not a flag.",
+        scripts=(),
+    )
+    gamma: float = setting(0.99, "discount factor.")
+    gae_lambda: float = setting(0.95, "lambda of generalized advantage estimation.")
+    num_minibatches: int = setting(4, "minibatches per epoch over the rollout.")
+    update_epochs: int = setting(4, "passes over the rollout per update.")
+    clip_coef: float = setting(0.2, "epsilon of the clipped surrogate objective (paper authors' code: 0.2).")
+    clip_vloss: bool = setting(True, "clip the value loss around the old values as well.")
+    ent_coef: float = setting(0.01, "weight of the entropy bonus.")
+    vf_coef: float = setting(0.5, "weight of the value loss.")
+    max_grad_norm: float = setting(0.5, "global gradient-norm clip.")
+    target_kl: float | None = setting(
+        None, "stop the epochs of an update early past this approximate KL (None: never)."
+    )
+    norm_obs: bool = setting(True, "normalize observations by running mean and variance.")
+    norm_reward: bool = setting(True, "scale rewards by the running std of the discounted return.")
+    clip_obs: float = setting(10.0, "clip normalized observations to [-clip_obs, clip_obs].")
+    clip_reward: float = setting(10.0, "clip scaled rewards to [-clip_reward, clip_reward].")
+    init_log_std: float = setting(
+        -1.0,
+        "initial log std of the Gaussian policy (continuous actions); -1 (std 0.37 of the half-range)"
+        " keeps early samples mostly inside the action range, not at its clipped ends.",
+    )
+    common_reset_seed: bool = setting(
+        False,
+        "reset every env of a rollout with the same seed (common random numbers, ours): in the LR env"
+        " its children then share initialization and batch order, so their returns differ only "
+        "through the actions taken. False: seeds seed, seed + 1, ...",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))

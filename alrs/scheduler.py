@@ -60,6 +60,7 @@ from alrs.features import (
     observation_tail,
     relative_child_features,
 )
+from alrs.formats import read_controller
 from alrs.io import load_torch
 from alrs.optim import evaluation_weights, optimizer_class
 
@@ -85,9 +86,7 @@ def _controller_checkpoint(checkpoint: str | os.PathLike | dict[str, Any]) -> tu
     """The controller's checkpoint dict of a best.pt, a last.pt or a loaded dict, and its name for errors."""
     source = "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
     data = checkpoint if isinstance(checkpoint, dict) else load_torch(checkpoint)
-    if isinstance(data, dict) and "format" not in data and isinstance(data.get("controller"), dict):
-        data = data["controller"]  # a last.pt: PPO state, progress, and the controller
-    return data, source
+    return read_controller(data), source
 
 
 def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source: str) -> dict[str, Any]:
@@ -109,11 +108,11 @@ def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source
             f"{source}: the controller observes features {features}, not a feature set that "
             "alrs.features.feature_names produces"
         )
-    if tuple(features) != feature_names(env["lr_feature"], env["time_feature"], env.get("feature_scale", "raw")):
+    if tuple(features) != feature_names(env["lr_feature"], env["time_feature"], env["feature_scale"]):
         raise UserError(
             f"{source}: features {list(features)} contradict the checkpoint's lr_feature="
             f"{env['lr_feature']!r}, time_feature={env['time_feature']!r} and feature_scale="
-            f"{env.get('feature_scale', 'raw')!r}"
+            f"{env['feature_scale']!r}"
         )
     if controller.obs_dim != len(features):
         raise UserError(
@@ -127,11 +126,10 @@ def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source
     )
     if controller.action_spec != wanted:
         raise UserError(f"{source}: the controller's actions are {controller.action_spec}, its metadata says {wanted}")
-    # Checkpoints from before the optimizer setting all drove Adam.
     return {
         **{key: env[key] for key in _ENV_SETTINGS},
         "features": tuple(features),
-        "optimizer": env.get("optimizer", "adam"),
+        "optimizer": env["optimizer"],
     }
 
 

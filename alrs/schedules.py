@@ -19,6 +19,7 @@ import torch
 from alrs.controller import Controller, describe_action_space
 from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
+from alrs.formats import migrate_controller
 from alrs.optim import OPTIMIZER_FIELDS
 
 StepResult = tuple[np.ndarray, float, bool, bool, dict[str, Any]]
@@ -263,7 +264,7 @@ class Learned(Schedule):
         if policy not in self.POLICIES:
             raise UserError(f"the policy must be one of {', '.join(self.POLICIES)}, got {policy!r}")
         self.controller = Controller.from_checkpoint(checkpoint)
-        self.metadata = checkpoint.get("metadata", {})
+        self.metadata = migrate_controller(checkpoint).get("metadata", {})
         self.name, self.initial_lr, self.policy = name, initial_lr, policy
         self._generator: torch.Generator | None = None
 
@@ -274,7 +275,8 @@ class Learned(Schedule):
         return other
 
     def check(self, env: LREnv) -> None:
-        trained_with = self.metadata.get("env", {}).get("optimizer", "adam")  # older checkpoints: all Adam
+        # A checkpoint without settings (made outside training) is taken to drive the paper's Adam.
+        trained_with = self.metadata.get("env", {}).get("optimizer", PAPER_OPTIMIZER["optimizer"])
         if trained_with != env.config.optimizer:
             raise UserError(
                 f"the controller was trained to drive {trained_with}, this env's child uses {env.config.optimizer}; "

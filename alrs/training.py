@@ -25,11 +25,8 @@ from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.ppo import PPO, PPOConfig
 from alrs.recorder import Recorder
 from alrs.runfolder import BEST_FILE, LAST_FILE, LOCK_FILE
+from alrs.settings import runtime_settings, setting
 from alrs.tasks import task_metadata
-
-RUNTIME_SETTINGS = ("data_dir", "device", "eval_batch_size")
-"""Environment settings that say where and how fast a child trains, not what it learns: a run may resume,
-and a test may run, with others."""
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -52,23 +49,27 @@ def controller_metadata(env_config: EnvConfig, ppo_config: PPOConfig, **extra: A
 class TrainingConfig:
     """How long a controller trains, and how its run chooses best.pt and reports.
 
-    Args:
-        num_envs: child trainings per PPO iteration (seed: 4).
-        episodes: episodes to train for (rounded up to whole iterations).
-        eval_every: PPO iterations between deterministic evaluations that choose best.pt (and one after the
-            last; 0: none, best.pt is the controller behind the best episode, the seed's rule).
-        eval_seeds: held-out seeds per deterministic evaluation.
-        tensorboard: also write TensorBoard events under the run folder (needs: pip install tensorboard).
-        batched_envs: train the num-envs children as one vmapped model (unset: only on CUDA, where the
-            architecture allows; equivalent, not bitwise identical, so a run may resume with the other choice).
+    Each field's help is its documentation (and its flag's --help).
     """
 
-    num_envs: int = 4
-    episodes: int = 1000
-    eval_every: int = 10
-    eval_seeds: int = 4
-    tensorboard: bool = False
-    batched_envs: bool | None = None
+    num_envs: int = setting(4, "child trainings per PPO iteration (seed: 4).")
+    episodes: int = setting(1000, "episodes to train for (rounded up to whole iterations).", runtime=True)
+    eval_every: int = setting(
+        10,
+        "PPO iterations between deterministic evaluations that choose best.pt (and one after the "
+        "last; 0: none, best.pt is the controller behind the best episode, the seed's rule).",
+    )
+    eval_seeds: int = setting(4, "held-out seeds per deterministic evaluation.")
+    tensorboard: bool = setting(
+        False, "also write TensorBoard events under the run folder (needs: pip install tensorboard).", runtime=True
+    )
+    batched_envs: bool | None = setting(
+        None,
+        "train the num-envs children as one vmapped model (unset: only on CUDA, where the "
+        "architecture allows; equivalent, not bitwise identical, so a run may resume with the other "
+        "choice).",
+        runtime=True,
+    )
 
 
 def train_controller(
@@ -140,7 +141,8 @@ def check_same_run(saved: dict[str, Any], ours: dict[str, Any], path: Path) -> N
         f"{part}.{key}"
         for part in ("env", "ppo")
         for key in ours[part]
-        if key not in RUNTIME_SETTINGS and saved.get(part, {}).get(key) != ours[part][key]
+        if key not in runtime_settings(EnvConfig) | runtime_settings(PPOConfig)
+        and saved.get(part, {}).get(key) != ours[part][key]
     ]
     differ += ["seed"] if saved.get("seed") != ours["seed"] else []
     if differ:

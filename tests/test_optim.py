@@ -13,18 +13,15 @@ import torch.nn.functional as F
 from cli import run_script, small_flags
 from test_scheduler import _checkpoint
 
+from alrs.cli import config_of, parse_args
 from alrs.env import EnvConfig, make_env
 from alrs.episodes import run_episode
 from alrs.errors import UserError
 from alrs.grid import BEST_KEYS, baseline_grid_search, schedule_from_record
-from alrs.io import save_torch
 from alrs.optim import evaluation_weights
-from alrs.ppo import PPOConfig
 from alrs.scheduler import LearnedLRScheduler
 from alrs.schedules import Constant, Learned, adam_ema, peer_grid, prodigy, schedule_free
-from alrs.training import _check_last, controller_metadata
 from alrs.vector_env import check_batchable
-from utils import env_config, parse_args
 
 
 @torch.no_grad()
@@ -37,7 +34,7 @@ def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def test_optimizer_settings_come_from_flags_and_config_files(tmp_path: Path) -> None:
     flags = ["--optimizer", "schedulefree-adamw", "--warmup-steps", "3", "--beta1", "0.95", "--weight-decay", "0.01"]
-    config = env_config(parse_args("train", flags))
+    config = config_of(EnvConfig, parse_args("train", flags))
     assert (config.optimizer, config.warmup_steps, config.beta1, config.weight_decay) == (
         "schedulefree-adamw",
         3,
@@ -46,12 +43,12 @@ def test_optimizer_settings_come_from_flags_and_config_files(tmp_path: Path) -> 
     )
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"optimizer": "prodigy", "d_coef": 0.5, "weight_average": "ema:0.9"}))
-    config = env_config(parse_args("train", ["--config", str(path)]))
+    config = config_of(EnvConfig, parse_args("train", ["--config", str(path)]))
     assert (config.optimizer, config.d_coef, config.weight_average) == ("prodigy", 0.5, "ema:0.9")
-    assert env_config(parse_args("train", [])).optimizer == "adam"  # the paper's, the default
+    assert config_of(EnvConfig, parse_args("train", [])).optimizer == "adam"  # the paper's, the default
     path.write_text(json.dumps({"optimizer": "lion"}))
     with pytest.raises(UserError, match="optimizer must be one of adam, adamw, sgd, schedulefree-adamw, prodigy"):
-        env_config(parse_args("train", ["--config", str(path)]))
+        config_of(EnvConfig, parse_args("train", ["--config", str(path)]))
 
 
 @pytest.mark.parametrize(
@@ -198,20 +195,6 @@ def test_the_batched_children_refuse_another_optimizer(small_env_options: dict) 
         check_batchable(EnvConfig(**small_env_options, optimizer="schedulefree-adamw"))
     with pytest.raises(UserError, match="weight_average differ"):
         check_batchable(EnvConfig(**small_env_options, weight_average="uniform"))
-
-
-def test_a_last_pt_from_before_the_optimizer_settings_resumes(small_env_options: dict, tmp_path: Path) -> None:
-    config, ppo = EnvConfig(**small_env_options), PPOConfig()
-    metadata = controller_metadata(config, ppo, seed=0)
-    for key in ("optimizer", "beta1", "beta2", "weight_decay", "warmup_steps", "d_coef", "weight_average"):
-        del metadata["env"][key]
-    saved = {"ppo": {}, "progress": {"episodes_done": 0}, "controller": {"metadata": metadata}}
-    save_torch(saved, tmp_path / "last.pt")
-    _check_last(saved, tmp_path / "last.pt", config, ppo, 0, {"episodes_done": 0})  # read as the defaults: Adam
-    with pytest.raises(UserError, match=r"env\.optimizer"):
-        _check_last(
-            saved, tmp_path / "last.pt", EnvConfig(**small_env_options, optimizer="sgd"), ppo, 0, {"episodes_done": 0}
-        )
 
 
 def test_the_scheduler_observes_schedule_free_evaluation_weights(small_env_options: dict) -> None:

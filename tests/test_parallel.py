@@ -22,7 +22,7 @@ from alrs.parallel import ParallelConfig, WorkerDied, WorkerPool
 from alrs.ppo import PPOConfig
 from alrs.results import ResultStore
 from alrs.schedules import Constant, Cosine, StepDecay
-from alrs.training import train_controller
+from alrs.training import TrainingConfig, train_controller
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +47,9 @@ def _train(
             run,
             config,
             PPOConfig(num_steps=4),
-            num_envs=4,
-            episodes=12,
+            TrainingConfig(num_envs=4, episodes=12, eval_every=1, eval_seeds=2),
             seed=5,
             progress=False,
-            eval_every=1,
-            eval_seeds=2,
             pool=pool,
         )
     metrics = [row[:7] + row[8:] for row in csv.reader(open(run / "metrics.csv"))]

@@ -18,7 +18,7 @@ from alrs.controller import Controller
 from alrs.data import load_dataset
 from alrs.env import BatchSampler, EnvConfig, LREnv, init_child
 from alrs.episodes import run_episode
-from alrs.features import FIXED_SCALE_FEATURES, PAPER_FEATURES, next_lr
+from alrs.features import PAPER_FEATURES, fixed_scale_indices, next_lr
 from alrs.io import load_torch, save_torch
 from alrs.ppo import PPOConfig
 from alrs.scheduler import LearnedLRScheduler
@@ -33,21 +33,11 @@ from alrs import build_model, load_dataset
 from alrs.scheduler import LearnedLRScheduler
 
 data = load_dataset("fa-mnist", "./data")
-val_x, val_y = data.val_x[:1000], data.val_y[:1000]  # the same examples at every observation
 model = build_model("mlp", "fa-mnist")  # any model; the controller's own setting is the tested one
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)  # the controller was trained from 1e-2
-
-
-def evaluate():  # validation logits and targets
-    model.eval()
-    with torch.no_grad():
-        logits = model(val_x)
-    model.train()
-    return logits, val_y
-
-
+val_x, val_y = data.val_x[:1000], data.val_y[:1000]  # the same examples at every observation
 controller = "results/controllers/fa-mnist_mlp_quick-recipe/best.pt"
-scheduler = LearnedLRScheduler(optimizer, controller, model.output_layer, evaluate=evaluate)
+scheduler = LearnedLRScheduler(optimizer, controller, model.output_layer, evaluate=lambda: (model(val_x), val_y))
 for step in range(scheduler.num_train_steps):
     batch = torch.randint(len(data.train_x), (500,))
     loss = F.cross_entropy(model(data.train_x[batch]), data.train_y[batch])
@@ -74,7 +64,7 @@ def _checkpoint(config: EnvConfig, seed: int = 0) -> dict[str, Any]:
         controller = Controller(
             len(features),
             space,
-            fixed_scale=tuple(i for i, name in enumerate(features) if name in FIXED_SCALE_FEATURES),
+            fixed_scale=fixed_scale_indices(features),
         )
     # typical values of the features of this fake data (the log-LR and time features are not normalized)
     mean = torch.tensor([1.8, 1.7, 5e-3, 2e-3, 0.0, 3e-3, 3e-3, 0.5], dtype=torch.float64)[: len(features)]

@@ -140,7 +140,7 @@ def test_unknown_test_id_lists_the_runs(trained_run: Path) -> None:
 
 
 def test_test_id_is_found_under_the_config_files_out_dir(trained_run: Path, tmp_path: Path) -> None:
-    from utils import parse_args
+    from alrs.cli import parse_args
 
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"out_dir": str(trained_run.parent)}))

@@ -11,6 +11,7 @@ import torch
 from cli import run_script, small_flags
 
 from alrs import evaluator
+from alrs.cli import parse_args
 from alrs.env import EnvConfig, LREnv
 from alrs.errors import UserError
 from alrs.io import load_torch
@@ -18,7 +19,6 @@ from alrs.plotting import plot_training
 from alrs.ppo import PPO, PPOConfig, make_vector_env
 from alrs.runfolder import checkpoint_file, evaluation_curves
 from alrs.training import TrainingConfig, train_controller
-from utils import parse_args
 
 
 def test_config_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None:

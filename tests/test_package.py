@@ -1,0 +1,83 @@
+"""The package as a user installs it: pip install, the console scripts, the scripts of a clone, the settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from cli import ROOT, run_script
+
+from alrs.cli import ALL, SETTINGS, build_parser
+from alrs.settings import runtime_settings
+
+BIN = Path(sys.executable).parent
+
+
+def test_pip_builds_the_package_with_its_console_scripts_and_nothing_else(tmp_path: Path) -> None:
+    # The venv's setuptools, no network: the same build `pip install .` makes.
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("alrs-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "alrs/commands/train.py" in names and "alrs/cli.py" in names
+    assert {name.split("/")[0] for name in names if not name.startswith("alrs-")} == {"alrs"}  # no utils, tests
+    (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for command in ("train", "baselines", "test"):
+        assert f"alrs-{command} = alrs.commands.{command}:cli" in text
+
+
+def test_the_console_scripts_do_what_the_scripts_do(tmp_path: Path) -> None:
+    for command in ("train", "baselines", "test"):
+        console = subprocess.run([str(BIN / f"alrs-{command}"), "--help"], capture_output=True, text=True, cwd=ROOT)
+        script = run_script(f"{command}.py", "--help")
+        assert console.returncode == script.returncode == 0, console.stderr
+        words = [text.replace(f"alrs-{command}", f"{command}.py").split() for text in (console.stdout, script.stdout)]
+        assert words[0] == words[1]  # the same flags and help (wrapped to the width of another name)
+    console = subprocess.run(
+        [str(BIN / "alrs-test"), "--test-id", "nope", "--out-dir", str(tmp_path)], capture_output=True, text=True
+    )
+    script = run_script("test.py", "--test-id", "nope", "--out-dir", str(tmp_path))
+    assert console.returncode == script.returncode == 2
+    assert console.stderr.replace("alrs-test", "test.py").split() == script.stderr.split()
+    assert "no run 'nope'" in script.stderr
+
+
+def test_a_script_without_a_dependency_names_the_install() -> None:
+    hide_scipy = "import sys, runpy; sys.modules['scipy'] = None; runpy.run_path('test.py', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", hide_scipy], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "'scipy' is not installed" in result.stderr and "pip install -r requirements.txt" in result.stderr
+
+
+def test_every_setting_is_one_declared_field_with_its_help_and_flag() -> None:
+    fields = [(cls, f) for _, cls, _ in SETTINGS for f in dataclasses.fields(cls)]
+    not_settings = [f.name for _, f in fields if f.metadata.get("scripts") == ()]
+    assert not_settings == ["num_steps"]  # PPO's rollout is the episode: set from it, not a flag
+    assert len(ALL) == len(fields) - len(not_settings)
+    for key, setting in ALL.items():
+        assert setting.help, key
+        flag = f"--{key.replace('_', '-')}"
+        flags = [build_parser(script)._option_string_actions.get(flag) for script in setting.scripts]
+        assert all(
+            flag is not None and flag.help.replace("%%", "%").startswith(setting.help.rstrip(".")) for flag in flags
+        ), key
+    assert "ppo_lr" in ALL and "learning_rate" not in ALL  # PPO's step size, apart from the child's LR
+    assert runtime_settings(SETTINGS[0][1]) == {"data_dir", "device", "eval_batch_size"}
