@@ -330,3 +330,25 @@ def _read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
         xs.append(torch.from_numpy(data))
         ys.append(torch.from_numpy(labels))
     return torch.cat(xs).float().div_(255.0), torch.cat(ys)
+
+
+class BatchSampler:
+    """Minibatch indices of one child: a fresh permutation each epoch, the last partial batch dropped."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, device: torch.device):
+        self.num_examples, self.batch_size, self.device = num_examples, batch_size, device
+        # A CPU generator: CUDA's draws another order from the same seed, and a seed must mean the same
+        # batches on every device, so that results stored on one pair with results stored on another.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.empty(0, dtype=torch.long, device=device)
+        self.cursor = 0
+
+    def next(self) -> torch.Tensor:
+        """The next minibatch's indices, shape (batch_size,)."""
+        if self.cursor + self.batch_size > len(self.order):
+            # Once an epoch: a permutation drawn on the host and copied over.
+            self.order = torch.randperm(self.num_examples, generator=self.generator).to(self.device)
+            self.cursor = 0
+        idx = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return idx

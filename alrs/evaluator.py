@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from alrs.controller import Controller
-from alrs.env import RANDOM_INITIAL_LRS, EnvConfig, LREnv
+from alrs.env import EnvConfig, LREnv
 from alrs.formats import Progress
 from alrs.io import save_torch
 from alrs.parallel import WorkerPool
 from alrs.ppo import Episode
 from alrs.runfolder import BEST_FILE, evaluated_checkpoint, evaluated_iterations
+from alrs.tracker import RANDOM_INITIAL_LRS
 
 EVAL_SEED_BASE = 2000
 """Held-out evaluation seeds are 2000, 2001, ...: apart from the training resets (hashes of the run

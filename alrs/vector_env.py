@@ -5,7 +5,7 @@ GPU mostly idle; :class:`BatchedLREnv` stacks their parameters and runs every fo
 and Adam step for all of them at once with ``torch.func.vmap``. Each child keeps its own seed,
 initialization, minibatch order and learning rate, so the observations and rewards are those of
 ``num_envs`` separate :class:`~alrs.env.LREnv` (up to float rounding): the episode bookkeeping
-(random draws, LR updates, rewards, divergence) is LREnv's own :class:`~alrs.env.EpisodeTracker`,
+(random draws, LR updates, rewards, divergence) is LREnv's own :class:`~alrs.tracker.EpisodeTracker`,
 one for each child.
 """
 
@@ -22,8 +22,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from alrs.data import Splits, load_dataset
-from alrs.env import BatchSampler, EnvConfig, EpisodeTracker, LREnv, init_child, resolve_device
+from alrs.data import BatchSampler, Splits, load_dataset
+from alrs.env import EnvConfig, EpisodeTracker, LREnv, init_child, resolve_device
 from alrs.errors import UserError
 from alrs.features import child_features
 from alrs.ppo import make_vector_env
@@ -79,7 +79,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
         device = resolve_device(config.device)
         data = load_dataset(config.dataset, config.data_dir, device) if data is None else data.to(device)
         single = LREnv(config, data=data)  # checks the sizes and gives the spaces; it never builds a child
-        # One tracker per child: that child's episode bookkeeping, LREnv's own code (alrs.env.EpisodeTracker).
+        # One tracker per child: that child's episode bookkeeping, LREnv's own code (alrs.tracker.EpisodeTracker).
         self._episodes = [EpisodeTracker(config) for _ in range(num_envs)]
         self._rngs: list[np.random.Generator | None] = [None] * num_envs  # seeded as gymnasium seeds an env
         self.config, self.device, self.data = config, device, single.data

@@ -7,7 +7,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from alrs.env import FEATURES, RANDOM_INITIAL_LRS, BatchSampler, EnvConfig, make_env
+from alrs.data import BatchSampler
+from alrs.env import FEATURES, EnvConfig, make_env
+from alrs.tracker import RANDOM_INITIAL_LRS
 
 
 def test_observation_shape_dtype_order_and_reward(small_env_options: dict) -> None:

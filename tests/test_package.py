@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,23 +18,13 @@ BIN = Path(sys.executable).parent
 
 
 def test_pip_builds_the_package_with_its_console_scripts_and_nothing_else(tmp_path: Path) -> None:
-    # The venv's setuptools, no network: the same build `pip install .` makes.
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # The venv's setuptools, no network: the build `pip install .` makes, of a copy (setuptools writes build/).
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "alrs", source / "alrs", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-qw", str(tmp_path), "."]
+    subprocess.run(command, check=True, capture_output=True, cwd=source)
     (wheel,) = tmp_path.glob("alrs-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "alrs/commands/train.py" in names and "alrs/cli.py" in names

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from gymnasium.utils.seeding import np_random
 
 from alrs.controller import Controller
-from alrs.data import load_dataset
-from alrs.env import BatchSampler, EnvConfig, LREnv, init_child
+from alrs.data import BatchSampler, load_dataset
+from alrs.env import EnvConfig, LREnv, init_child
 from alrs.episodes import run_episode
 from alrs.features import PAPER_FEATURES, fixed_scale_indices, next_lr
 from alrs.io import load_torch, save_torch

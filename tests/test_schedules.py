@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from alrs.env import BatchSampler, make_env
+from alrs.data import BatchSampler
+from alrs.env import make_env
 from alrs.episodes import run_episode
 from alrs.errors import UserError
 from alrs.grid import BEST_KEYS, baseline_grid_search
