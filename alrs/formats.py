@@ -11,6 +11,10 @@ current one; the rest of the library sees only current versions. The formats:
   fields (before deterministic evaluations), then six (with best_eval_loss and best_eval_iteration), then
   all eight; the fields a run predates read as their defaults (it never evaluated, or never reported).
 - metrics.csv: the header without the last column ``initial_lr`` (before it existed) gains it, empty.
+- result store (a test's results.json and summary.json, a grid file, a suite's store): ``alrs-results/2``.
+  Version 1 (no ``format`` key) has schedule records without ``family`` (a step decay has
+  ``discount_step``, a learned schedule ``trained_on``, else it is a constant), and summaries from
+  before the fair protocol key their schedules by label, without a ``label`` field.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from alrs.errors import UserError
 
 CONTROLLER_FORMAT = "alrs-controller/1"
 TRAINING_FORMAT = "alrs-training/2"
+RESULTS_FORMAT = "alrs-results/2"
 
 ENV_ADDED_LATER: dict[str, Any] = {
     "lr_feature": "lr",
@@ -127,3 +132,34 @@ def migrate_metrics_header(rows: list[list[str]], columns: tuple[str, ...]) -> l
     if rows and tuple(rows[0]) == columns[:-1]:
         return [list(columns), *[[*row, ""] for row in rows[1:]]]
     return rows
+
+
+def read_store(data: Any, path: Path) -> dict[str, Any]:
+    """A result store of any version (a JSON object as read), in the current version; a one-line error for
+    anything else. Its records are checked by :func:`alrs.results.check_record`."""
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise UserError(f'{path}: not a result store of alrs (no "results" object); delete it or write elsewhere')
+    version = data.get("format", "alrs-results/1")
+    if version == RESULTS_FORMAT:
+        return data
+    if version != "alrs-results/1":
+        raise UserError(f"{path}: result-store format {version!r} is newer than this alrs; upgrade alrs")
+    results = {key: _record_with_family(record) for key, record in data["results"].items()}
+    migrated = {"format": RESULTS_FORMAT, **data, "results": results}
+    summary = data.get("summary")
+    if isinstance(summary, dict) and isinstance(summary.get("schedules"), dict):
+        schedules = {
+            key: {"label": key, **entry} if isinstance(entry, dict) else entry
+            for key, entry in summary["schedules"].items()
+        }
+        migrated["summary"] = {**summary, "schedules": schedules}
+    return migrated
+
+
+def _record_with_family(record: Any) -> Any:
+    """A version-1 episode record whose schedule says its family."""
+    schedule = record.get("schedule") if isinstance(record, dict) else None
+    if not isinstance(schedule, dict) or "family" in schedule:
+        return record
+    family = "step-decay" if "discount_step" in schedule else "learned" if "trained_on" in schedule else "constant"
+    return {**record, "schedule": {**schedule, "family": family}}

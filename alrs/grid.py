@@ -126,9 +126,8 @@ def best_of_family(results: dict[str, EpisodeResult], family: str, initial_lr: f
 
 
 def schedule_from_record(record: dict[str, Any]) -> HandMadeSchedule:
-    """Rebuild a hand-made schedule from its ``describe()`` record (records from before ``family``
-    existed are step decays or constants)."""
-    family = record.get("family") or ("step-decay" if "discount_step" in record else "constant")
+    """Rebuild a hand-made schedule from its ``describe()`` record."""
+    family = record["family"]
     if family in PEER_FAMILIES:
         return peer_from_record(record)
     if family == "step-decay":

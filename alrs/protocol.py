@@ -204,8 +204,7 @@ def stored_curves(folder: str | Path) -> tuple[dict[str, list[dict[str, Any]]], 
     ):
         raise UserError(f"{path}: not a finished test (no summary); rerun the test's command to finish it")
     seeds = settings.get("seeds", [])
-    # Summaries stored before the fair protocol key schedules by label and have no "label" field.
-    labels = [entry.get("label", key) for key, entry in summary["schedules"].items()]
+    labels = [entry["label"] for entry in summary["schedules"].values()]
     keys = {label: [result_key(label, seed) for seed in seeds] for label in labels}
     if missing := [key for label in labels for key in keys[label] if key not in store]:
         raise UserError(f"{path}: no stored run {missing[0]!r}; rerun the test's command to finish it")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alrs.errors import UserError
+from alrs.formats import RESULTS_FORMAT, read_store
 from alrs.io import load_json, save_json
 
 
@@ -62,13 +63,9 @@ class ResultStore:
 
     def __init__(self, path: str | Path, settings: dict[str, Any] | None = None):
         self.path, self.settings = Path(path), settings if settings is not None else {}
-        self.data: dict[str, Any] = {"settings": self.settings, "results": {}}
+        self.data: dict[str, Any] = {"format": RESULTS_FORMAT, "settings": self.settings, "results": {}}
         if self.path.exists():
-            data = load_json(self.path)
-            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-                raise UserError(
-                    f'{self.path}: not a result store of alrs (no "results" object); delete it or write elsewhere'
-                )
+            data = read_store(load_json(self.path), self.path)
             for key, record in data["results"].items():
                 check_record(record, f"{self.path}: result {key!r}")
             if settings is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -16,13 +17,17 @@ from alrs.errors import UserError
 from alrs.formats import (
     ENV_ADDED_LATER,
     PPO_ADDED_LATER,
+    RESULTS_FORMAT,
     TRAINING_FORMAT,
     Progress,
     migrate_controller,
     read_training_state,
 )
+from alrs.grid import schedule_from_record
 from alrs.io import load_torch, save_torch
 from alrs.ppo import PPO, PPOConfig
+from alrs.protocol import stored_curves
+from alrs.results import ResultStore
 from alrs.runfolder import METRICS_COLUMNS, truncate_csv
 from alrs.training import TrainingConfig, train_controller
 
@@ -127,3 +132,45 @@ def test_settings_added_later_are_read_as_what_runs_before_them_used() -> None:
 def test_a_damaged_or_newer_last_pt_is_a_one_line_error(saved: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=message):
         read_training_state(saved, tmp_path / "last.pt")
+
+
+def _committed_stores() -> list[Path]:
+    stores = []
+    for path in sorted(RESULTS.glob("**/*.json")):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and isinstance(data.get("results"), dict):
+            stores.append(path)
+    return stores
+
+
+def test_every_committed_result_store_and_grid_file_reads_in_the_current_format(tmp_path: Path) -> None:
+    stores = _committed_stores()
+    assert any("baselines" in p.parts for p in stores) and any(p.name == "summary.json" for p in stores)
+    for path in stores:
+        store = ResultStore(path)
+        assert store.data["format"] == RESULTS_FORMAT, path
+        for key in store.data["results"]:
+            record = store[key].schedule
+            if "baselines" in path.parts:  # a grid holds hand-made schedules and peers only
+                assert schedule_from_record(record).family == record["family"], (path, key)
+        copy = tmp_path / path.name
+        copy.write_text(path.read_text())
+        ResultStore(copy).update(note="rewritten")  # written back in the current format, read again the same
+        again = ResultStore(copy)
+        assert again.data["format"] == RESULTS_FORMAT
+        assert json.dumps(again.data["results"]) == json.dumps(store.data["results"]), path
+
+
+def test_a_test_from_before_the_fair_protocol_replots(tmp_path: Path) -> None:
+    old = RESULTS / "fa-mnist_mlp" / "fa-mnist_mlp_s0_20261128-114354"
+    assert '"label"' not in (old / "summary.json").read_text()  # the first version's summary
+    curves, title = stored_curves(old)
+    assert set(curves) == set(json.loads((old / "summary.json").read_text())["summary"]["schedules"])
+    assert all(len(runs) == 10 for runs in curves.values()) and "fa-mnist" in title
+
+
+def test_a_newer_result_store_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"format": "alrs-results/9", "settings": {}, "results": {}}))
+    with pytest.raises(UserError, match="newer than this alrs"):
+        ResultStore(path)
