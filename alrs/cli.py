@@ -25,6 +25,7 @@ from alrs.errors import UserError
 from alrs.io import load_json
 from alrs.parallel import ParallelConfig
 from alrs.ppo import PPOConfig
+from alrs.protocol import TEST_SEED_OFFSET
 from alrs.runfolder import CONFIG_FILE, resolve_run
 from alrs.settings import runtime_settings, setting
 from alrs.training import TrainingConfig
@@ -239,7 +240,8 @@ def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Names
     try:  # domains a type cannot say: the seed's range (the test seeds add up to 1000 + the seed count)
         check_seed(settings["seed"], "--seed")
         check_seed(
-            settings["seed"] + 1000 + max(settings["num_seeds"], settings["suite_seeds"]), "--seed + 1000 + seeds"
+            settings["seed"] + TEST_SEED_OFFSET + max(settings["num_seeds"], settings["suite_seeds"]),
+            f"--seed + {TEST_SEED_OFFSET} + seeds",
         )
     except UserError as exc:
         parser.error(str(exc))

@@ -30,6 +30,7 @@ from alrs.env import EnvConfig
 from alrs.episodes import run_jobs
 from alrs.grid import best_of_family, schedule_from_record
 from alrs.parallel import WorkerPool
+from alrs.protocol import seeds_for_test
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import (
     Constant,
@@ -88,7 +89,7 @@ def run_suite(
 ) -> dict[str, dict[str, list[EpisodeResult]]]:
     """Every held-out task's grid (on ``seed``) and schedules (on the test seeds); returns, per task name,
     each schedule label's results in seed order."""
-    seeds = [seed + 1000 + i for i in range(num_seeds)]
+    seeds = seeds_for_test(seed, num_seeds)
     tasks = instance_set.heldout
     grid_size = len(task_grid(tasks[0], 1)) if tasks else 0
     per_task = grid_size + num_seeds * (len(DEFAULTS) + len(TUNED) + (learned is not None))
@@ -205,7 +206,7 @@ def suite_settings(instance_set: InstanceSet, seed: int, num_seeds: int) -> dict
         "heldout": [asdict(t) for t in instance_set.heldout],
         "decisions": instance_set.decisions,
         "grid_seed": seed,
-        "seeds": [seed + 1000 + i for i in range(num_seeds)],
+        "seeds": seeds_for_test(seed, num_seeds),
     }
 
 

@@ -67,7 +67,7 @@ def suite(args: Namespace) -> int:
     learned, tag = None, "baselines"
     if args.suite_seeds <= 0:
         raise UserError("--suite-seeds must be positive")
-    seeds = [args.seed + 1000 + i for i in range(args.suite_seeds)]
+    seeds = seeds_for_test(args.seed, args.suite_seeds)
     if hasattr(args, "run_dir"):
         first_task = LREnv(instance_set.heldout[0].env_config(base, instance_set.decisions))
         learned, _, _, sha = load_learned(args.run_dir, args.checkpoint, first_task, args.policy)
