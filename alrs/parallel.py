@@ -1,6 +1,6 @@
 """Where work runs: in this process, in local worker processes, or as Ray actors on a cluster.
 
-What runs is the same everywhere. A worker hosts LR environments (built from an
+What runs is the same everywhere. A worker (:mod:`alrs.workers`) hosts LR environments (built from an
 :class:`~alrs.env.EnvConfig`, sharing one copy of the dataset) and does one of two things with them:
 
 * steps a slice of PPO's children, for :class:`WorkerVectorEnv` (the controller stays in the driver);
@@ -12,34 +12,30 @@ results are equal to the last digit; only the order in which episodes finish cha
 driver, the only process that writes files, stores each result as it arrives.
 
 Local workers are spawned processes that ignore Ctrl-C: the driver gets it, stops them
-(:meth:`WorkerPool.close`) and keeps what it has already written.
+(:meth:`WorkerPool.close`) and keeps what it has already written. A worker that dies (killed, out of
+memory) is replaced and its lost work rerun, up to ``max_worker_restarts`` deaths a run.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.connection
 import os
-import pickle
 import signal
 import socket
 import threading
-import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium.vector.utils import batch_space
 
-from alrs.env import EnvConfig, LREnv, resolve_device
+from alrs.env import EnvConfig, resolve_device
 from alrs.errors import UserError
 from alrs.settings import setting
-from alrs.tasks import make_training_env
 from alrs.vector_env import make_lr_envs, vector_seeds
+from alrs.workers import EnvsLost, Host, ProcessWorker, RayWorker, WorkerDied
 
 BACKENDS: tuple[str, ...] = ("local", "ray")
 """``local``: this process (1 worker) or local processes; ``ray``: Ray actors, local or on a cluster."""
@@ -116,213 +112,6 @@ class ParallelConfig:
         return self.threads if self.threads is not None else max(1, available_cores() // workers)
 
 
-class _Host:
-    """The LR environments of one worker and what can be run on them (in a worker process or a Ray actor)."""
-
-    def __init__(self, threads: int | None = None):
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self.envs: list[LREnv] = []
-        self._episode_envs: dict[EnvConfig, LREnv] = {}
-
-    def env(self, config: EnvConfig) -> LREnv:
-        """The env that runs whole episodes of ``config`` (built once; the dataset is loaded once per process)."""
-        if config not in self._episode_envs:
-            self._episode_envs[config] = make_training_env(config)
-        return self._episode_envs[config]
-
-    def make_envs(self, config: EnvConfig, count: int) -> tuple[gym.Space, gym.Space]:
-        """Build this worker's slice of PPO's children; returns their observation and action spaces."""
-        self.envs = [make_training_env(config) for _ in range(count)]
-        return self.envs[0].observation_space, self.envs[0].action_space
-
-    def reset(self, seeds: list[int | None], options: dict[str, Any] | None) -> list[tuple[np.ndarray, dict]]:
-        self._check_envs(len(seeds))
-        return [env.reset(seed=seed, options=options) for env, seed in zip(self.envs, seeds, strict=True)]
-
-    def _check_envs(self, count: int) -> None:
-        if len(self.envs) != count:
-            raise EnvsLost(f"this worker holds {len(self.envs)} envs, not {count}: it was restarted")
-
-    def step(self, actions: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Step each env; one that ends restarts at once (Gymnasium's SAME_STEP autoreset), its last
-        observation and info returned beside the new ones."""
-        self._check_envs(len(actions))
-        out = []
-        for env, action in zip(self.envs, actions, strict=True):
-            obs, reward, terminated, truncated, info = env.step(action)
-            final = None
-            if terminated or truncated:
-                final = {"final_obs": obs, "final_info": info}
-                obs, info = env.reset()
-            out.append((obs, reward, terminated, truncated, final, info))
-        return out
-
-    def run(self, fn: Callable[..., Any], config: EnvConfig, args: tuple) -> Any:
-        return fn(self.env(config), *args)
-
-    def ping(self) -> int:
-        return os.getpid()
-
-
-class WorkerDied(UserError):
-    """A worker process or Ray actor died (killed, out of memory) with work in flight."""
-
-
-class EnvsLost(RuntimeError):
-    """A worker was asked to step envs it does not hold: it was restarted (after a death) since they were made."""
-
-
-def death_cause(exitcode: int | None) -> str:
-    """Why a worker process ended, in words, with what to change where it is likely memory."""
-    if exitcode == -signal.SIGKILL:
-        return (
-            "killed by SIGKILL (exit -9), most likely the kernel's out-of-memory killer: lower --batch-size, "
-            "--val-size, --num-envs or --workers"
-        )
-    if exitcode is not None and exitcode < 0:
-        return f"killed by signal {-exitcode}"
-    return f"exit code {exitcode}"
-
-
-class _ProcessWorker:
-    """A host in a spawned local process, driven through a pipe."""
-
-    def __init__(self, context: Any, threads: int):
-        self.context, self.threads = context, threads
-        self._start()
-
-    def _start(self) -> None:
-        self.conn, child = self.context.Pipe()
-        self.process = self.context.Process(target=_serve, args=(child, self.threads), daemon=True, name="alrs-worker")
-        self.process.start()
-        child.close()
-
-    def restart(self) -> None:
-        """A fresh process in place of a dead one (its envs are gone: the caller rebuilds them)."""
-        self.close()
-        self._start()
-
-    def submit(self, method: str, *args: Any) -> None:
-        try:
-            self.conn.send((method, args))
-        except (BrokenPipeError, ConnectionError, EOFError, OSError) as exc:
-            raise self._died() from exc
-
-    def _died(self) -> WorkerDied:
-        self.process.join(timeout=5)
-        return WorkerDied(f"worker process {self.process.pid} died ({death_cause(self.process.exitcode)})")
-
-    def result(self) -> Any:
-        try:
-            status, value = self.conn.recv()
-        except (EOFError, ConnectionError, OSError) as exc:
-            raise self._died() from exc
-        if status == "error":
-            exc, trace = value
-            exc.add_note(f"in worker process {self.process.pid}:\n{trace}")
-            raise exc
-        return value
-
-    def close(self) -> None:
-        """Stop the process at once: work in flight is discarded (the driver has stored all finished work)."""
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.conn.close()
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    @staticmethod
-    def wait_any(workers: list[_ProcessWorker]) -> list[_ProcessWorker]:
-        ready = multiprocessing.connection.wait([w.conn for w in workers])
-        return [w for w in workers if w.conn in ready]
-
-
-def _serve(conn: multiprocessing.connection.Connection, threads: int) -> None:
-    """A worker process's loop: run the host's methods the driver asks for, send back their results."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops the workers
-    host = _Host(threads)
-    while True:
-        try:
-            method, args = conn.recv()
-        except (EOFError, ConnectionError):
-            return  # the driver is gone
-        try:
-            reply: tuple[str, Any] = ("ok", getattr(host, method)(*args))
-        except Exception as exc:
-            trace = traceback.format_exc()
-            try:
-                pickle.dumps(exc)
-            except Exception:
-                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-            reply = ("error", (exc, trace))
-        conn.send(reply)
-
-
-class _RayWorker:
-    """A host as a Ray actor; it declares the CPUs (its torch threads) and the GPU share it needs."""
-
-    def __init__(self, threads: int, num_gpus: float):
-        import ray
-
-        self._ray = ray
-        # Ray's own fault tolerance: a dead actor is restarted (its state, the envs, is rebuilt by the caller).
-        options = {"num_cpus": threads, "num_gpus": num_gpus, "max_restarts": -1, "max_task_retries": 0}
-        self.actor = ray.remote(_Host).options(**options).remote(threads)
-        self.ref: Any = None
-
-    def submit(self, method: str, *args: Any) -> None:
-        self.ref = getattr(self.actor, method).remote(*args)
-
-    def result(self) -> Any:
-        ref, self.ref = self.ref, None
-        try:
-            return self._ray.get(ref)
-        except (self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError) as exc:
-            raise WorkerDied(f"Ray actor {self.actor._actor_id.hex()[:8]} died ({exc.__class__.__name__})") from exc
-
-    def restart(self) -> None:
-        """Wait until Ray has restarted the actor (``max_restarts``); its envs are rebuilt by the caller."""
-        errors = (self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                self._ray.get(self.actor.ping.remote())
-                return
-            except errors as exc:
-                if time.monotonic() > deadline:
-                    raise WorkerDied(f"Ray actor {self.actor._actor_id.hex()[:8]} did not come back in 300 s") from exc
-                time.sleep(0.5)
-
-    def close(self) -> None:
-        self._ray.kill(self.actor)
-
-    @staticmethod
-    def wait_any(workers: list[_RayWorker]) -> list[_RayWorker]:
-        import ray
-
-        ready, _ = ray.wait([w.ref for w in workers], num_returns=1)
-        return [w for w in workers if w.ref in ready]
-
-
-def node_id(env: Any) -> str:
-    """Where a job runs: the Ray node's id (the host name outside Ray); a job for ``WorkerPool.run``."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except ImportError:
-        pass
-    return socket.gethostname()
-
-
 def require_ray() -> Any:
     """The ray module, or a one-line error naming the install."""
     try:
@@ -389,21 +178,21 @@ class WorkerPool:
         self.parallel, self.num_workers = parallel, workers
         self.threads = parallel.threads_per_worker(workers)
         self.workers: list[Any] = []
-        self._host: _Host | None = None
+        self._host: Host | None = None
         self._started_ray = False
         self.restarts = 0
         if parallel.backend == "local" and workers == 1:
-            self._host = _Host(parallel.threads)  # in this process: no copies, no pipes
+            self._host = Host(parallel.threads)  # in this process: no copies, no pipes
             return
         try:
             if parallel.backend == "ray":
                 self._started_ray = _start_ray(parallel.ray_address, workers * self.threads)
                 gpus = require_ray().cluster_resources().get("GPU", 0) if config.device != "cpu" else 0
                 share = min(1.0, gpus / workers) if gpus else 0.0
-                self.workers = [_RayWorker(self.threads, share) for _ in range(workers)]
+                self.workers = [RayWorker(self.threads, share) for _ in range(workers)]
             else:
                 context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-                self.workers = [_ProcessWorker(context, self.threads) for _ in range(workers)]
+                self.workers = [ProcessWorker(context, self.threads) for _ in range(workers)]
             for worker in self.workers:  # wait until each has started: a worker that cannot start fails here
                 worker.submit("ping")
             for worker in self.workers:
@@ -604,11 +393,9 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
 __all__ = [
     "BACKENDS",
     "ParallelConfig",
-    "WorkerDied",
     "WorkerPool",
     "WorkerVectorEnv",
     "available_cores",
     "make_pool",
-    "node_id",
     "require_ray",
 ]

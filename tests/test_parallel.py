@@ -18,11 +18,12 @@ from cli import ROOT, small_flags, start_script
 from alrs.env import EnvConfig, LREnv
 from alrs.episodes import run_jobs
 from alrs.io import load_json, load_torch
-from alrs.parallel import ParallelConfig, WorkerDied, WorkerPool
+from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.ppo import PPOConfig
 from alrs.results import ResultStore
 from alrs.schedules import Constant, Cosine, StepDecay
 from alrs.training import TrainingConfig, train_controller
+from alrs.workers import WorkerDied
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ from alrs.data import load_dataset
 from alrs.env import EnvConfig, resolve_device
 from alrs.errors import UserError
 from alrs.io import save_json
-from alrs.parallel import ParallelConfig, WorkerDied, WorkerPool
+from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.ppo import PPOConfig
 from alrs.recorder import require_tensorboard
 from alrs.runfolder import CONFIG_FILE, LAST_FILE, new_run_dir
 from alrs.tasks import InstanceSet, load_instance_set
 from alrs.training import TrainingConfig, train_controller
 from alrs.vector_env import check_batchable
+from alrs.workers import WorkerDied
 
 
 def check_before_start(args: Namespace, env_cfg: EnvConfig, instance_set: InstanceSet | None) -> None:
