@@ -27,10 +27,13 @@ def invocation(script: str) -> str:
 
 def provenance() -> dict[str, Any]:
     """Git commit, library versions and machine, for the record of a run."""
-    here = Path(__file__).resolve().parent
     import gymnasium
     import numpy
     import torchvision
+
+    import alrs
+
+    here = Path(__file__).resolve().parent  # the clone's git, for an editable install
 
     try:
         commit = subprocess.run(
@@ -55,6 +58,7 @@ def provenance() -> dict[str, Any]:
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "versions": {
+            "alrs": alrs.__version__,
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "gymnasium": gymnasium.__version__,
