@@ -99,12 +99,14 @@ class Setting:
 
     @property
     def help(self) -> str:
+        """What it sets."""
         return self.field.metadata["help"]
 
     @property
     def default(self) -> Any:
+        """The built-in default, as a config file writes it."""
         value = self.field.default
-        return list(value) if isinstance(value, tuple) else value  # as a config file writes it
+        return list(value) if isinstance(value, tuple) else value
 
 
 def _settings() -> dict[str, Setting]:
@@ -194,7 +196,7 @@ def build_parser(script: str) -> argparse.ArgumentParser:
             continue
         if s.group not in groups:
             groups[s.group] = p.add_argument_group(s.group)
-        flag_help = f"{s.help.rstrip('.')} (default: {s.default})".replace("%", "%%")
+        flag_help = f"{s.help.removesuffix('.')} (default: {s.default})".replace("%", "%%")
         groups[s.group].add_argument(f"--{key.replace('_', '-')}", help=flag_help, **_kind(s)[0])
     g = p.add_argument_group("files")
     g.add_argument("--config", help="JSON file of settings; flags override it")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,8 +17,10 @@ from alrs.env import EnvConfig, LREnv
 from alrs.formats import Progress
 from alrs.io import save_torch
 from alrs.parallel import WorkerPool
-from alrs.ppo import Episode
 from alrs.runfolder import BEST_FILE, evaluated_checkpoint, evaluated_iterations
+
+if TYPE_CHECKING:
+    from alrs.ppo import Episode
 from alrs.tracker import RANDOM_INITIAL_LRS
 
 EVAL_SEED_BASE = 2000
@@ -91,7 +93,7 @@ class Evaluator:
         eval_every: PPO iterations between evaluations (and one after the last); 0: none, the seed's rule.
         eval_seeds: held-out seeds per evaluation.
         pool: where the evaluation episodes run.
-        metadata: what every saved controller carries (:func:`alrs.formats.controller_metadata`).
+        metadata: what every saved controller carries (:func:`alrs.training.controller_metadata`).
     """
 
     def __init__(
@@ -147,8 +149,7 @@ class Evaluator:
         when one of them ends with the lowest final validation loss so far. ``progress`` counts them already."""
         if self.eval_every:
             return
-        first = progress.episodes_done - len(episodes) + 1
-        for number, episode in enumerate(episodes, start=first):
+        for number, episode in enumerate(episodes, start=progress.first_of_last(len(episodes))):
             final = episode.infos[-1]["val_loss"]
             if final < progress.best_final_val_loss:
                 progress.best_final_val_loss, progress.best_episode = final, number

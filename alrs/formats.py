@@ -95,6 +95,10 @@ class Progress:
     eval_iteration: int | None = None
     eval_loss: float = math.nan
 
+    def first_of_last(self, count: int) -> int:
+        """The number of the first of the last ``count`` episodes counted (episodes are numbered from 1)."""
+        return self.episodes_done - count + 1
+
 
 def training_state(ppo: dict[str, Any], progress: Progress, controller: dict[str, Any]) -> dict[str, Any]:
     """What last.pt holds, in the current format."""

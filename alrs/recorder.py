@@ -97,9 +97,8 @@ class Recorder:
     def episodes(self, step: Iteration, iteration: int, progress: Progress) -> None:
         """A row of metrics.csv per finished episode of ``step`` (``progress`` already counts them), and
         their TensorBoard events with PPO's update statistics."""
-        first = progress.episodes_done - len(step.episodes) + 1
         rows = []
-        for number, episode in enumerate(step.episodes, start=first):
+        for number, episode in enumerate(step.episodes, start=progress.first_of_last(len(step.episodes))):
             last = episode.infos[-1]
             row = {
                 "episode": number,
@@ -121,6 +120,7 @@ class Recorder:
         if self.writer:
             for key, value in step.stats.items():
                 self.writer.add_scalar(f"ppo/{key}", value, progress.episodes_done)
+            self.writer.flush()  # before last.pt counts these episodes: a resume does not write them again
 
     def evaluation(self, evaluation: Evaluation, progress: Progress) -> None:
         """A row of eval.csv (and its TensorBoard event)."""
@@ -129,17 +129,16 @@ class Recorder:
         append_csv_rows(self.eval, [row])
         if self.writer:
             self.writer.add_scalar("eval/mean_best_val_loss", evaluation.mean, progress.episodes_done)
+            self.writer.flush()
 
     def figures(self, step: Iteration, progress: Progress) -> None:
         """Redraw episode.png and training.png, and move the progress bar."""
-        if self.writer:
-            self.writer.flush()
         finished = step.episodes
         if finished:
             plot_episode(
                 episode_curves(finished[0].infos),
                 self.run_dir / EPISODE_PLOT,
-                title=f"{self.title}, episode {progress.episodes_done - len(finished) + 1}",
+                title=f"{self.title}, episode {progress.first_of_last(len(finished))}",
             )
             plot_training(
                 *csv_columns(self.metrics, "final_val_loss", "final_lr"),

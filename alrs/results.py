@@ -61,7 +61,7 @@ class ResultStore:
     ``settings=None`` an existing file is read as it is, with the settings it records.
     """
 
-    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None):
+    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None) -> None:
         self.path, self.settings = Path(path), settings if settings is not None else {}
         self.data: dict[str, Any] = {"format": RESULTS_FORMAT, "settings": self.settings, "results": {}}
         if self.path.exists():

@@ -38,7 +38,7 @@ class EpisodeTracker:
     hand-made schedule), then the caller's ``update_freq`` Adam steps, then :meth:`end_step`.
     """
 
-    def __init__(self, config: EnvConfig):
+    def __init__(self, config: EnvConfig) -> None:
         self.config = config
         self.np_random: np.random.Generator | None = None
         self._last_obs: np.ndarray | None = None

@@ -31,7 +31,7 @@ from alrs.tasks import make_training_env
 class Host:
     """The LR environments of one worker and what can be run on them (in a worker process or a Ray actor)."""
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
         self.envs: list[LREnv] = []
@@ -103,7 +103,7 @@ def death_cause(exitcode: int | None) -> str:
 class ProcessWorker:
     """A host in a spawned local process, driven through a pipe."""
 
-    def __init__(self, context: Any, threads: int):
+    def __init__(self, context: Any, threads: int) -> None:
         self.context, self.threads = context, threads
         self._start()
 
@@ -187,7 +187,7 @@ def _serve(conn: multiprocessing.connection.Connection, threads: int) -> None:
 class RayWorker:
     """A host as a Ray actor; it declares the CPUs (its torch threads) and the GPU share it needs."""
 
-    def __init__(self, threads: int, num_gpus: float):
+    def __init__(self, threads: int, num_gpus: float) -> None:
         import ray
 
         self._ray = ray

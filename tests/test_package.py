@@ -66,9 +66,13 @@ def test_every_setting_is_one_declared_field_with_its_help_and_flag() -> None:
     for key, setting in ALL.items():
         assert setting.help, key
         flag = f"--{key.replace('_', '-')}"
-        flags = [build_parser(script)._option_string_actions.get(flag) for script in setting.scripts]
-        assert all(
-            flag is not None and flag.help.replace("%%", "%").startswith(setting.help.rstrip(".")) for flag in flags
-        ), key
+        helps = [build_parser(s)._option_string_actions[flag].help.replace("%%", "%") for s in setting.scripts]
+        assert all(text.startswith(setting.help.removesuffix(".")) for text in helps), key
     assert "ppo_lr" in ALL and "learning_rate" not in ALL  # PPO's step size, apart from the child's LR
     assert runtime_settings(SETTINGS[0][1]) == {"data_dir", "device", "eval_batch_size"}
+
+
+def test_a_users_training_loop_loads_no_environment_and_no_ppo() -> None:
+    probe = "import sys, alrs.scheduler; print(sorted(m for m in sys.modules if m.startswith('alrs')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert "alrs.scheduler" in loaded and "alrs.env" not in loaded and "alrs.ppo" not in loaded, loaded

@@ -14,6 +14,7 @@ from alrs.plotting import plot_episode
 
 
 def main() -> int:
+    """Run the baseline grid of the setting the flags give, and print each family's best point; the exit status."""
     args = parse_args("baselines")
     set_threads(args.threads)
     # Hand-made schedules run without LR noise.

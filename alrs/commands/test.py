@@ -101,6 +101,7 @@ def suite(args: Namespace) -> int:
 
 
 def main() -> int:
+    """Test as the flags say (a controller or the baselines alone, a suite, or a replot); the exit status."""
     args = parse_args("test")
     if hasattr(args, "suite"):
         set_threads(args.threads)

@@ -46,6 +46,7 @@ def run_name(args: Namespace) -> str:
 
 
 def main() -> int:
+    """Train a controller as the flags say (a new run folder, or --resume); the exit status."""
     args = parse_args("train")
     set_threads(args.threads)
     env_cfg = config_of(EnvConfig, args)
