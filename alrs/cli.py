@@ -28,6 +28,7 @@ from alrs.ppo import PPOConfig
 from alrs.protocol import TEST_SEED_OFFSET
 from alrs.runfolder import CONFIG_FILE, resolve_run
 from alrs.settings import runtime_settings, setting
+from alrs.suite import SUITE_SEEDS
 from alrs.training import TrainingConfig
 
 SCRIPTS = ("train", "baselines", "test")
@@ -42,7 +43,9 @@ class RunConfig:
     out_dir: str = setting("runs", "folder of run folders.", scripts=("train", "test"), runtime=True)
     results_dir: str = setting("results", "where results are written.", scripts=("baselines", "test"), runtime=True)
     num_seeds: int = setting(10, "seeds per schedule (paper: 10).", scripts=("test",))
-    suite_seeds: int = setting(5, "seeds per schedule and held-out task in test.py --suite (ours).", scripts=("test",))
+    suite_seeds: int = setting(
+        SUITE_SEEDS, "seeds per schedule and held-out task in test.py --suite (ours).", scripts=("test",)
+    )
     checkpoint: str = setting(
         "best",
         "which controller of the run: best (best.pt), last (last.pt, where training ended) or iter-N "
