@@ -27,7 +27,7 @@ from alrs.parallel import ParallelConfig
 from alrs.ppo import PPOConfig
 from alrs.protocol import TEST_SEED_OFFSET
 from alrs.runfolder import CONFIG_FILE, resolve_run
-from alrs.settings import runtime_settings, setting
+from alrs.settings import setting
 from alrs.suite import SUITE_SEEDS
 from alrs.training import TrainingConfig
 
@@ -130,7 +130,7 @@ ALL: dict[str, Setting] = _settings()
 DEFAULTS: dict[str, Any] = {key: s.default for key, s in ALL.items()}
 """Every setting a config file may hold, with its built-in default."""
 
-RUNTIME_KEYS = frozenset(key for key, s in ALL.items() if s.field.name in runtime_settings(s.owner))
+RUNTIME_KEYS = frozenset(key for key, s in ALL.items() if s.field.metadata["runtime"])
 """Settings a resumed run may change: where and how fast it runs, and how long it goes on."""
 
 

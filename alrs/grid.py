@@ -36,7 +36,8 @@ BASELINE_KEYS = ("dataset", "architecture", "batch_size", "update_freq", "num_tr
 
 def evaluation_settings(config: EnvConfig, keys: Sequence[str] | None = None) -> dict[str, Any]:
     """The env settings that decide a result: ``keys``, or all but where the data are and what ran it."""
-    settings = {k: v for k, v in asdict(config).items() if k not in runtime_settings(EnvConfig)}
+    runtime = runtime_settings(EnvConfig)
+    settings = {k: v for k, v in asdict(config).items() if k not in runtime}
     # Settings added after results were first stored are recorded only where they differ from their
     # default, so that stored results of the default stay valid.
     for key in ENV_ADDED_LATER:

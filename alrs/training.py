@@ -137,12 +137,12 @@ def _resume(saved: Any, path: Path, ppo: PPO, evaluator: Evaluator, metadata: di
 def check_same_run(saved: dict[str, Any], ours: dict[str, Any], path: Path) -> None:
     """A one-line error unless the controller metadata ``saved`` in a last.pt (migrated to the current
     format) records the settings of this run, ``ours``."""
+    runtime = {"env": runtime_settings(EnvConfig), "ppo": runtime_settings(PPOConfig)}  # may change on resume
     differ = [
         f"{part}.{key}"
         for part in ("env", "ppo")
         for key in ours[part]
-        if key not in runtime_settings(EnvConfig) | runtime_settings(PPOConfig)
-        and saved.get(part, {}).get(key) != ours[part][key]
+        if key not in runtime[part] and saved.get(part, {}).get(key) != ours[part][key]
     ]
     differ += ["seed"] if saved.get("seed") != ours["seed"] else []
     if differ:
