@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alrs.env import EnvConfig, check_seed
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig, check_seed
 from alrs.errors import UserError
 from alrs.io import load_json
 from alrs.parallel import ParallelConfig
-from alrs.ppo import PPOConfig
 from alrs.protocol import TEST_SEED_OFFSET
 from alrs.runfolder import CONFIG_FILE, resolve_run
 from alrs.settings import setting
 from alrs.suite import SUITE_SEEDS
-from alrs.training import TrainingConfig
 
 SCRIPTS = ("train", "baselines", "test")
 
@@ -288,11 +286,9 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     return settings
 
 
-def config_of(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    """The settings dataclass ``cls`` (EnvConfig, ParallelConfig, TrainingConfig, PPOConfig) from ``args``;
-    ``fixed``: fields that are not settings (PPO's rollout length)."""
-    values = {s.field.name: getattr(args, key) for key, s in ALL.items() if s.owner is cls}
-    return cls(**values, **fixed)
+def config_of(cls: type, args: argparse.Namespace) -> Any:
+    """The settings dataclass ``cls`` (EnvConfig, ParallelConfig, TrainingConfig, PPOConfig) from ``args``."""
+    return cls(**{s.field.name: getattr(args, key) for key, s in ALL.items() if s.owner is cls})
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:

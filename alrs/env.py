@@ -9,9 +9,6 @@ scales the learning rate, and is rewarded with minus the validation loss at that
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -21,172 +18,20 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from alrs.data import BatchSampler, Splits, check_dataset, load_dataset
+from alrs.config import OPTIMIZER_FIELDS, EnvConfig, check_seed
+from alrs.data import BatchSampler, Splits, load_dataset
 from alrs.errors import UserError
 from alrs.features import (
     PAPER_FEATURES,
-    check_reward,
     child_features,
-    feature_names,
 )
-from alrs.models import ALIASES as ARCHITECTURE_ALIASES
-from alrs.models import build_model, check_architecture
-from alrs.optim import (
-    OPTIMIZER_FIELDS,
-    build_optimizer,
-    check_optimizer,
-    effective_lr,
-    evaluation_weights,
-    make_averager,
-)
-from alrs.settings import setting
+from alrs.models import build_model
+from alrs.optim import build_optimizer, check_optimizer, effective_lr, evaluation_weights, make_averager
 from alrs.tracker import EpisodeTracker
 
 FEATURES: tuple[str, ...] = PAPER_FEATURES
 """The paper's observation, in order: its 7 state features (Sec. 3.1). Other feature sets:
 :func:`alrs.features.feature_names`."""
-
-MAX_SEED = 2**63 - 1
-"""Seeds are integers in [0, MAX_SEED]: what numpy's and torch's seeding both accept (a signed 64-bit integer)."""
-
-
-def check_seed(seed: object, name: str = "seed") -> None:
-    """A one-line error unless ``seed`` is None or an integer in [0, :data:`MAX_SEED`]."""
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED
-    ):
-        raise UserError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Every setting of an :class:`LREnv`; checked on construction, saved with controllers.
-
-    Each field's help is its documentation (and its flag's --help).
-    """
-
-    dataset: str = setting("fa-mnist", "mnist, fa-mnist or cifar10.")
-    architecture: str = setting(
-        "cnn", ("mlp, lenet5 (LeNet-5; stored under the seed's name cnn), resnet (ResNet-18) or paper-cnn.")
-    )
-    batch_size: int = setting(1000, "Adam minibatch size (paper: 1000).")
-    update_freq: int = setting(10, "Adam steps per controller step (paper: K = 10).")
-    num_train_steps: int = setting(1000, "Adam steps per episode (paper: 1000).")
-    initial_lr: float | str = setting(1e-3, 'first LR of an episode, or "random" for a draw from {1e-2, 1e-3, 1e-4}.')
-    discrete: bool = setting(
-        True,
-        "True: actions 0/1/2 = multiply by action_range / divide by it / keep; False: one scale "
-        "factor in [1/action_range, action_range].",
-    )
-    action_range: float = setting(1.05, "largest factor of one LR update (seed: 1.05, i.e. 5%).")
-    lr_noise: float = setting(0.0, "std of Gaussian noise on log(LR) after each update (seed's option; 0 = off).")
-    initial_lr_noise: float = setting(0.0, "std of Gaussian noise on log(initial LR) (0 = off).")
-    lr_min: float = setting(1e-5, "bounds of the LR the controller can set (seed: [1e-5, 1e-1]).")
-    lr_max: float = setting(1e-1, "bounds of the LR the controller can set (seed: [1e-5, 1e-1]).")
-    val_size: int | None = setting(
-        None,
-        "use a fixed subset of this many validation examples for the features and reward (cheaper, "
-        "noisier features than the paper's full split); None = all 10k.",
-    )
-    divergence_loss: float = setting(
-        5.0,
-        "loss charged for every remaining controller step when the child diverges, so that diverging "
-        "never pays compared with training on.",
-    )
-    reward: str = setting(
-        "val-loss",
-        ("val-loss (the paper's: minus the validation loss), log-best or log-val (ours; see alrs.features)."),
-    )
-    lr_feature: str = setting("lr", "lr (the paper's raw LR) or log-lr (ours: log10(lr / 1e-3)).")
-    time_feature: bool = setting(False, "add the fraction of the episode's Adam steps still to come (ours).")
-    feature_scale: str = setting(
-        "raw",
-        "raw (the paper's features as measured) or relative (ours: scale-free, the same meaning on "
-        "any dataset and network; alrs.features).",
-    )
-    optimizer: str = setting(
-        "adam",
-        "the child's optimizer: adam (the paper's), adamw, sgd (momentum 0.9), schedulefree-adamw or "
-        "prodigy (ours; alrs.optim). With prodigy the LR is a multiplier of its estimate d (1 is its "
-        "default), and the LR recorded is lr x d.",
-    )
-    beta1: float = setting(0.9, "the Adam-family optimizers' betas.")
-    beta2: float = setting(0.999, "the Adam-family optimizers' betas.")
-    weight_decay: float = setting(
-        0.0, "the optimizer's weight decay (decoupled for adamw, schedulefree-adamw and prodigy)."
-    )
-    warmup_steps: int = setting(0, "schedulefree-adamw's linear LR warm-up, in optimizer steps.")
-    d_coef: float = setting(1.0, "prodigy's coefficient of its step-size estimate d.")
-    weight_average: str | None = setting(
-        None,
-        "evaluate averaged weights (ours): ema:DECAY (e.g. ema:0.95) or uniform; the features, "
-        "reward, best-validation copy and test all see the average. Unset: the weights.",
-    )
-    instance_set: str | None = setting(
-        None,
-        "a JSON file of tasks (alrs.tasks, ours): training draws a task per episode from its training"
-        " tasks, and each task sets the dataset, architecture, batch size, horizon, initial LR and "
-        "validation subset (the fields above are then only defaults). Unset: one task.",
-    )
-    eval_batch_size: int = setting(500, "chunk size of evaluation passes (speed only).", runtime=True)
-    data_dir: str = setting("./data", "where the dataset files are, in torchvision's layout.", runtime=True)
-    device: str = setting("auto", "cpu, cuda or auto.", runtime=True)
-
-    def __post_init__(self) -> None:
-        for name in ("action_range", "lr_noise", "initial_lr_noise", "lr_min", "lr_max", "divergence_loss"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UserError(f"{name} must be a finite number, got {value!r}")
-        if not self.divergence_loss > 0:
-            raise UserError(f"divergence_loss must be positive (a loss), got {self.divergence_loss}")
-        check_dataset(self.dataset)
-        check_architecture(self.architecture)
-        # "lenet5" is stored as "cnn", so results and configs of either name are one and the same.
-        object.__setattr__(self, "architecture", ARCHITECTURE_ALIASES.get(self.architecture, self.architecture))
-        for name in ("batch_size", "update_freq", "num_train_steps", "eval_batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.num_train_steps % self.update_freq:
-            raise UserError(
-                f"update_freq={self.update_freq} must divide num_train_steps={self.num_train_steps}; "
-                f"e.g. num_train_steps={self.update_freq * max(1, round(self.num_train_steps / self.update_freq))}"
-            )
-        if self.initial_lr != "random" and not (isinstance(self.initial_lr, (int, float)) and 0 < self.initial_lr <= 1):
-            raise UserError(f"initial_lr must be a number in (0, 1] or 'random', got {self.initial_lr!r}")
-        if not self.action_range > 1:
-            raise UserError(f"action_range must be > 1 (a factor such as 1.05), got {self.action_range!r}")
-        if self.lr_noise < 0 or self.initial_lr_noise < 0:
-            raise UserError("lr_noise and initial_lr_noise must be >= 0 (0 turns the noise off)")
-        if not 0 < self.lr_min < self.lr_max:
-            raise UserError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
-        if self.initial_lr != "random" and not self.lr_min <= self.initial_lr <= self.lr_max:
-            raise UserError(
-                f"initial_lr={self.initial_lr} is outside the controller's LR bounds [{self.lr_min}, {self.lr_max}]"
-            )
-        if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
-            raise UserError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
-        check_reward(self.reward)
-        check_optimizer(**self.optimizer_settings)
-        if self.instance_set is not None and not Path(self.instance_set).is_file():
-            raise UserError(f"instance_set {self.instance_set!r}: no such file; name a JSON file of tasks")
-        feature_names(self.lr_feature, self.time_feature, self.feature_scale)  # checks both
-        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise UserError(f"device must be cpu, cuda or auto, got {self.device!r}")
-
-    @property
-    def num_controller_steps(self) -> int:
-        """Controller decisions per episode (paper: 1000 / 10 = 100)."""
-        return self.num_train_steps // self.update_freq
-
-    @property
-    def optimizer_settings(self) -> dict[str, Any]:
-        """The :data:`~alrs.optim.OPTIMIZER_FIELDS` of this config, by name."""
-        return {name: getattr(self, name) for name in OPTIMIZER_FIELDS}
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        """The names of the observation's features, in order."""
-        return feature_names(self.lr_feature, self.time_feature, self.feature_scale)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -415,10 +260,7 @@ def episode_curves(infos: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 __all__ = [
     "FEATURES",
-    "MAX_SEED",
-    "EnvConfig",
     "LREnv",
-    "check_seed",
     "episode_curves",
     "init_child",
     "make_env",

@@ -12,7 +12,8 @@ from contextlib import nullcontext
 
 from tqdm.auto import tqdm
 
-from alrs.env import EnvConfig, LREnv, episode_curves
+from alrs.config import EnvConfig
+from alrs.env import LREnv, episode_curves
 from alrs.parallel import WorkerPool
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import Schedule

@@ -6,14 +6,15 @@ the lowest final validation loss: the seed reimplementation's rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from alrs.config import EnvConfig
 from alrs.controller import Controller
-from alrs.env import EnvConfig, LREnv
+from alrs.env import LREnv
 from alrs.formats import Progress
 from alrs.io import save_torch
 from alrs.parallel import WorkerPool
@@ -106,7 +107,7 @@ class Evaluator:
         metadata: dict[str, Any],
     ) -> None:
         self.run_dir, self.eval_every, self.pool, self.metadata = run_dir, eval_every, pool, metadata
-        self.config = replace(env_config, lr_noise=0.0, initial_lr_noise=0.0)
+        self.config = env_config.for_evaluation()
         self.initial_lrs = training_initial_lrs(env_config)
         self.seeds = evaluation_seeds(eval_seeds)
 

@@ -5,7 +5,8 @@ current one; the rest of the library sees only current versions. The formats:
 
 - controller checkpoint (best.pt, evals/iter_N.pt, inside last.pt): ``format`` ``alrs-controller/1``.
   Settings added to the environment or PPO after the first runs are absent from older metadata;
-  :func:`migrate_controller` fills them with the value those runs used.
+  :func:`migrate_controller` fills them with the value those runs used, and drops the one PPO setting that
+  became an argument (``num_steps``, the rollout length: an episode's decisions).
 - training state (last.pt): ``alrs-training/2`` holds ``ppo``, ``progress`` (a :class:`Progress`) and
   ``controller``. Version 1 (no ``format`` key) held the progress as a dict that grew: the first four
   fields (before deterministic evaluations), then six (with best_eval_loss and best_eval_iteration), then
@@ -49,6 +50,10 @@ ENV_ADDED_LATER: dict[str, Any] = {
 PPO_ADDED_LATER: dict[str, Any] = {"common_reset_seed": False}
 """PPO settings added after the first runs, with the value every run before them used."""
 
+PPO_REMOVED_LATER: tuple[str, ...] = ("num_steps",)
+"""PPO settings that older metadata records and the current PPOConfig no longer has: ``num_steps``, the
+rollout length, is always an episode's decisions and is now passed to PPO, not set."""
+
 
 def migrate_controller(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """A controller checkpoint whose metadata records every setting (older ones lack those added later)."""
@@ -57,7 +62,8 @@ def migrate_controller(checkpoint: dict[str, Any]) -> dict[str, Any]:
         return checkpoint  # no settings to complete: a checkpoint made outside training; its readers decide
     metadata = {**metadata, "env": {**ENV_ADDED_LATER, **metadata["env"]}}
     if isinstance(metadata.get("ppo"), dict):
-        metadata["ppo"] = {**PPO_ADDED_LATER, **metadata["ppo"]}
+        ppo = {k: v for k, v in metadata["ppo"].items() if k not in PPO_REMOVED_LATER}
+        metadata["ppo"] = {**PPO_ADDED_LATER, **ppo}
     return {**checkpoint, "metadata": metadata}
 
 

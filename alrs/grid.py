@@ -10,7 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from alrs.env import EnvConfig, LREnv
+from alrs.config import EnvConfig
+from alrs.env import LREnv
 from alrs.episodes import run_jobs
 from alrs.errors import UserError
 from alrs.formats import ENV_ADDED_LATER

@@ -28,21 +28,12 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from alrs.config import OPTIMIZER_FIELDS
 from alrs.errors import UserError
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "schedulefree-adamw", "prodigy")
 """The child's optimizers, by name; ``adam`` is the paper's."""
 
-OPTIMIZER_FIELDS: tuple[str, ...] = (
-    "optimizer",
-    "beta1",
-    "beta2",
-    "weight_decay",
-    "warmup_steps",
-    "d_coef",
-    "weight_average",
-)
-"""The :class:`~alrs.env.EnvConfig` fields that decide the child's optimizer and its evaluation weights."""
 
 SGD_MOMENTUM = 0.9
 

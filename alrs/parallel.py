@@ -31,7 +31,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector.utils import batch_space
 
-from alrs.env import EnvConfig, resolve_device
+from alrs.config import EnvConfig
+from alrs.env import resolve_device
 from alrs.errors import UserError
 from alrs.settings import setting
 from alrs.vector_env import make_lr_envs, vector_seeds

@@ -21,88 +21,9 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from alrs.config import PPOConfig
 from alrs.controller import Controller, describe_action_space
 from alrs.errors import UserError
-from alrs.settings import setting
-
-MAX_WIDTH = 65_536
-"""The widest hidden layer accepted: a controller maps 7 to 9 features to an action, and a width
-beyond this is a typo that would exhaust memory rather than a choice."""
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """PPO hyper-parameters.
-
-    Each field's help is its documentation (and its flag's --help).
-    """
-
-    hidden_sizes: tuple[int, ...] = setting(
-        (32, 32), "hidden layers of the actor and of the critic (seed: two of 32; paper: one of 32)."
-    )
-    learning_rate: float = setting(3e-4, "Adam step size for actor and critic.", flag="ppo_lr")
-    num_steps: int = setting(
-        100,
-        "env steps (for the LR env: controller steps, not Adam steps) per env per rollout (100 = one "
-        "whole episode of the LR env at the paper's settings); set from the episode's length, not a flag.",
-        scripts=(),
-    )
-    gamma: float = setting(0.99, "discount factor.")
-    gae_lambda: float = setting(0.95, "lambda of generalized advantage estimation.")
-    num_minibatches: int = setting(4, "minibatches per epoch over the rollout.")
-    update_epochs: int = setting(4, "passes over the rollout per update.")
-    clip_coef: float = setting(0.2, "epsilon of the clipped surrogate objective (paper authors' code: 0.2).")
-    clip_vloss: bool = setting(True, "clip the value loss around the old values as well.")
-    ent_coef: float = setting(0.01, "weight of the entropy bonus.")
-    vf_coef: float = setting(0.5, "weight of the value loss.")
-    max_grad_norm: float = setting(0.5, "global gradient-norm clip.")
-    target_kl: float | None = setting(
-        None, "stop the epochs of an update early past this approximate KL (None: never)."
-    )
-    norm_obs: bool = setting(True, "normalize observations by running mean and variance.")
-    norm_reward: bool = setting(True, "scale rewards by the running std of the discounted return.")
-    clip_obs: float = setting(10.0, "clip normalized observations to [-clip_obs, clip_obs].")
-    clip_reward: float = setting(10.0, "clip scaled rewards to [-clip_reward, clip_reward].")
-    init_log_std: float = setting(
-        -1.0,
-        "initial log std of the Gaussian policy (continuous actions); -1 (std 0.37 of the half-range)"
-        " keeps early samples mostly inside the action range, not at its clipped ends.",
-    )
-    common_reset_seed: bool = setting(
-        False,
-        "reset every env of a rollout with the same seed (common random numbers, ours): in the LR env"
-        " its children then share initialization and batch order, so their returns differ only "
-        "through the actions taken. False: seeds seed, seed + 1, ...",
-    )
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-        for name in ("num_steps", "num_minibatches", "update_epochs"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0 or max(self.hidden_sizes) > MAX_WIDTH:
-            raise UserError(f"hidden_sizes must be widths between 1 and {MAX_WIDTH}, got {list(self.hidden_sizes)}")
-        for name in (
-            "learning_rate",
-            "gamma",
-            "gae_lambda",
-            "clip_coef",
-            "ent_coef",
-            "vf_coef",
-            "max_grad_norm",
-            "clip_obs",
-            "clip_reward",
-            "init_log_std",
-            *(("target_kl",) if self.target_kl is not None else ()),
-        ):
-            if not math.isfinite(getattr(self, name)):
-                raise UserError(f"{name} must be a finite number, got {getattr(self, name)!r}")
-        for name in ("gamma", "gae_lambda"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise UserError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -146,6 +67,7 @@ class PPO:
     Args:
         envs: a ``gymnasium.vector.VectorEnv`` with autoreset mode ``SAME_STEP``.
         config: the hyper-parameters.
+        num_steps: steps per env per rollout (for the LR env: its decisions, so a rollout is one episode).
         seed: seeds the controller's initialization and the sampling of actions and minibatches.
         fixed_scale: observation indices the controller does not normalize (see :class:`Controller`).
     """
@@ -153,7 +75,8 @@ class PPO:
     def __init__(
         self,
         envs: gym.vector.VectorEnv,
-        config: PPOConfig = PPOConfig(),
+        config: PPOConfig,
+        num_steps: int,
         seed: int = 0,
         fixed_scale: tuple[int, ...] = (),
     ):
@@ -161,7 +84,9 @@ class PPO:
             raise UserError("PPO needs a vector env created with autoreset_mode=gym.vector.AutoresetMode.SAME_STEP")
         if not isinstance(envs.single_observation_space, spaces.Box) or len(envs.single_observation_space.shape) != 1:
             raise UserError(f"PPO here needs a flat Box observation space, got {envs.single_observation_space}")
-        self.envs, self.config = envs, config
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0:
+            raise UserError(f"num_steps must be a positive integer, got {num_steps!r}")
+        self.envs, self.config, self.num_steps = envs, config, num_steps
         self.generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -177,7 +102,6 @@ class PPO:
         # eps=1e-5 instead of Adam's 1e-8: the PPO implementations' choice, steadier early updates.
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=config.learning_rate, eps=1e-5)
         self.iteration = 0
-        self.global_step = 0
 
     # ------------------------------------------------------------------ rollout
     def _sample(self, dist: torch.distributions.Distribution) -> torch.Tensor:
@@ -199,7 +123,7 @@ class PPO:
             k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "dones")
         }
 
-        for _ in range(cfg.num_steps):
+        for _ in range(self.num_steps):
             if cfg.norm_obs:
                 ctrl.obs_rms.update(obs)  # statistics follow the observations the policy sees
             norm_obs = ctrl.normalize_obs(obs)
@@ -210,7 +134,6 @@ class PPO:
                 value = ctrl.value(norm_obs)
             obs_np, reward, terminated, truncated, infos = self.envs.step(ctrl.to_env_action(raw))
             done = terminated | truncated
-            self.global_step += n
 
             ep_return += reward
             ep_len += 1
@@ -338,7 +261,6 @@ class PPO:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "iteration": self.iteration,
-            "global_step": self.global_step,
             "config": asdict(self.config),
         }
 
@@ -364,7 +286,7 @@ class PPO:
                 f"the checkpoint does not fit this PPO's settings ({type(exc).__name__}: {str(exc).splitlines()[0]})"
             ) from exc
         self.generator.set_state(state["generator"])
-        self.iteration, self.global_step = state["iteration"], state["global_step"]
+        self.iteration = state["iteration"]  # a last.pt of an older version also holds an unused global_step
 
 
 def make_vector_env(env_fns: list, **kwargs: Any) -> gym.vector.SyncVectorEnv:

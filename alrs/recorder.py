@@ -6,12 +6,12 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from alrs.env import EnvConfig, episode_curves
+from alrs.config import EnvConfig, TrainingConfig
+from alrs.env import episode_curves
 from alrs.errors import UserError
 from alrs.evaluator import Evaluation, lr_label
 from alrs.formats import Progress
@@ -30,9 +30,6 @@ from alrs.runfolder import (
     evaluation_curves,
     truncate_csv,
 )
-
-if TYPE_CHECKING:
-    from alrs.training import TrainingConfig
 
 
 def require_tensorboard() -> type:

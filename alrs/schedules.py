@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from alrs.config import OPTIMIZER_FIELDS, EnvConfig
 from alrs.controller import Controller, describe_action_space
-from alrs.env import EnvConfig, LREnv
+from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.formats import migrate_controller
-from alrs.optim import OPTIMIZER_FIELDS
 
 StepResult = tuple[np.ndarray, float, bool, bool, dict[str, Any]]
 

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
-from alrs.env import EnvConfig
+from alrs.config import EnvConfig
 from alrs.episodes import run_jobs
 from alrs.grid import best_of_family, schedule_from_record
 from alrs.parallel import WorkerPool

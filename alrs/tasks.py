@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from alrs.config import EnvConfig
 from alrs.data import check_dataset, load_dataset
-from alrs.env import EnvConfig, LREnv
+from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.io import load_json
 from alrs.models import architecture_spec
@@ -235,6 +236,11 @@ def make_training_env(config: EnvConfig) -> gym.Env:
     return TaskEnv(config) if config.instance_set is not None else LREnv(config)
 
 
+def episode_decisions(config: EnvConfig) -> int:
+    """Controller steps per episode: the instance set's ``decisions`` for every task, else the config's."""
+    return load_instance_set(config.instance_set).decisions if config.instance_set else config.decisions
+
+
 def task_metadata(config: EnvConfig) -> dict[str, Any]:
     """What a controller checkpoint records of its training tasks (nothing without an instance set)."""
     if config.instance_set is None:
@@ -247,4 +253,12 @@ def task_metadata(config: EnvConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["InstanceSet", "Task", "TaskEnv", "load_instance_set", "make_training_env", "task_metadata"]
+__all__ = [
+    "InstanceSet",
+    "Task",
+    "TaskEnv",
+    "episode_decisions",
+    "load_instance_set",
+    "make_training_env",
+    "task_metadata",
+]

@@ -4,11 +4,12 @@ observation, the reward, divergence and the end (one piece of code for LREnv and
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from alrs.config import EnvConfig
 from alrs.data import check_dataset
 from alrs.errors import UserError
 from alrs.features import (
@@ -18,9 +19,6 @@ from alrs.features import (
     relative_child_features,
     step_reward,
 )
-
-if TYPE_CHECKING:
-    from alrs.env import EnvConfig
 
 RANDOM_INITIAL_LRS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 """Initial LRs drawn per episode when ``initial_lr="random"`` (paper Sec. 4)."""

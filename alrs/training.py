@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alrs.env import EnvConfig
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig
 from alrs.errors import UserError
 from alrs.evaluator import Evaluator
 from alrs.features import fixed_scale_indices
 from alrs.formats import Progress, read_training_state, training_state
 from alrs.io import FolderLock, load_torch, save_torch
 from alrs.parallel import ParallelConfig, WorkerPool
-from alrs.ppo import PPO, PPOConfig
+from alrs.ppo import PPO
 from alrs.recorder import Recorder
 from alrs.runfolder import BEST_FILE, LAST_FILE, LOCK_FILE
-from alrs.settings import runtime_settings, setting
-from alrs.tasks import task_metadata
+from alrs.settings import runtime_settings
+from alrs.tasks import episode_decisions, task_metadata
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -45,38 +45,11 @@ def controller_metadata(env_config: EnvConfig, ppo_config: PPOConfig, **extra: A
     }
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """How long a controller trains, and how its run chooses best.pt and reports.
-
-    Each field's help is its documentation (and its flag's --help).
-    """
-
-    num_envs: int = setting(4, "child trainings per PPO iteration (seed: 4).")
-    episodes: int = setting(1000, "episodes to train for (rounded up to whole iterations).", runtime=True)
-    eval_every: int = setting(
-        10,
-        "PPO iterations between deterministic evaluations that choose best.pt (and one after the "
-        "last; 0: none, best.pt is the controller behind the best episode, the seed's rule).",
-    )
-    eval_seeds: int = setting(4, "held-out seeds per deterministic evaluation.")
-    tensorboard: bool = setting(
-        False, "also write TensorBoard events under the run folder (needs: pip install tensorboard).", runtime=True
-    )
-    batched_envs: bool | None = setting(
-        None,
-        "train the num-envs children as one vmapped model (unset: only on CUDA, where the "
-        "architecture allows; equivalent, not bitwise identical, so a run may resume with the other "
-        "choice).",
-        runtime=True,
-    )
-
-
 def train_controller(
     run_dir: str | Path,
     env_config: EnvConfig,
     ppo_config: PPOConfig,
-    config: TrainingConfig = TrainingConfig(),
+    config: TrainingConfig | None = None,
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
@@ -88,13 +61,16 @@ def train_controller(
     result as an uninterrupted run; ``progress`` shows a progress bar; ``pool`` is where the children and
     evaluations run (None: this process). Returns episodes done, how best.pt was chosen, the checkpoints.
     """
+    config = config or TrainingConfig()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(run_dir / LOCK_FILE, f"run folder {run_dir}"):  # a second writer is refused
         saved = load_torch(run_dir / LAST_FILE) if resume else None  # a bad checkpoint fails before any work
         pool = pool or WorkerPool(ParallelConfig(workers=1), 1, env_config)
         envs = pool.vector_env(env_config, config.num_envs, config.batched_envs)
-        ppo = PPO(envs, ppo_config, seed=seed, fixed_scale=fixed_scale_indices(env_config.features))
+        fixed_scale = fixed_scale_indices(env_config.features)
+        # A rollout is one whole episode of every child.
+        ppo = PPO(envs, ppo_config, num_steps=episode_decisions(env_config), seed=seed, fixed_scale=fixed_scale)
         metadata = controller_metadata(env_config, ppo_config, seed=seed)
         evaluator = Evaluator(run_dir, env_config, config.eval_every, config.eval_seeds, pool, metadata)
         state = Progress() if saved is None else _resume(saved, run_dir / LAST_FILE, ppo, evaluator, metadata)

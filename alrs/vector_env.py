@@ -22,8 +22,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector.utils import batch_space
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from alrs.config import EnvConfig
 from alrs.data import BatchSampler, Splits, load_dataset
-from alrs.env import EnvConfig, EpisodeTracker, LREnv, init_child, resolve_device
+from alrs.env import EpisodeTracker, LREnv, init_child, resolve_device
 from alrs.errors import UserError
 from alrs.features import child_features
 from alrs.ppo import make_vector_env

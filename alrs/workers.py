@@ -23,7 +23,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from alrs.env import EnvConfig, LREnv
+from alrs.config import EnvConfig
+from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.tasks import make_training_env
 

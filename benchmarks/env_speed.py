@@ -38,8 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alrs.config import EnvConfig
 from alrs.data import DATASETS, NUM_VAL, DatasetError, Splits, load_dataset
-from alrs.env import EnvConfig, LREnv, resolve_device
+from alrs.env import LREnv, resolve_device
 from alrs.models import ARCHITECTURES, build_model
 from alrs.vector_env import BatchedLREnv
 

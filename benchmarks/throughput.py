@@ -27,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from alrs.env import EnvConfig
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig
 from alrs.io import load_json
 from alrs.parallel import ParallelConfig, WorkerPool, available_cores
-from alrs.ppo import PPOConfig
-from alrs.training import TrainingConfig, train_controller
+from alrs.training import train_controller
 
 VARIANTS = {
     "sequential-1thread": lambda cores: ParallelConfig(workers=1, threads=1),  # how the committed runs were made
@@ -67,7 +66,7 @@ def main() -> None:
     )
     num_envs = args.num_envs or settings.get("num_envs", 2)
     cores = available_cores()
-    ppo = PPOConfig(num_steps=env.num_controller_steps)
+    ppo = PPOConfig()
     episodes = num_envs * (args.iterations + args.warmup)
 
     start_s: dict[str, list[float]] = {v: [] for v in args.variants}

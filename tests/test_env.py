@@ -7,8 +7,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
+from alrs.config import EnvConfig
 from alrs.data import BatchSampler
-from alrs.env import FEATURES, EnvConfig, make_env
+from alrs.env import FEATURES, make_env
 from alrs.tracker import RANDOM_INITIAL_LRS
 
 

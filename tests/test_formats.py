@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alrs.env import EnvConfig
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig
 from alrs.errors import UserError
 from alrs.formats import (
     ENV_ADDED_LATER,
@@ -25,11 +25,11 @@ from alrs.formats import (
 )
 from alrs.grid import schedule_from_record
 from alrs.io import load_torch, save_torch
-from alrs.ppo import PPO, PPOConfig
+from alrs.ppo import PPO
 from alrs.protocol import stored_curves
 from alrs.results import ResultStore
 from alrs.runfolder import METRICS_COLUMNS, truncate_csv
-from alrs.training import TrainingConfig, train_controller
+from alrs.training import train_controller
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -53,7 +53,7 @@ def test_a_run_in_the_first_formats_resumes_to_the_uninterrupted_result(
 ) -> None:
     kwargs = dict(
         env_config=EnvConfig(**small_env_options, lr_noise=0.05),
-        ppo_config=PPOConfig(num_steps=4),
+        ppo_config=PPOConfig(),
         config=TrainingConfig(num_envs=2, episodes=6, eval_every=2, eval_seeds=1),
         seed=7,
         progress=False,

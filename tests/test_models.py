@@ -55,7 +55,7 @@ def test_pooling_before_relu_is_the_same_function(architecture: str) -> None:
 
 def test_lenet5_is_the_seeds_cnn_and_stored_under_its_name() -> None:
     """``lenet5`` (the docs' name) builds LeNet-5 and is stored as ``cnn``, so results of either name are shared."""
-    from alrs.env import EnvConfig
+    from alrs.config import EnvConfig
 
     assert EnvConfig(architecture="lenet5").architecture == "cnn"
     assert type(build_model("lenet5", "fa-mnist")) is type(build_model("cnn", "fa-mnist"))

@@ -14,7 +14,8 @@ from cli import run_script, small_flags
 from test_scheduler import _checkpoint
 
 from alrs.cli import config_of, parse_args
-from alrs.env import EnvConfig, make_env
+from alrs.config import EnvConfig
+from alrs.env import make_env
 from alrs.episodes import run_episode
 from alrs.errors import UserError
 from alrs.grid import BEST_KEYS, baseline_grid_search, schedule_from_record

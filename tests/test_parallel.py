@@ -15,14 +15,14 @@ import pytest
 import torch
 from cli import ROOT, small_flags, start_script
 
-from alrs.env import EnvConfig, LREnv
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig
+from alrs.env import LREnv
 from alrs.episodes import run_jobs
 from alrs.io import load_json, load_torch
 from alrs.parallel import ParallelConfig, WorkerPool
-from alrs.ppo import PPOConfig
 from alrs.results import ResultStore
 from alrs.schedules import Constant, Cosine, StepDecay
-from alrs.training import TrainingConfig, train_controller
+from alrs.training import train_controller
 from alrs.workers import WorkerDied
 
 
@@ -47,7 +47,7 @@ def _train(
         train_controller(
             run,
             config,
-            PPOConfig(num_steps=4),
+            PPOConfig(),
             TrainingConfig(num_envs=4, episodes=12, eval_every=1, eval_seeds=2),
             seed=5,
             progress=False,

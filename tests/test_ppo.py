@@ -6,8 +6,9 @@ import pytest
 import torch
 from gymnasium import spaces
 
+from alrs.config import PPOConfig
 from alrs.controller import Controller
-from alrs.ppo import PPO, PPOConfig, make_vector_env
+from alrs.ppo import PPO, make_vector_env
 
 
 class SignEnv(gym.Env):
@@ -39,8 +40,8 @@ class SignEnv(gym.Env):
 
 def _train(discrete: bool, iterations: int, seed: int = 0, **overrides) -> PPO:
     envs = make_vector_env([lambda: SignEnv(discrete)] * 4)
-    config = PPOConfig(num_steps=32, learning_rate=3e-3, ent_coef=0.0 if not discrete else 0.01, **overrides)
-    ppo = PPO(envs, config, seed=seed)
+    config = PPOConfig(learning_rate=3e-3, ent_coef=0.0 if not discrete else 0.01, **overrides)
+    ppo = PPO(envs, config, num_steps=32, seed=seed)
     for i in range(iterations):
         ppo.train_iteration(seed=1000 * i)
     return ppo
@@ -95,7 +96,7 @@ def test_normalization_statistics_round_trip_through_a_checkpoint() -> None:
 def test_resumed_training_equals_uninterrupted_training() -> None:
     straight = _train(True, 3)
     first = _train(True, 2)
-    resumed = PPO(make_vector_env([lambda: SignEnv(True)] * 4), first.config, seed=99)
+    resumed = PPO(make_vector_env([lambda: SignEnv(True)] * 4), first.config, num_steps=first.num_steps, seed=99)
     resumed.load_state_dict(first.state_dict())
     resumed.train_iteration(seed=2000)
     assert all(
@@ -146,11 +147,11 @@ def test_fixed_scale_entries_are_not_normalized_and_survive_a_checkpoint() -> No
 
 def test_common_reset_seed_resets_every_env_alike() -> None:
     envs = make_vector_env([lambda: SignEnv(True)] * 4)
-    ppo = PPO(envs, PPOConfig(num_steps=1, common_reset_seed=True), seed=0)
+    ppo = PPO(envs, PPOConfig(common_reset_seed=True), num_steps=1, seed=0)
     batch, _ = ppo.collect_rollout(seed=3)
     assert len(set(batch["obs"][0, :, 0].tolist())) == 1  # one sign for all four envs
     signs = {
-        tuple(PPO(envs, PPOConfig(num_steps=1), seed=0).collect_rollout(seed=s)[0]["obs"][0, :, 0].tolist())
+        tuple(PPO(envs, PPOConfig(), num_steps=1, seed=0).collect_rollout(seed=s)[0]["obs"][0, :, 0].tolist())
         for s in range(8)
     }
     assert any(len(set(s)) > 1 for s in signs)  # without it, the envs draw their own

@@ -18,12 +18,12 @@ import pytest
 import torch
 from cli import ROOT, run_script, small_flags, start_script
 
-from alrs.env import EnvConfig, LREnv
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig
+from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.io import FolderLock, load_torch, save_json
-from alrs.ppo import PPOConfig
 from alrs.results import EpisodeResult, ResultStore
-from alrs.training import TrainingConfig, train_controller
+from alrs.training import train_controller
 
 
 def _small(data_dir: Path) -> list[str]:
@@ -260,13 +260,11 @@ def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(small_env_
     config = EnvConfig(**small_env_options)
     with FolderLock(tmp_path / ".lock", "run folder"):
         with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
-            train_controller(
-                tmp_path, config, PPOConfig(num_steps=4), TrainingConfig(num_envs=1, episodes=1), progress=False
-            )
+            train_controller(tmp_path, config, PPOConfig(), TrainingConfig(num_envs=1, episodes=1), progress=False)
     assert not (tmp_path / "metrics.csv").exists()
     # Released (or left by a process that died): the lock file is free again.
     train_controller(
-        tmp_path, config, PPOConfig(num_steps=4), TrainingConfig(num_envs=1, episodes=1, eval_every=0), progress=False
+        tmp_path, config, PPOConfig(), TrainingConfig(num_envs=1, episodes=1, eval_every=0), progress=False
     )
     assert len(list(csv.reader(open(tmp_path / "metrics.csv")))) == 2
 

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from gymnasium.utils.seeding import np_random
 
+from alrs.config import EnvConfig, PPOConfig
 from alrs.controller import Controller
 from alrs.data import BatchSampler, load_dataset
-from alrs.env import EnvConfig, LREnv, init_child
+from alrs.env import LREnv, init_child
 from alrs.episodes import run_episode
 from alrs.features import PAPER_FEATURES, fixed_scale_indices, next_lr
 from alrs.io import load_torch, save_torch
-from alrs.ppo import PPOConfig
 from alrs.scheduler import LearnedLRScheduler
 from alrs.schedules import Learned
 from alrs.training import controller_metadata

@@ -13,8 +13,9 @@ from cli import run_script
 from test_scheduler import _checkpoint, _Loop
 from torch import nn
 
+from alrs.config import EnvConfig
 from alrs.data import apply_variant, check_dataset, load_dataset, parse_variant
-from alrs.env import EnvConfig, LREnv
+from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.models import architecture_spec, build_model
 from alrs.parallel import ParallelConfig, WorkerPool

@@ -12,13 +12,14 @@ from cli import run_script, small_flags
 
 from alrs import evaluator
 from alrs.cli import parse_args
-from alrs.env import EnvConfig, LREnv
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig
+from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.io import load_torch
 from alrs.plotting import plot_training
-from alrs.ppo import PPO, PPOConfig, make_vector_env
+from alrs.ppo import PPO, make_vector_env
 from alrs.runfolder import checkpoint_file, evaluation_curves
-from alrs.training import TrainingConfig, train_controller
+from alrs.training import train_controller
 
 
 def test_config_precedence_defaults_then_file_then_flags(tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
     small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = EnvConfig(**small_env_options, lr_noise=0.05)
-    ppo = PPOConfig(num_steps=4)
+    ppo = PPOConfig()
     kwargs = dict(env_config=env, ppo_config=ppo, config=TrainingConfig(num_envs=2, episodes=6), seed=7, progress=False)
     train_controller(tmp_path / "straight", **kwargs)
 
@@ -149,7 +150,7 @@ def test_best_checkpoint_is_the_controller_that_played_the_best_episode(
 ) -> None:
     """best.pt must hold the weights that produced the episode, not the ones after the update."""
     env = EnvConfig(**small_env_options)
-    ppo_config = PPOConfig(num_steps=4)
+    ppo_config = PPOConfig()
     train_controller(
         tmp_path, env, ppo_config, TrainingConfig(num_envs=2, episodes=2, eval_every=0), seed=3, progress=False
     )  # one iteration
@@ -175,7 +176,7 @@ def test_best_checkpoint_is_the_controller_with_the_best_deterministic_evaluatio
     env = EnvConfig(**small_env_options, initial_lr="random")
     kwargs = dict(
         env_config=env,
-        ppo_config=PPOConfig(num_steps=4),
+        ppo_config=PPOConfig(),
         seed=0,
         progress=False,
     )
@@ -250,7 +251,7 @@ def test_tensorboard_events_load_in_tensorboards_reader(small_env_options: dict,
     train_controller(
         tmp_path,
         env,
-        PPOConfig(num_steps=4),
+        PPOConfig(),
         TrainingConfig(num_envs=2, episodes=4, eval_every=1, eval_seeds=1, tensorboard=True),
         progress=False,
     )
@@ -272,7 +273,7 @@ def test_tensorboard_without_the_package_is_a_one_line_error(
         train_controller(
             tmp_path,
             env,
-            PPOConfig(num_steps=4),
+            PPOConfig(),
             TrainingConfig(num_envs=1, episodes=1, tensorboard=True),
             progress=False,
         )

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from alrs.env import EnvConfig, init_child
-from alrs.ppo import PPO, PPOConfig, _info_at
+from alrs.config import EnvConfig, PPOConfig
+from alrs.env import init_child
+from alrs.ppo import PPO, _info_at
 from alrs.vector_env import BatchedLREnv, make_lr_envs
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -66,7 +67,7 @@ def test_batched_children_match_separate_envs(
         }
     )
     rng = np.random.default_rng(0)
-    steps = 2 * config.num_controller_steps + 1  # child 0 ends twice, the others once
+    steps = 2 * config.decisions + 1  # child 0 ends twice, the others once
     actions = rng.integers(0, 3, (steps, 3)) if discrete else rng.uniform(0.9, 1.1, (steps, 3, 1)).astype(np.float32)
     separate, separate_infos = _rollout(make_lr_envs(config, 3, batched=False), actions, seed=5)
     batched, batched_infos = _rollout(make_lr_envs(config, 3, batched=True), actions, seed=5)
@@ -115,7 +116,7 @@ def test_a_diverged_child_restarts_alone(small_env_options: dict) -> None:
     _poison_child_0(envs)
     obs, reward, terminated, _, infos = envs.step(np.array([2, 2]))
     assert terminated.tolist() == [True, False] and infos["final_info"]["diverged"][0]
-    assert reward[0] == -5.0 * (envs.config.num_controller_steps - 1) and np.all(np.isfinite(obs))
+    assert reward[0] == -5.0 * (envs.config.decisions - 1) and np.all(np.isfinite(obs))
     assert all(torch.isfinite(v).all() for v in envs.params.values())  # child 0 restarted with fresh weights
     assert infos["step"][0] == 0 and infos["step"][1] == 2 * envs.config.update_freq
     assert not any(torch.equal(healthy[k], envs.params[k][1]) for k in healthy)  # child 1 trained on
@@ -123,7 +124,7 @@ def test_a_diverged_child_restarts_alone(small_env_options: dict) -> None:
 
 def test_ppo_trains_on_the_batched_env(small_env_options: dict) -> None:
     envs = make_lr_envs(EnvConfig(**small_env_options), 2, batched=True)
-    ppo = PPO(envs, PPOConfig(num_steps=4, num_minibatches=2, update_epochs=1))
+    ppo = PPO(envs, PPOConfig(num_minibatches=2, update_epochs=1), num_steps=4)
     step = ppo.train_iteration(seed=0)
     episodes, stats = step.episodes, step.stats
     assert [e.length for e in episodes] == [4, 4] and all(math.isfinite(v) for v in stats.values())

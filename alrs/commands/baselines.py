@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from alrs.cli import config_of, parse_args
 from alrs.commands import run_script, set_threads
-from alrs.env import EnvConfig, LREnv
+from alrs.config import EnvConfig
+from alrs.env import LREnv
 from alrs.grid import BEST_KEYS, baseline_file, baseline_grid_search, grid_schedules
 from alrs.parallel import ParallelConfig, make_pool
 from alrs.plotting import plot_episode
@@ -18,7 +18,7 @@ def main() -> int:
     args = parse_args("baselines")
     set_threads(args.threads)
     # Hand-made schedules run without LR noise.
-    config = dataclasses.replace(config_of(EnvConfig, args), lr_noise=0.0, initial_lr_noise=0.0)
+    config = config_of(EnvConfig, args).for_evaluation()
     path = baseline_file(args.results_dir, config)
     print(f"grid search on {config.dataset}/{config.architecture}; results in {path}")
     env = LREnv(config)

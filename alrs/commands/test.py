@@ -11,7 +11,8 @@ from pathlib import Path
 
 from alrs.cli import config_of, parse_args, read_run_config
 from alrs.commands import run_script, set_threads
-from alrs.env import EnvConfig, LREnv
+from alrs.config import EnvConfig
+from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.evaluator import evaluation_seeds, training_initial_lrs
 from alrs.grid import (
@@ -63,7 +64,7 @@ def suite(args: Namespace) -> int:
     instance_set = load_instance_set(args.suite)
     if not instance_set.heldout:
         raise UserError(f'{args.suite} has no held-out tasks; add a "heldout" set to test on')
-    base = dataclasses.replace(config_of(EnvConfig, args), lr_noise=0.0, initial_lr_noise=0.0, instance_set=None)
+    base = dataclasses.replace(config_of(EnvConfig, args).for_evaluation(), instance_set=None)
     learned, tag = None, "baselines"
     if args.suite_seeds <= 0:
         raise UserError("--suite-seeds must be positive")
@@ -128,9 +129,7 @@ def main() -> int:
         # Every schedule here sets its own initial LR; the env's (kept in summary.json's settings)
         # is 1e-3 for a controller trained from random ones, as in results stored before this protocol.
         args.initial_lr = 1e-3 if args.initial_lr == "random" else args.initial_lr
-    config = dataclasses.replace(
-        config_of(EnvConfig, args), lr_noise=0.0, initial_lr_noise=0.0
-    )  # evaluation: no LR noise
+    config = config_of(EnvConfig, args).for_evaluation()
     env = LREnv(config)
     settings = evaluation_settings(config)
     if not args.baselines_only:

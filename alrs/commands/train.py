@@ -9,16 +9,16 @@ from pathlib import Path
 
 from alrs.cli import config_of, parse_args, settings_of
 from alrs.commands import invocation, provenance, run_script, set_threads
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig
 from alrs.data import load_dataset
-from alrs.env import EnvConfig, resolve_device
+from alrs.env import resolve_device
 from alrs.errors import UserError
 from alrs.io import save_json
 from alrs.parallel import ParallelConfig, WorkerPool
-from alrs.ppo import PPOConfig
 from alrs.recorder import require_tensorboard
 from alrs.runfolder import CONFIG_FILE, LAST_FILE, new_run_dir
 from alrs.tasks import InstanceSet, load_instance_set
-from alrs.training import TrainingConfig, train_controller
+from alrs.training import train_controller
 from alrs.vector_env import check_batchable
 from alrs.workers import WorkerDied
 
@@ -50,11 +50,8 @@ def main() -> int:
     args = parse_args("train")
     set_threads(args.threads)
     env_cfg = config_of(EnvConfig, args)
-    # On an instance set every episode has the set's number of decisions, whatever the task (alrs.tasks).
     instance_set = load_instance_set(env_cfg.instance_set) if env_cfg.instance_set else None
-    ppo_cfg = config_of(
-        PPOConfig, args, num_steps=instance_set.decisions if instance_set else env_cfg.num_controller_steps
-    )
+    ppo_cfg = config_of(PPOConfig, args)
     check_before_start(args, env_cfg, instance_set)
     resume = hasattr(args, "resume")
     parallel = config_of(ParallelConfig, args)
