@@ -240,6 +240,8 @@ def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Names
     except UserError as exc:
         parser.error(str(exc))
     settings.update(given)
+    for name in ("config", "resume", "replot", "suite", "run_dir"):  # the files a command was given; None: none
+        settings.setdefault(name, None)
     try:  # domains a type cannot say: the seed's range (the test seeds add up to 1000 + the seed count)
         check_seed(settings["seed"], "--seed")
         check_seed(

@@ -156,7 +156,9 @@ def test_best_checkpoint_is_the_controller_that_played_the_best_episode(
     )  # one iteration
     best = load_torch(tmp_path / "best.pt")["state_dict"]
     after_update = load_torch(tmp_path / "last.pt")["controller"]["state_dict"]
-    initial = PPO(make_vector_env([lambda: LREnv(env)]), ppo_config, seed=3).controller.state_dict()
+    initial = PPO(
+        make_vector_env([lambda: LREnv(env)]), ppo_config, num_steps=env.decisions, seed=3
+    ).controller.state_dict()
     assert all(torch.equal(best[k], initial[k]) for k in initial if k.startswith(("actor", "critic", "log_std")))
     assert not torch.equal(best["actor.0.weight"], after_update["actor.0.weight"])
 

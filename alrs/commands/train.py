@@ -45,16 +45,8 @@ def run_name(args: Namespace) -> str:
     return f"{what}_s{args.seed}"
 
 
-def main() -> int:
-    """Train a controller as the flags say (a new run folder, or --resume); the exit status."""
-    args = parse_args("train")
-    set_threads(args.threads)
-    env_cfg = config_of(EnvConfig, args)
-    instance_set = load_instance_set(env_cfg.instance_set) if env_cfg.instance_set else None
-    ppo_cfg = config_of(PPOConfig, args)
-    check_before_start(args, env_cfg, instance_set)
-    resume = hasattr(args, "resume")
-    parallel = config_of(ParallelConfig, args)
+def check_workers(args: Namespace, parallel: ParallelConfig, env_cfg: EnvConfig) -> int:
+    """The workers this run uses; a one-line error where they cannot share its children."""
     workers = parallel.num_workers(env_cfg, args.num_envs)
     if workers > args.num_envs:
         raise UserError(
@@ -63,55 +55,46 @@ def main() -> int:
         )
     if workers > 1 and args.batched_envs:
         raise UserError("--batched-envs trains every child in one process; drop it or use --workers 1")
-    run_dir = Path(args.resume) if resume else None
-    if resume and not (run_dir / LAST_FILE).is_file():
+    return workers
+
+
+def resumable(run_dir: Path) -> Path:
+    """``run_dir``, checked to hold a last.pt to resume from."""
+    if not (run_dir / LAST_FILE).is_file():
         raise UserError(
             f"{run_dir} has no {LAST_FILE}: it stopped before its first PPO iteration ended, so there "
             "is nothing to resume; start a new run"
         )
-    try:
-        with WorkerPool(parallel, workers, env_cfg) as pool:  # an unreachable Ray fails here, before any run folder
-            if run_dir is None:
-                run_dir = new_run_dir(args.out_dir, run_name(args))
-                save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
-            where = (
-                f" on {workers} {'Ray' if parallel.backend == 'ray' else 'local'} workers"
-                if not pool.in_process
-                else ""
-            )
-            print(f"{'resuming' if resume else 'run'} {run_dir}{where}", file=sys.stderr)
-            summary = train_controller(
-                run_dir,
-                env_cfg,
-                ppo_cfg,
-                config_of(TrainingConfig, args),
-                seed=args.seed,
-                resume=resume,
-                progress=args.progress,
-                pool=pool,
-            )
-    except BaseException as exc:
-        fresh = run_dir is not None and not resume and not (run_dir / LAST_FILE).exists()
-        if fresh:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed or was stopped leaves no run folder
-        if isinstance(exc, WorkerDied) and run_dir is not None and (run_dir / LAST_FILE).exists():
-            raise WorkerDied(f"{exc}; continue with: {invocation('train')} --resume {run_dir}") from exc
-        if not isinstance(exc, KeyboardInterrupt):
-            raise
-        if run_dir is not None and (run_dir / LAST_FILE).exists():
-            print(
-                f"\ninterrupted; {run_dir / LAST_FILE} holds the last finished iteration. "
-                f"Continue with: {invocation('train')} --resume {run_dir}",
-                file=sys.stderr,
-            )
-        elif fresh:
-            print(
-                f"\ninterrupted before the first iteration ended; nothing to resume, {run_dir} removed", file=sys.stderr
-            )
-        else:
-            print("\ninterrupted", file=sys.stderr)
-        return 130
-    if args.eval_every:
+    return run_dir
+
+
+def stopped(exc: BaseException, run_dir: Path | None, resume: bool) -> int:
+    """A run that stopped early: a start that failed leaves no run folder; a lost worker or Ctrl-C names the
+    command that continues. Re-raises what is not an interruption; Ctrl-C's exit status otherwise."""
+    resumable_now = run_dir is not None and (run_dir / LAST_FILE).exists()
+    fresh = run_dir is not None and not resume and not resumable_now
+    if fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed or was stopped leaves no run folder
+    hint = f"{invocation('train')} --resume {run_dir}"
+    if isinstance(exc, WorkerDied) and resumable_now:
+        raise WorkerDied(f"{exc}; continue with: {hint}") from exc
+    if not isinstance(exc, KeyboardInterrupt):
+        raise exc
+    if resumable_now:
+        print(
+            f"\ninterrupted; {run_dir / LAST_FILE} holds the last finished iteration. Continue with: {hint}",
+            file=sys.stderr,
+        )
+    elif fresh:
+        print(f"\ninterrupted before the first iteration ended; nothing to resume, {run_dir} removed", file=sys.stderr)
+    else:
+        print("\ninterrupted", file=sys.stderr)
+    return 130
+
+
+def report(summary: dict, eval_every: int) -> None:
+    """One line: the episodes trained, how best.pt was chosen, where it is."""
+    if eval_every:
         chosen = (
             f"best evaluation: mean best validation loss {summary['best_eval_loss']:.4f} "
             f"(iteration {summary['best_eval_iteration']})"
@@ -119,6 +102,34 @@ def main() -> int:
     else:
         chosen = f"best final validation loss {summary['best_final_val_loss']:.4f} (episode {summary['best_episode']})"
     print(f"done: {summary['episodes']} episodes, {chosen}; controller: {summary['best']}")
+
+
+def main() -> int:
+    """Train a controller as the flags say (a new run folder, or --resume); the exit status."""
+    args = parse_args("train")
+    set_threads(args.threads)
+    env_cfg, ppo_cfg, training = (config_of(cls, args) for cls in (EnvConfig, PPOConfig, TrainingConfig))
+    parallel = config_of(ParallelConfig, args)
+    instance_set = load_instance_set(env_cfg.instance_set) if env_cfg.instance_set else None
+    check_before_start(args, env_cfg, instance_set)
+    workers = check_workers(args, parallel, env_cfg)
+    resume = args.resume is not None
+    run_dir = resumable(Path(args.resume)) if resume else None
+    try:
+        with WorkerPool(parallel, workers, env_cfg) as pool:  # an unreachable Ray fails here, before any run folder
+            if run_dir is None:
+                run_dir = new_run_dir(args.out_dir, run_name(args))
+                save_json({"settings": settings_of(args), **provenance()}, run_dir / CONFIG_FILE)
+            where = (
+                "" if pool.in_process else f" on {workers} {'Ray' if parallel.backend == 'ray' else 'local'} workers"
+            )
+            print(f"{'resuming' if resume else 'run'} {run_dir}{where}", file=sys.stderr)
+            summary = train_controller(
+                run_dir, env_cfg, ppo_cfg, training, seed=args.seed, resume=resume, progress=args.progress, pool=pool
+            )
+    except BaseException as exc:
+        return stopped(exc, run_dir, resume)
+    report(summary, args.eval_every)
     return 0
 
 
