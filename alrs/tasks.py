@@ -1,4 +1,4 @@
-"""Tasks as data, instance sets of them, and an env that trains a task drawn per episode (ours).
+"""Tasks as data, and instance sets of them (ours); :class:`alrs.env.TaskEnv` trains a task drawn per episode.
 
 A task is what a user's training run is: a dataset variant (:func:`alrs.data.check_dataset`), an
 architecture spec (:mod:`alrs.models`), a batch size, a horizon (optimizer steps), an initial LR and
@@ -27,14 +27,12 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from alrs.config import EnvConfig
 from alrs.data import check_dataset, load_dataset
-from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.io import load_json
 from alrs.models import architecture_spec
@@ -186,56 +184,6 @@ def load_instance_set(path: str | Path) -> InstanceSet:
     return InstanceSet(train, heldout, decisions)
 
 
-class TaskEnv(gym.Env):
-    """An LR environment whose every episode trains a task drawn from ``tasks`` (one :class:`LREnv` per task,
-    built when first drawn). The draw uses the reset's seed, so a seed fixes the task and its child.
-
-    Info gains ``task``, the task's name. Reset options pass through (``initial_lr`` overrides the task's).
-    """
-
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
-
-    def __init__(self, config: EnvConfig, tasks: Sequence[Task] | None = None, decisions: int | None = None):
-        if tasks is None:
-            if config.instance_set is None:
-                raise UserError("a TaskEnv needs tasks, or a config with an instance_set")
-            instance_set = load_instance_set(config.instance_set)
-            tasks, decisions = instance_set.train, instance_set.decisions
-        self.config, self.tasks, self.decisions = config, tuple(tasks), int(decisions)
-        self.configs = [task.env_config(config, self.decisions) for task in self.tasks]
-        self._envs: dict[int, LREnv] = {}
-        self.current: LREnv | None = None
-        self._task = ""
-        first = self._env(0)
-        self.observation_space, self.action_space = first.observation_space, first.action_space
-
-    def _env(self, index: int) -> LREnv:
-        if index not in self._envs:
-            self._envs[index] = LREnv(self.configs[index])
-        return self._envs[index]
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        index = int(self.np_random.integers(len(self.tasks)))
-        self.current, self._task = self._env(index), self.tasks[index].name
-        obs, info = self.current.reset(seed=int(self.np_random.integers(2**62)), options=options)
-        info["task"] = self._task
-        return obs, info
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self.current is None:
-            raise RuntimeError("call reset() before step()")
-        obs, reward, terminated, truncated, info = self.current.step(action)
-        info["task"] = self._task
-        return obs, reward, terminated, truncated, info
-
-
-def make_training_env(config: EnvConfig) -> gym.Env:
-    """The env one PPO child trains on: a :class:`TaskEnv` over the instance set's training tasks, or an
-    :class:`LREnv` of ``config``."""
-    return TaskEnv(config) if config.instance_set is not None else LREnv(config)
-
-
 def episode_decisions(config: EnvConfig) -> int:
     """Controller steps per episode: the instance set's ``decisions`` for every task, else the config's."""
     return load_instance_set(config.instance_set).decisions if config.instance_set else config.decisions
@@ -256,9 +204,7 @@ def task_metadata(config: EnvConfig) -> dict[str, Any]:
 __all__ = [
     "InstanceSet",
     "Task",
-    "TaskEnv",
     "episode_decisions",
     "load_instance_set",
-    "make_training_env",
     "task_metadata",
 ]

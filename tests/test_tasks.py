@@ -15,14 +15,14 @@ from torch import nn
 
 from alrs.config import EnvConfig
 from alrs.data import apply_variant, check_dataset, load_dataset, parse_variant
-from alrs.env import LREnv
+from alrs.env import LREnv, TaskEnv
 from alrs.errors import UserError
 from alrs.models import architecture_spec, build_model
 from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import Learned
 from alrs.suite import run_suite, suite_key, suite_settings, summarize_suite
-from alrs.tasks import InstanceSet, Task, TaskEnv, load_instance_set
+from alrs.tasks import InstanceSet, Task, load_instance_set
 from alrs.workers import node_id
 
 
