@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from alrs.config import EnvConfig
-from alrs.data import check_dataset, load_dataset
+from alrs.data import check_dataset
 from alrs.errors import UserError
 from alrs.io import load_json
 from alrs.models import architecture_spec
@@ -83,12 +83,10 @@ class Task:
         )
 
     def env_config(self, base: EnvConfig, decisions: int) -> EnvConfig:
-        """``base`` with this task's settings, ``decisions`` controller steps per episode, and the
-        validation subset cut to the split's size."""
+        """``base`` with this task's settings and ``decisions`` controller steps per episode; reads no data
+        (the env takes at most the validation split's size)."""
         if self.num_train_steps % decisions:
             raise UserError(f"task {self.name}: {decisions} decisions must divide its {self.num_train_steps} steps")
-        num_val = len(load_dataset(self.dataset, base.data_dir).val_x)
-        val_size = num_val if self.val_size is None else min(self.val_size, num_val)
         return dataclasses.replace(
             base,
             dataset=self.dataset,
@@ -97,7 +95,7 @@ class Task:
             num_train_steps=self.num_train_steps,
             update_freq=self.num_train_steps // decisions,
             initial_lr=float(self.initial_lr),
-            val_size=val_size,
+            val_size=self.val_size,
             lr_min=min(base.lr_min, float(self.initial_lr)),
             lr_max=max(base.lr_max, float(self.initial_lr)),
             instance_set=None,

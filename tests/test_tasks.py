@@ -4,17 +4,18 @@ held-out suite (resumable, and equal on local workers and on a two-node Ray clus
 from __future__ import annotations
 
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cli import run_script
+from cli import ROOT, run_script
 from test_scheduler import _checkpoint, _Loop
 from torch import nn
 
 from alrs.config import EnvConfig
-from alrs.data import apply_variant, check_dataset, load_dataset, parse_variant
+from alrs.data import DatasetError, apply_variant, check_dataset, load_dataset, parse_variant
 from alrs.env import LREnv, TaskEnv
 from alrs.errors import UserError
 from alrs.models import architecture_spec, build_model
@@ -143,6 +144,38 @@ def test_instance_set_sampling_is_deterministic_and_disjoint(tmp_path: Path) -> 
     _one_line(lambda: load_instance_set(_write_set(tmp_path / "big.json", HELDOUT, count=16)), "only 15 distinct")
     _one_line(lambda: InstanceSet(first.heldout, first.heldout, 4), "both a training and a held-out task")
     _one_line(lambda: load_instance_set(tmp_path / "missing.json"), "missing.json")
+
+
+def test_task_configs_read_no_data_and_the_env_takes_at_most_the_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    import alrs.data
+
+    def no_data(*args: object) -> None:
+        raise AssertionError(f"a dataset was read: {args}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(alrs.data, "_load_cached", no_data)
+        suite = load_instance_set(ROOT / "configs" / "suites" / "fa-mnist-small.json")
+        tasks = suite.train + suite.heldout
+        configs = [task.env_config(EnvConfig(device="cpu"), suite.decisions) for task in tasks]
+    assert [c.val_size for c in configs] == [t.val_size for t in tasks] and None in [c.val_size for c in configs]
+    digits = Task("digits", "mlp:16", 32, 20, 0.003)  # val_size 1000, of a 359-image split
+    assert len(LREnv(digits.env_config(EnvConfig(device="cpu"), 4)).val_x) == 359
+
+
+def test_training_stops_before_its_run_folder_when_a_task_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alrs.commands.train as train
+
+    def missing(name: str, *args: object) -> None:
+        raise DatasetError(f"{name}: no dataset files")
+
+    monkeypatch.setattr(train, "load_dataset", missing)
+    args = Namespace(num_envs=2, episodes=4, eval_seeds=1, eval_every=0, batched_envs=False, tensorboard=False)
+    instance_set = load_instance_set(_write_set(tmp_path / "set.json", HELDOUT))
+    _one_line(lambda: train.check_before_start(args, EnvConfig(), instance_set), "no dataset files")
+    odd = InstanceSet(instance_set.train, (), 3)
+    _one_line(lambda: train.check_before_start(args, EnvConfig(), odd), "3 decisions must divide")
 
 
 def test_a_task_env_draws_its_task_from_the_seed(data_dir: Path, tmp_path: Path) -> None:
