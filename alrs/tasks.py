@@ -23,7 +23,9 @@ PPO's rollout is then one episode per child for every task.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +162,19 @@ def _tasks(spec: Any, where: str, exclude: Sequence[Task] = ()) -> tuple[Task, .
 
 
 def load_instance_set(path: str | Path) -> InstanceSet:
-    """The instance set of a JSON file (see the module's docs); the held-out tasks are never sampled for training."""
+    """The instance set of a JSON file (see the module's docs); the held-out tasks are never sampled for training.
+
+    The file is read once per process while it stays unchanged (the same path, modification time and size).
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return _read_instance_set.__wrapped__(str(path), None)  # not cached: the read says what is wrong
+    return _read_instance_set(str(path), (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_instance_set(path: str, version: tuple[int, int] | None) -> InstanceSet:
     data = load_json(path)
     if (
         not isinstance(data, dict)
