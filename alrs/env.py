@@ -5,10 +5,13 @@ another) for ``num_train_steps`` steps. Every
 ``update_freq`` Adam steps the controller observes the child (7 features, paper Sec. 3.1),
 scales the learning rate, and is rewarded with minus the validation loss at that step
 (per-step reward, paper Sec. 3.2).
+
+A :class:`TaskEnv` trains, each episode, a task drawn from an instance set (:mod:`alrs.tasks`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -27,6 +30,7 @@ from alrs.features import (
 )
 from alrs.models import build_model
 from alrs.optim import build_optimizer, check_optimizer, effective_lr, evaluation_weights, make_averager
+from alrs.tasks import Task, load_instance_set
 from alrs.tracker import EpisodeTracker
 
 FEATURES: tuple[str, ...] = PAPER_FEATURES
@@ -68,9 +72,8 @@ class LREnv(gym.Env):
         data = load_dataset(cfg.dataset, cfg.data_dir, self.device) if data is None else data.to(self.device)
         if cfg.batch_size > len(data.train_x):
             raise UserError(f"batch_size={cfg.batch_size} exceeds the {len(data.train_x)} training examples")
-        if cfg.val_size is not None and cfg.val_size > len(data.val_x):
-            raise UserError(f"val_size={cfg.val_size} exceeds the {len(data.val_x)} validation examples")
         self.data = data
+        # At most the split: a task's val_size may exceed a small split (the digits' 359), known only here.
         self.val_x, self.val_y = data.val_x[: cfg.val_size], data.val_y[: cfg.val_size]
 
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(len(cfg.features),), dtype=np.float32)
@@ -250,6 +253,56 @@ def make_env(dataset: str = "fa-mnist", architecture: str = "cnn", **options: An
     return LREnv(EnvConfig(dataset=dataset, architecture=architecture, **options))
 
 
+class TaskEnv(gym.Env):
+    """An LR environment whose every episode trains a task drawn from ``tasks`` (one :class:`LREnv` per task,
+    built when first drawn). The draw uses the reset's seed, so a seed fixes the task and its child.
+
+    Info gains ``task``, the task's name. Reset options pass through (``initial_lr`` overrides the task's).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig, tasks: Sequence[Task] | None = None, decisions: int | None = None):
+        if tasks is None:
+            if config.instance_set is None:
+                raise UserError("a TaskEnv needs tasks, or a config with an instance_set")
+            instance_set = load_instance_set(config.instance_set)
+            tasks, decisions = instance_set.train, instance_set.decisions
+        self.config, self.tasks, self.decisions = config, tuple(tasks), int(decisions)
+        self.configs = [task.env_config(config, self.decisions) for task in self.tasks]
+        self._envs: dict[int, LREnv] = {}
+        self.current: LREnv | None = None
+        self._task = ""
+        first = self._env(0)
+        self.observation_space, self.action_space = first.observation_space, first.action_space
+
+    def _env(self, index: int) -> LREnv:
+        if index not in self._envs:
+            self._envs[index] = LREnv(self.configs[index])
+        return self._envs[index]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        index = int(self.np_random.integers(len(self.tasks)))
+        self.current, self._task = self._env(index), self.tasks[index].name
+        obs, info = self.current.reset(seed=int(self.np_random.integers(2**62)), options=options)
+        info["task"] = self._task
+        return obs, info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.current is None:
+            raise RuntimeError("call reset() before step()")
+        obs, reward, terminated, truncated, info = self.current.step(action)
+        info["task"] = self._task
+        return obs, reward, terminated, truncated, info
+
+
+def make_training_env(config: EnvConfig) -> gym.Env:
+    """The env one PPO child trains on: a :class:`TaskEnv` over the instance set's training tasks, or an
+    :class:`LREnv` of ``config``."""
+    return TaskEnv(config) if config.instance_set is not None else LREnv(config)
+
+
 def episode_curves(infos: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Per-step ``step``, ``train_loss``, ``val_loss`` and ``lr`` (the effective LR, Prodigy's lr x d) of an
     episode's infos."""
@@ -261,8 +314,10 @@ def episode_curves(infos: list[dict[str, Any]]) -> dict[str, list[float]]:
 __all__ = [
     "FEATURES",
     "LREnv",
+    "TaskEnv",
     "episode_curves",
     "init_child",
     "make_env",
+    "make_training_env",
     "resolve_device",
 ]

@@ -1,4 +1,4 @@
-"""Tasks as data, instance sets of them, and an env that trains a task drawn per episode (ours).
+"""Tasks as data, and instance sets of them (ours); :class:`alrs.env.TaskEnv` trains a task drawn per episode.
 
 A task is what a user's training run is: a dataset variant (:func:`alrs.data.check_dataset`), an
 architecture spec (:mod:`alrs.models`), a batch size, a horizon (optimizer steps), an initial LR and
@@ -23,18 +23,18 @@ PPO's rollout is then one episode per child for every task.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from alrs.config import EnvConfig
-from alrs.data import check_dataset, load_dataset
-from alrs.env import LREnv
+from alrs.data import check_dataset
 from alrs.errors import UserError
 from alrs.io import load_json
 from alrs.models import architecture_spec
@@ -85,12 +85,10 @@ class Task:
         )
 
     def env_config(self, base: EnvConfig, decisions: int) -> EnvConfig:
-        """``base`` with this task's settings, ``decisions`` controller steps per episode, and the
-        validation subset cut to the split's size."""
+        """``base`` with this task's settings and ``decisions`` controller steps per episode; reads no data
+        (the env takes at most the validation split's size)."""
         if self.num_train_steps % decisions:
             raise UserError(f"task {self.name}: {decisions} decisions must divide its {self.num_train_steps} steps")
-        num_val = len(load_dataset(self.dataset, base.data_dir).val_x)
-        val_size = num_val if self.val_size is None else min(self.val_size, num_val)
         return dataclasses.replace(
             base,
             dataset=self.dataset,
@@ -99,7 +97,7 @@ class Task:
             num_train_steps=self.num_train_steps,
             update_freq=self.num_train_steps // decisions,
             initial_lr=float(self.initial_lr),
-            val_size=val_size,
+            val_size=self.val_size,
             lr_min=min(base.lr_min, float(self.initial_lr)),
             lr_max=max(base.lr_max, float(self.initial_lr)),
             instance_set=None,
@@ -164,7 +162,19 @@ def _tasks(spec: Any, where: str, exclude: Sequence[Task] = ()) -> tuple[Task, .
 
 
 def load_instance_set(path: str | Path) -> InstanceSet:
-    """The instance set of a JSON file (see the module's docs); the held-out tasks are never sampled for training."""
+    """The instance set of a JSON file (see the module's docs); the held-out tasks are never sampled for training.
+
+    The file is read once per process while it stays unchanged (the same path, modification time and size).
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return _read_instance_set.__wrapped__(str(path), None)  # not cached: the read says what is wrong
+    return _read_instance_set(str(path), (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_instance_set(path: str, version: tuple[int, int] | None) -> InstanceSet:
     data = load_json(path)
     if (
         not isinstance(data, dict)
@@ -184,56 +194,6 @@ def load_instance_set(path: str | Path) -> InstanceSet:
     heldout = _tasks(data["heldout"], f"{path}: heldout") if "heldout" in data else ()
     train = _tasks(data["train"], f"{path}: train", exclude=heldout)
     return InstanceSet(train, heldout, decisions)
-
-
-class TaskEnv(gym.Env):
-    """An LR environment whose every episode trains a task drawn from ``tasks`` (one :class:`LREnv` per task,
-    built when first drawn). The draw uses the reset's seed, so a seed fixes the task and its child.
-
-    Info gains ``task``, the task's name. Reset options pass through (``initial_lr`` overrides the task's).
-    """
-
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
-
-    def __init__(self, config: EnvConfig, tasks: Sequence[Task] | None = None, decisions: int | None = None):
-        if tasks is None:
-            if config.instance_set is None:
-                raise UserError("a TaskEnv needs tasks, or a config with an instance_set")
-            instance_set = load_instance_set(config.instance_set)
-            tasks, decisions = instance_set.train, instance_set.decisions
-        self.config, self.tasks, self.decisions = config, tuple(tasks), int(decisions)
-        self.configs = [task.env_config(config, self.decisions) for task in self.tasks]
-        self._envs: dict[int, LREnv] = {}
-        self.current: LREnv | None = None
-        self._task = ""
-        first = self._env(0)
-        self.observation_space, self.action_space = first.observation_space, first.action_space
-
-    def _env(self, index: int) -> LREnv:
-        if index not in self._envs:
-            self._envs[index] = LREnv(self.configs[index])
-        return self._envs[index]
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        index = int(self.np_random.integers(len(self.tasks)))
-        self.current, self._task = self._env(index), self.tasks[index].name
-        obs, info = self.current.reset(seed=int(self.np_random.integers(2**62)), options=options)
-        info["task"] = self._task
-        return obs, info
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self.current is None:
-            raise RuntimeError("call reset() before step()")
-        obs, reward, terminated, truncated, info = self.current.step(action)
-        info["task"] = self._task
-        return obs, reward, terminated, truncated, info
-
-
-def make_training_env(config: EnvConfig) -> gym.Env:
-    """The env one PPO child trains on: a :class:`TaskEnv` over the instance set's training tasks, or an
-    :class:`LREnv` of ``config``."""
-    return TaskEnv(config) if config.instance_set is not None else LREnv(config)
 
 
 def episode_decisions(config: EnvConfig) -> int:
@@ -256,9 +216,7 @@ def task_metadata(config: EnvConfig) -> dict[str, Any]:
 __all__ = [
     "InstanceSet",
     "Task",
-    "TaskEnv",
     "episode_decisions",
     "load_instance_set",
-    "make_training_env",
     "task_metadata",
 ]

@@ -24,11 +24,10 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from alrs.config import EnvConfig
 from alrs.data import BatchSampler, Splits, load_dataset
-from alrs.env import EpisodeTracker, LREnv, init_child, resolve_device
+from alrs.env import EpisodeTracker, LREnv, init_child, make_training_env, resolve_device
 from alrs.errors import UserError
 from alrs.features import child_features
 from alrs.ppo import make_vector_env
-from alrs.tasks import make_training_env
 
 BATCHABLE_ARCHITECTURES: tuple[str, ...] = ("mlp", "cnn", "paper-cnn")
 """Children without batch norm: their forward pass is a pure function of the parameters.

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from alrs.config import EnvConfig
-from alrs.env import LREnv
+from alrs.env import LREnv, make_training_env
 from alrs.errors import UserError
-from alrs.tasks import make_training_env
 
 
 class Host:

@@ -4,25 +4,27 @@ held-out suite (resumable, and equal on local workers and on a two-node Ray clus
 from __future__ import annotations
 
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cli import run_script
+from cli import ROOT, run_script
 from test_scheduler import _checkpoint, _Loop
 from torch import nn
 
-from alrs.config import EnvConfig
-from alrs.data import apply_variant, check_dataset, load_dataset, parse_variant
-from alrs.env import LREnv
+from alrs.config import EnvConfig, PPOConfig, TrainingConfig
+from alrs.data import DatasetError, apply_variant, check_dataset, load_dataset, parse_variant
+from alrs.env import LREnv, TaskEnv
 from alrs.errors import UserError
 from alrs.models import architecture_spec, build_model
 from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import Learned
 from alrs.suite import run_suite, suite_key, suite_settings, summarize_suite
-from alrs.tasks import InstanceSet, Task, TaskEnv, load_instance_set
+from alrs.tasks import InstanceSet, Task, load_instance_set
+from alrs.training import train_controller
 from alrs.workers import node_id
 
 
@@ -143,6 +145,57 @@ def test_instance_set_sampling_is_deterministic_and_disjoint(tmp_path: Path) -> 
     _one_line(lambda: load_instance_set(_write_set(tmp_path / "big.json", HELDOUT, count=16)), "only 15 distinct")
     _one_line(lambda: InstanceSet(first.heldout, first.heldout, 4), "both a training and a held-out task")
     _one_line(lambda: load_instance_set(tmp_path / "missing.json"), "missing.json")
+
+
+def test_task_configs_read_no_data_and_the_env_takes_at_most_the_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    import alrs.data
+
+    def no_data(*args: object) -> None:
+        raise AssertionError(f"a dataset was read: {args}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(alrs.data, "_load_cached", no_data)
+        suite = load_instance_set(ROOT / "configs" / "suites" / "fa-mnist-small.json")
+        tasks = suite.train + suite.heldout
+        configs = [task.env_config(EnvConfig(device="cpu"), suite.decisions) for task in tasks]
+    assert [c.val_size for c in configs] == [t.val_size for t in tasks] and None in [c.val_size for c in configs]
+    digits = Task("digits", "mlp:16", 32, 20, 0.003)  # val_size 1000, of a 359-image split
+    assert len(LREnv(digits.env_config(EnvConfig(device="cpu"), 4)).val_x) == 359
+
+
+def test_an_instance_set_is_read_once_per_training_run(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alrs.tasks
+
+    reads: list[str] = []
+    real = alrs.tasks.load_json
+    monkeypatch.setattr(alrs.tasks, "load_json", lambda path: reads.append(path) or real(path))
+    path = _write_set(tmp_path / "set.json", HELDOUT)
+    config = EnvConfig(data_dir=str(data_dir), device="cpu", instance_set=str(path), feature_scale="relative")
+    instance_set = load_instance_set(config.instance_set)  # the train command's
+    training = TrainingConfig(num_envs=2, episodes=4, eval_every=1, eval_seeds=1)
+    with WorkerPool(ParallelConfig(workers=1, threads=1), 1, config) as pool:
+        train_controller(tmp_path / "run", config, PPOConfig(), training, seed=0, progress=False, pool=pool)
+    assert reads == [str(path)] and load_instance_set(path) is instance_set
+    path.write_text(path.read_text().replace('"count": 5', '"count": 6'))  # a changed file is read again
+    assert len(load_instance_set(path).train) == 6 and len(reads) == 2
+
+
+def test_training_stops_before_its_run_folder_when_a_task_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alrs.commands.train as train
+
+    def missing(name: str, *args: object) -> None:
+        raise DatasetError(f"{name}: no dataset files")
+
+    monkeypatch.setattr(train, "load_dataset", missing)
+    args = Namespace(num_envs=2, episodes=4, eval_seeds=1, eval_every=0, batched_envs=False, tensorboard=False)
+    instance_set = load_instance_set(_write_set(tmp_path / "set.json", HELDOUT))
+    _one_line(lambda: train.check_before_start(args, EnvConfig(), instance_set), "no dataset files")
+    odd = InstanceSet(instance_set.train, (), 3)
+    _one_line(lambda: train.check_before_start(args, EnvConfig(), odd), "3 decisions must divide")
 
 
 def test_a_task_env_draws_its_task_from_the_seed(data_dir: Path, tmp_path: Path) -> None:

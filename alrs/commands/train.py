@@ -30,7 +30,8 @@ def check_before_start(args: Namespace, env_cfg: EnvConfig, instance_set: Instan
     if args.eval_every < 0:
         raise UserError("--eval-every must be >= 0 (0 turns the evaluations off)")
     for task in instance_set.train if instance_set else ():
-        task.env_config(env_cfg, instance_set.decisions)  # loads every task's data, checks its horizon
+        task.env_config(env_cfg, instance_set.decisions)  # checks its horizon
+        load_dataset(task.dataset, env_cfg.data_dir)  # and its data
     if not instance_set:
         load_dataset(env_cfg.dataset, env_cfg.data_dir, resolve_device(env_cfg.device))
     if args.batched_envs:
