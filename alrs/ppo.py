@@ -104,12 +104,6 @@ class PPO:
         self.iteration = 0
 
     # ------------------------------------------------------------------ rollout
-    def _sample(self, dist: torch.distributions.Distribution) -> torch.Tensor:
-        """Draw actions from our own generator, so sampling is reproducible and checkpointed."""
-        if self.controller.discrete:
-            return torch.multinomial(dist.probs, 1, generator=self.generator).squeeze(-1)
-        return dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
-
     def collect_rollout(self, seed: int) -> tuple[dict[str, torch.Tensor], list[Episode]]:
         """``num_steps`` steps of every env from seeded resets; returns the batch and finished episodes."""
         cfg, ctrl, n = self.config, self.controller, self.envs.num_envs
@@ -129,10 +123,10 @@ class PPO:
             norm_obs = ctrl.normalize_obs(obs)
             with torch.no_grad():
                 dist = ctrl.distribution(norm_obs)
-                raw = self._sample(dist)
-                logprob = dist.log_prob(raw) if ctrl.discrete else dist.log_prob(raw).sum(-1)
+                raw = dist.sample(self.generator)  # our own generator: sampling is reproducible and checkpointed
+                logprob = dist.log_prob(raw)
                 value = ctrl.value(norm_obs)
-            obs_np, reward, terminated, truncated, infos = self.envs.step(ctrl.to_env_action(raw))
+            obs_np, reward, terminated, truncated, infos = self.envs.step(dist.to_env_action(raw))
             done = terminated | truncated
 
             ep_return += reward
@@ -202,10 +196,7 @@ class PPO:
                 order, min(cfg.num_minibatches, size)
             ):  # near-equal sizes, none of 1 left over
                 dist = ctrl.distribution(flat["obs"][mb])
-                logprob = dist.log_prob(flat["actions"][mb])
-                entropy = dist.entropy()
-                if not ctrl.discrete:
-                    logprob, entropy = logprob.sum(-1), entropy.sum(-1)
+                logprob, entropy = dist.log_prob(flat["actions"][mb]), dist.entropy()
                 log_ratio = logprob - flat["logprobs"][mb]
                 ratio = log_ratio.exp()
                 with torch.no_grad():
