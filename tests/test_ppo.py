@@ -75,6 +75,23 @@ def test_rollout_reports_finished_episodes_with_their_infos() -> None:
     assert all(set(info) == {"sign"} for e in episodes for info in e.infos)
 
 
+def test_a_time_limit_cut_is_bootstrapped_with_the_value_of_the_final_observation() -> None:
+    class Cut(SignEnv):
+        def step(self, action):
+            obs, reward, _, _, info = super().step(action)
+            return obs, reward, False, self.t == 3, info  # cut after 3 steps; info["sign"] is obs[0]
+
+    ppo = PPO(make_vector_env([lambda: Cut(True)] * 2), PPOConfig(norm_obs=False, norm_reward=False), 3, seed=0)
+    batch, episodes = ppo.collect_rollout(seed=0)
+    assert batch["dones"][2].tolist() == [1.0, 1.0] and len(episodes) == 2
+    for episode in episodes:
+        with torch.no_grad():
+            final_value = ppo.controller.value(torch.tensor([[episode.infos[-1]["sign"], 1.0]])).item()
+        last_reward = episode.episode_return - float(batch["rewards"][:2, episode.env_index].sum())
+        assert abs(final_value) > 1e-4
+        assert float(batch["rewards"][2, episode.env_index]) == pytest.approx(last_reward + 0.99 * final_value)
+
+
 def test_normalization_statistics_round_trip_through_a_checkpoint() -> None:
     ppo = _train(False, 2)
     saved = ppo.controller.checkpoint({"note": "x"})
