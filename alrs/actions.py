@@ -6,6 +6,11 @@ fields) it reads, and its rule (LR, action) -> next LR, clipped to ``[lr_min, lr
 :func:`action_of` gives the action of a configuration (or of a checkpoint's recorded settings),
 :func:`checkpoint_action` the action of a saved controller, checked against its spec. The env, its
 episode bookkeeping, the scheduler and the learned schedule all ask here.
+
+A new kind is a class here (its ``settings``, ``space``, ``describe`` and ``factor``, or its own
+``next_lr``), its record in :data:`ACTIONS` and its choice in :func:`action_kind`, and its test in
+``tests/test_actions.py``; a kind of space the policy cannot yet act in needs a distribution in
+:data:`alrs.controller.DISTRIBUTIONS` as well.
 """
 
 from __future__ import annotations
@@ -31,8 +36,6 @@ class Action(ABC):
 
     kind: ClassVar[str]
     """The kind's name in :data:`ACTIONS`."""
-    help: ClassVar[str]
-    """What the kind's actions do, for help texts."""
     settings: ClassVar[tuple[str, ...]]
     """The :class:`~alrs.config.EnvConfig` fields it reads: its constructor's arguments."""
 
@@ -51,7 +54,7 @@ class Action(ABC):
 
     @abstractmethod
     def describe(self) -> str:
-        """One line: what each action does to the LR (for controller cards)."""
+        """One line: what each action does to the LR (for help texts and controller cards)."""
 
     @abstractmethod
     def factor(self, action: Any) -> float:
@@ -84,7 +87,6 @@ class DiscreteScale(_Scale):
     """The seed's discrete action: 0 multiplies the LR by ``action_range``, 1 divides it by it, 2 keeps it."""
 
     kind: ClassVar[str] = "discrete-scale"
-    help: ClassVar[str] = "0/1/2 = multiply the LR by action_range / divide it by action_range / keep it"
 
     @property
     def space(self) -> spaces.Space:
@@ -113,7 +115,6 @@ class ContinuousScale(_Scale):
     """One LR factor, clipped to ``[1 / action_range, action_range]``."""
 
     kind: ClassVar[str] = "continuous-scale"
-    help: ClassVar[str] = "one LR factor in [1/action_range, action_range]"
 
     @property
     def space(self) -> spaces.Space:

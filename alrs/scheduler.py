@@ -27,8 +27,8 @@ order, every time: a feature is the change of the predictions since the previous
 
 The observation is computed by the env's own code (:func:`alrs.features.child_features` and
 :func:`alrs.features.observation_tail`) and the action applied by the env's rule,
-:meth:`alrs.actions.Action.next_lr` (without the env's optional LR noise): the same model, batches and validation split
-give the env's LRs and losses. The controller does not act on an observation that is not finite
+:meth:`alrs.actions.Action.next_lr` (without the env's optional LR noise): the same model, batches
+and validation split give the env's LRs and losses. The controller does not act on an observation that is not finite
 (a diverged model: the env ends its episode there); the LR is then kept and ``diverged`` set.
 
 Param groups: the controller sets one LR, the reference LR, which starts as the first group's
