@@ -118,6 +118,7 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         # The registries own their names; imported here, not above, so that importing this module stays light.
+        from alrs.actions import action_of
         from alrs.data import check_dataset
         from alrs.features import check_reward, feature_names
         from alrs.models import ALIASES, check_architecture
@@ -143,8 +144,7 @@ class EnvConfig:
             )
         if self.initial_lr != "random" and not (isinstance(self.initial_lr, (int, float)) and 0 < self.initial_lr <= 1):
             raise UserError(f"initial_lr must be a number in (0, 1] or 'random', got {self.initial_lr!r}")
-        if not self.action_range > 1:
-            raise UserError(f"action_range must be > 1 (a factor such as 1.05), got {self.action_range!r}")
+        action_of(self)  # the action kind checks its settings
         if self.lr_noise < 0 or self.initial_lr_noise < 0:
             raise UserError("lr_noise and initial_lr_noise must be >= 0 (0 turns the noise off)")
         if not 0 < self.lr_min < self.lr_max:

@@ -1,4 +1,5 @@
-"""The controller: the policy (actor and critic), its running normalizers, and its checkpoint format.
+"""The controller: the policy (actor, critic, and its distribution over actions), its running normalizers,
+and its checkpoint format.
 
 What a trained LR schedule is, apart from how it was trained (:mod:`alrs.ppo`): a checkpoint is
 self-describing (action space, feature count and which features are fixed-scale, normalizer
@@ -9,6 +10,7 @@ statistics, weights, and the settings it was trained with under ``metadata``), s
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -70,6 +72,129 @@ def describe_action_space(space: spaces.Space) -> dict[str, Any]:
     raise UserError(f"PPO here supports a Discrete or a bounded 1-D Box action space, got {space}")
 
 
+class ActionDistribution(ABC):
+    """The policy's distribution over raw actions, one class per kind of action space (as in
+    Stable-Baselines3): built from the actor's output for a batch of observations.
+
+    A raw action is what PPO stores and scores; :meth:`to_env_action` turns it into the env's action.
+    """
+
+    @staticmethod
+    @abstractmethod
+    def actor_outputs(spec: dict[str, Any]) -> int:
+        """The actor's output size for an action space described by ``spec``."""
+
+    @staticmethod
+    def new_parameters(spec: dict[str, Any], init_log_std: float) -> dict[str, nn.Parameter]:
+        """Parameters besides the actor's, registered on the controller under these names."""
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def of(cls, out: torch.Tensor, controller: Controller) -> ActionDistribution:
+        """The distribution given the actor's output ``out`` and the controller's other parameters."""
+
+    @abstractmethod
+    def log_prob(self, raw: torch.Tensor) -> torch.Tensor:
+        """Log-probability of each raw action, summed over the action's dimensions."""
+
+    @abstractmethod
+    def entropy(self) -> torch.Tensor:
+        """Entropy of each observation's distribution, summed over the action's dimensions."""
+
+    @abstractmethod
+    def sample(self, generator: torch.Generator | None) -> torch.Tensor:
+        """Raw actions drawn with ``generator`` (None: torch's global generator)."""
+
+    @abstractmethod
+    def mode(self) -> torch.Tensor:
+        """The most likely raw actions."""
+
+    @abstractmethod
+    def to_env_action(self, raw: torch.Tensor) -> np.ndarray:
+        """The env's actions for raw actions ``raw``."""
+
+
+class CategoricalDistribution(ActionDistribution):
+    """A ``Discrete(n)`` action: an index drawn from a categorical over the actor's ``n`` logits."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.dist = torch.distributions.Categorical(logits=logits)
+
+    @staticmethod
+    def actor_outputs(spec: dict[str, Any]) -> int:
+        return spec["n"]
+
+    @classmethod
+    def of(cls, out: torch.Tensor, controller: Controller) -> CategoricalDistribution:
+        return cls(out)
+
+    def log_prob(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.dist.log_prob(raw)
+
+    def entropy(self) -> torch.Tensor:
+        return self.dist.entropy()
+
+    def sample(self, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.multinomial(self.dist.probs, 1, generator=generator).squeeze(-1)
+
+    def mode(self) -> torch.Tensor:
+        return self.dist.probs.argmax(-1)
+
+    def to_env_action(self, raw: torch.Tensor) -> np.ndarray:
+        return raw.cpu().numpy()
+
+
+class DiagGaussianDistribution(ActionDistribution):
+    """A bounded 1-D ``Box`` action: a Gaussian around the actor's output, its log std a state-independent
+    parameter (``log_std``), the sample mapped onto ``[low, high]``."""
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor, low: float, high: float):
+        self.dist = torch.distributions.Normal(mean, log_std.exp().expand_as(mean))
+        self.low, self.high = low, high
+
+    @staticmethod
+    def actor_outputs(spec: dict[str, Any]) -> int:
+        return 1
+
+    @staticmethod
+    def new_parameters(spec: dict[str, Any], init_log_std: float) -> dict[str, nn.Parameter]:
+        return {"log_std": nn.Parameter(torch.full((1,), float(init_log_std)))}
+
+    @classmethod
+    def of(cls, out: torch.Tensor, controller: Controller) -> DiagGaussianDistribution:
+        return cls(out, controller.log_std, controller.action_spec["low"], controller.action_spec["high"])
+
+    def log_prob(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.dist.log_prob(raw).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return self.dist.entropy().sum(-1)
+
+    def sample(self, generator: torch.Generator | None) -> torch.Tensor:
+        return self.dist.mean + self.dist.stddev * torch.randn(self.dist.mean.shape, generator=generator)
+
+    def mode(self) -> torch.Tensor:
+        return self.dist.mean
+
+    def to_env_action(self, raw: torch.Tensor) -> np.ndarray:
+        """The sample clipped to [-1, 1] and mapped onto [low, high] (the log-probability stays that of the
+        unclipped sample). A strictly positive range (a scale factor) is interpolated geometrically, so 0
+        maps to sqrt(low * high), which is "keep" for [1/r, r]; a linear map would centre on (r + 1/r) / 2
+        and drift the LR upwards."""
+        low, high = self.low, self.high
+        t = (raw.clamp(-1, 1) + 1) * 0.5
+        action = low * (high / low) ** t if low > 0 else low + t * (high - low)
+        return action.cpu().numpy().astype(np.float32)
+
+
+DISTRIBUTIONS: dict[str, type[ActionDistribution]] = {
+    "discrete": CategoricalDistribution,
+    "box": DiagGaussianDistribution,
+}
+"""The policy's distribution class for each ``type`` of action space description (:func:`describe_action_space`)."""
+
+
 class Controller(nn.Module):
     """Actor, critic and the normalization statistics: everything needed to act, in one module.
 
@@ -102,12 +227,15 @@ class Controller(nn.Module):
             tuple(hidden_sizes),
             clip_obs,
         )
-        self.discrete = action_space["type"] == "discrete"
-        out = action_space["n"] if self.discrete else 1
+        kind = action_space.get("type")
+        if kind not in DISTRIBUTIONS:
+            raise UserError(f"an action space of type {kind!r}: the controller knows {', '.join(DISTRIBUTIONS)}")
+        self.distribution_class = DISTRIBUTIONS[kind]
+        out = self.distribution_class.actor_outputs(self.action_spec)
         self.actor = _mlp(obs_dim, self.hidden_sizes, out, out_gain=0.01)  # small: near-uniform first policy
         self.critic = _mlp(obs_dim, self.hidden_sizes, 1, out_gain=1.0)
-        if not self.discrete:
-            self.log_std = nn.Parameter(torch.full((1,), float(init_log_std)))  # state-independent
+        for name, parameter in self.distribution_class.new_parameters(self.action_spec, init_log_std).items():
+            self.register_parameter(name, parameter)
         self.obs_rms = RunningMeanStd((obs_dim,))
         self.return_rms = RunningMeanStd(())
         self.normalize = True
@@ -126,23 +254,9 @@ class Controller(nn.Module):
     def value(self, norm_obs: torch.Tensor) -> torch.Tensor:
         return self.critic(norm_obs).squeeze(-1)
 
-    def distribution(self, norm_obs: torch.Tensor) -> torch.distributions.Distribution:
-        out = self.actor(norm_obs)
-        if self.discrete:
-            return torch.distributions.Categorical(logits=out)
-        return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
-
-    def to_env_action(self, raw: torch.Tensor) -> np.ndarray:
-        """Policy output to env action: the index, or the Gaussian sample clipped to [-1, 1] and mapped
-        onto [low, high] (the log-probability stays that of the unclipped sample). A strictly positive
-        range (a scale factor) is interpolated geometrically, so 0 maps to sqrt(low * high), which is
-        "keep" for [1/r, r]; a linear map would centre on (r + 1/r) / 2 and drift the LR upwards."""
-        if self.discrete:
-            return raw.cpu().numpy()
-        low, high = self.action_spec["low"], self.action_spec["high"]
-        t = (raw.clamp(-1, 1) + 1) * 0.5
-        action = low * (high / low) ** t if low > 0 else low + t * (high - low)
-        return action.cpu().numpy().astype(np.float32)
+    def distribution(self, norm_obs: torch.Tensor) -> ActionDistribution:
+        """The policy's distribution over raw actions for a batch of normalized observations."""
+        return self.distribution_class.of(self.actor(norm_obs), self)
 
     @torch.no_grad()
     def act(
@@ -151,14 +265,8 @@ class Controller(nn.Module):
         """The env action for one observation, with frozen statistics: the policy's mode by default, else a
         sample drawn with ``generator`` (None: torch's global generator)."""
         dist = self.distribution(self.normalize_obs(torch.as_tensor(obs).reshape(1, -1)))
-        if deterministic:
-            raw = dist.probs.argmax(-1) if self.discrete else dist.mean
-        elif self.discrete:
-            raw = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
-        else:
-            raw = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)
-        action = self.to_env_action(raw)[0]
-        return int(action) if self.discrete else action
+        action = dist.to_env_action(dist.mode() if deterministic else dist.sample(generator))[0]
+        return action.item() if action.ndim == 0 else action  # an index as an int, a Box action as an array
 
     def checkpoint(self, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """A self-describing dict: architecture, action space, weights, normalizers, and ``metadata``."""
@@ -196,4 +304,12 @@ class Controller(nn.Module):
         return controller
 
 
-__all__ = ["Controller", "RunningMeanStd", "describe_action_space"]
+__all__ = [
+    "DISTRIBUTIONS",
+    "ActionDistribution",
+    "CategoricalDistribution",
+    "Controller",
+    "DiagGaussianDistribution",
+    "RunningMeanStd",
+    "describe_action_space",
+]

@@ -76,12 +76,9 @@ class LREnv(gym.Env):
         # At most the split: a task's val_size may exceed a small split (the digits' 359), known only here.
         self.val_x, self.val_y = data.val_x[: cfg.val_size], data.val_y[: cfg.val_size]
 
+        self.episode = EpisodeTracker(cfg)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(len(cfg.features),), dtype=np.float32)
-        if cfg.discrete:
-            self.action_space: spaces.Space = spaces.Discrete(3)
-        else:
-            r = cfg.action_range
-            self.action_space = spaces.Box(np.float32(1 / r), np.float32(r), shape=(1,), dtype=np.float32)
+        self.action_space = self.episode.action.space
 
         # channels_last roughly halves the cost of the convolutions on the CPU (benchmarks/env_speed.py).
         conv_on_cpu = self.device.type == "cpu" and cfg.architecture != "mlp"
@@ -89,7 +86,6 @@ class LREnv(gym.Env):
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._averager: nn.Module | None = None
-        self.episode = EpisodeTracker(cfg)
 
     # The episode's state, as the tracker keeps it.
     @property

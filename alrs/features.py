@@ -1,5 +1,5 @@
-"""What the controller observes, how its action sets the LR, and what it is rewarded with: the one
-place that names them, shared by the env and by :mod:`alrs.scheduler`.
+"""What the controller observes and what it is rewarded with: the one place that names them, shared by
+the env and by :mod:`alrs.scheduler` (what its action does to the LR: :mod:`alrs.actions`).
 
 The paper's observation is 7 features (Sec. 3.1) and its reward is minus the validation loss at
 each controller step (Sec. 3.2). Both stay the defaults. The options below are ours, each chosen
@@ -26,9 +26,7 @@ by one config value and recorded in every controller checkpoint:
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import numpy as np
 import torch
 
 from alrs.errors import UserError
@@ -114,35 +112,6 @@ def observation_tail(names: tuple[str, ...], lr: float, steps_done: int, total_s
     if "budget_left" in names:
         tail.append(1.0 - steps_done / total_steps)
     return tail
-
-
-def next_lr(
-    lr: float, action: Any, *, discrete: bool, action_range: float, lr_min: float, lr_max: float, log_noise: float = 0.0
-) -> float:
-    """The LR after a controller's ``action`` (the paper scales the previous LR, Sec. 3.1).
-
-    Discrete: 0 multiplies by ``action_range``, 1 divides by it, 2 keeps. Continuous: the action is
-    the factor, clipped to ``[1 / action_range, action_range]``. ``log_noise`` multiplies the LR by
-    ``exp(log_noise)`` (the seed's optional LR noise). The result is clipped to ``[lr_min, lr_max]``.
-    """
-    if discrete:
-        # An integer of the action space: a float such as 2.7 is refused, not truncated by int().
-        value = (
-            action.item()
-            if isinstance(action, (np.ndarray, np.generic, torch.Tensor)) and np.ndim(action) == 0
-            else action
-        )
-        if isinstance(value, bool) or not isinstance(value, int) or value not in (0, 1, 2):
-            raise UserError(
-                f"discrete action must be the integer 0 (increase), 1 (decrease) or 2 (keep), got {action!r}"
-            )
-        factor = (action_range, 1 / action_range, 1.0)[value]
-    else:
-        value = np.asarray(action, dtype=np.float64).reshape(-1)
-        if value.size != 1 or not np.isfinite(value[0]):
-            raise UserError(f"a continuous action is one finite LR factor, got {action!r}")
-        factor = float(np.clip(value[0], 1 / action_range, action_range))
-    return float(np.clip(lr * factor * math.exp(log_noise), lr_min, lr_max))
 
 
 def check_reward(reward: str) -> None:

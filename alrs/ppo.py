@@ -56,6 +56,31 @@ def _info_at(infos: dict[str, Any], i: int) -> dict[str, Any]:
     return out
 
 
+class _EpisodeLog:
+    """The episode under way in each env (raw return, length, per-step infos), and the episodes finished."""
+
+    def __init__(self, num_envs: int):
+        self.returns, self.lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
+        self.infos: list[list[dict[str, Any]]] = [[] for _ in range(num_envs)]
+        self.finished: list[Episode] = []
+
+    def add_step(self, reward: np.ndarray, done: np.ndarray, infos: dict[str, Any]) -> None:
+        """Count one step of every env; an env that is done closes its episode (its last info: ``final_info``)."""
+        self.returns += reward
+        self.lengths += 1
+        final_infos = infos.get("final_info", {})
+        for i in range(len(done)):
+            self.infos[i].append(_info_at(final_infos, i) if done[i] else _info_at(infos, i))
+            if done[i]:
+                self.finished.append(Episode(i, float(self.returns[i]), int(self.lengths[i]), self.infos[i]))
+                self.returns[i], self.lengths[i], self.infos[i] = 0.0, 0, []
+
+
+def _explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """``1 - Var(returns - values) / Var(returns)``: the share of the returns' variance the critic predicts."""
+    return 1 - float((returns - values).var() / returns.var()) if returns.var() > 0 else math.nan
+
+
 class PPO:
     """PPO over a Gymnasium vector env.
 
@@ -104,24 +129,14 @@ class PPO:
         self.iteration = 0
 
     # ------------------------------------------------------------------ rollout
-    def _sample(self, dist: torch.distributions.Distribution) -> torch.Tensor:
-        """Draw actions from our own generator, so sampling is reproducible and checkpointed."""
-        if self.controller.discrete:
-            return torch.multinomial(dist.probs, 1, generator=self.generator).squeeze(-1)
-        return dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
-
     def collect_rollout(self, seed: int) -> tuple[dict[str, torch.Tensor], list[Episode]]:
         """``num_steps`` steps of every env from seeded resets; returns the batch and finished episodes."""
         cfg, ctrl, n = self.config, self.controller, self.envs.num_envs
         obs_np, _ = self.envs.reset(seed=[seed] * n if cfg.common_reset_seed else seed)
         obs = torch.as_tensor(obs_np)
+        log = _EpisodeLog(n)
         discounted = np.zeros(n)  # running discounted return per env, for reward scaling
-        ep_return, ep_len = np.zeros(n), np.zeros(n, dtype=int)
-        ep_infos: list[list[dict]] = [[] for _ in range(n)]
-        episodes: list[Episode] = []
-        buf: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "dones")
-        }
+        steps: list[dict[str, torch.Tensor]] = []
 
         for _ in range(self.num_steps):
             if cfg.norm_obs:
@@ -129,49 +144,62 @@ class PPO:
             norm_obs = ctrl.normalize_obs(obs)
             with torch.no_grad():
                 dist = ctrl.distribution(norm_obs)
-                raw = self._sample(dist)
-                logprob = dist.log_prob(raw) if ctrl.discrete else dist.log_prob(raw).sum(-1)
+                raw = dist.sample(self.generator)  # our own generator: sampling is reproducible and checkpointed
+                logprob = dist.log_prob(raw)
                 value = ctrl.value(norm_obs)
-            obs_np, reward, terminated, truncated, infos = self.envs.step(ctrl.to_env_action(raw))
+            obs_np, reward, terminated, truncated, infos = self.envs.step(dist.to_env_action(raw))
             done = terminated | truncated
+            log.add_step(reward, done, infos)
 
-            ep_return += reward
-            ep_len += 1
-            final_infos = infos.get("final_info", {})
-            for i in range(n):
-                ep_infos[i].append(_info_at(final_infos, i) if done[i] else _info_at(infos, i))
-                if done[i]:
-                    episodes.append(Episode(i, float(ep_return[i]), int(ep_len[i]), ep_infos[i]))
-                    ep_return[i], ep_len[i], ep_infos[i] = 0.0, 0, []
-
-            reward_t = torch.as_tensor(reward, dtype=torch.float64)
-            if cfg.norm_reward:
-                # Scale by the running std of the discounted return (not the reward): keeps value
-                # targets near unit scale without shifting the reward's sign.
-                discounted = discounted * cfg.gamma + reward
-                ctrl.return_rms.update(torch.as_tensor(discounted))
-                reward_t = (reward_t / torch.sqrt(ctrl.return_rms.var + 1e-8)).clamp(-cfg.clip_reward, cfg.clip_reward)
-                discounted[done] = 0.0
-            cut = truncated & ~terminated
-            if cut.any():
-                # A time-limit cut is not a real end: bootstrap with the value of the final observation.
-                final_obs = torch.as_tensor(np.stack([infos["final_obs"][i] for i in np.flatnonzero(cut)]))
-                with torch.no_grad():
-                    reward_t[cut] += cfg.gamma * ctrl.value(ctrl.normalize_obs(final_obs)).double()
-
-            for key, value_ in zip(
-                buf,
-                (norm_obs, raw, logprob, value, reward_t.float(), torch.as_tensor(done, dtype=torch.float32)),
-                strict=True,
-            ):
-                buf[key].append(value_)
-            obs = torch.as_tensor(obs_np)
+            reward_t, discounted = self._scale_rewards(reward, done, discounted)
+            self._bootstrap_time_limits(reward_t, terminated, truncated, infos)
+            steps.append(
+                {
+                    "obs": norm_obs,  # as the policy saw it: the update scores the same input
+                    "actions": raw,  # the raw sample, whose log-probability is scored (not the env's action)
+                    "logprobs": logprob,  # of the acting policy: the denominator of the update's ratio
+                    "values": value,  # the critic's, for GAE and the value clip
+                    "rewards": reward_t.float(),  # scaled, a cut episode's last one bootstrapped
+                    "dones": torch.as_tensor(done, dtype=torch.float32),  # GAE does not bootstrap across these
+                }
+            )
+            obs = torch.as_tensor(obs_np)  # an env that finished has already restarted (autoreset SAME_STEP)
 
         with torch.no_grad():
-            last_value = ctrl.value(ctrl.normalize_obs(obs))
-        batch = {k: torch.stack(v) for k, v in buf.items()}
+            last_value = ctrl.value(ctrl.normalize_obs(obs))  # bootstraps the episodes the rollout cuts off
+        batch = {key: torch.stack([step[key] for step in steps]) for key in steps[0]}
         batch["advantages"], batch["returns"] = self._gae(batch, last_value)
-        return batch, episodes
+        return batch, log.finished
+
+    def _scale_rewards(
+        self, reward: np.ndarray, done: np.ndarray, discounted: np.ndarray
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """The rewards to learn from, and the running discounted returns after them.
+
+        With ``norm_reward``, scaled by the running std of the discounted return (not of the reward):
+        keeps value targets near unit scale without shifting the reward's sign.
+        """
+        cfg, ctrl = self.config, self.controller
+        reward_t = torch.as_tensor(reward, dtype=torch.float64)
+        if not cfg.norm_reward:
+            return reward_t, discounted
+        discounted = discounted * cfg.gamma + reward
+        ctrl.return_rms.update(torch.as_tensor(discounted))
+        reward_t = (reward_t / torch.sqrt(ctrl.return_rms.var + 1e-8)).clamp(-cfg.clip_reward, cfg.clip_reward)
+        discounted[done] = 0.0  # an episode's end starts a new discounted return
+        return reward_t, discounted
+
+    def _bootstrap_time_limits(
+        self, reward_t: torch.Tensor, terminated: np.ndarray, truncated: np.ndarray, infos: dict[str, Any]
+    ) -> None:
+        """A time-limit cut is not a real end: add the discounted value of the final observation to the
+        reward of a cut episode's last step (in place)."""
+        cut = truncated & ~terminated
+        if cut.any():
+            final_obs = torch.as_tensor(np.stack([infos["final_obs"][i] for i in np.flatnonzero(cut)]))
+            with torch.no_grad():
+                final_value = self.controller.value(self.controller.normalize_obs(final_obs))
+            reward_t[cut] += self.config.gamma * final_value.double()
 
     def _gae(self, batch: dict[str, torch.Tensor], last_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Generalized advantage estimation: an exponentially weighted mix of n-step advantages."""
@@ -191,21 +219,16 @@ class PPO:
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Several epochs of clipped-surrogate minibatch updates; returns statistics averaged over them."""
         cfg, ctrl = self.config, self.controller
-        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
+        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}  # (steps, envs, ...) -> (steps * envs, ...)
         size = len(flat["values"])
         stats: dict[str, list[float]] = {
             k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
         }
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(size, generator=self.generator)
-            for mb in torch.tensor_split(
-                order, min(cfg.num_minibatches, size)
-            ):  # near-equal sizes, none of 1 left over
+            order = torch.randperm(size, generator=self.generator)  # a new shuffle each epoch, from our generator
+            for mb in torch.tensor_split(order, min(cfg.num_minibatches, size)):  # near-equal sizes, no lone 1
                 dist = ctrl.distribution(flat["obs"][mb])
-                logprob = dist.log_prob(flat["actions"][mb])
-                entropy = dist.entropy()
-                if not ctrl.discrete:
-                    logprob, entropy = logprob.sum(-1), entropy.sum(-1)
+                logprob, entropy = dist.log_prob(flat["actions"][mb]), dist.entropy()
                 log_ratio = logprob - flat["logprobs"][mb]
                 ratio = log_ratio.exp()
                 with torch.no_grad():
@@ -217,17 +240,7 @@ class PPO:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # per-minibatch normalization: scale-free steps
                 # Clipped surrogate: no incentive to move the ratio outside [1 - eps, 1 + eps].
                 policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-
-                new_value = ctrl.value(flat["obs"][mb])
-                if cfg.clip_vloss:
-                    # Keep the critic, too, near its old predictions.
-                    clipped = flat["values"][mb] + (new_value - flat["values"][mb]).clamp(-cfg.clip_coef, cfg.clip_coef)
-                    value_loss = (
-                        0.5
-                        * torch.max((new_value - flat["returns"][mb]) ** 2, (clipped - flat["returns"][mb]) ** 2).mean()
-                    )
-                else:
-                    value_loss = 0.5 * ((new_value - flat["returns"][mb]) ** 2).mean()
+                value_loss = self._value_loss(ctrl.value(flat["obs"][mb]), flat["values"][mb], flat["returns"][mb])
 
                 # The entropy bonus keeps the policy exploring.
                 loss = policy_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * value_loss
@@ -238,12 +251,20 @@ class PPO:
                 for key, value_ in zip(
                     stats, (policy_loss, value_loss, entropy.mean(), approx_kl, clip_fraction), strict=True
                 ):
-                    stats[key].append(float(value_.detach()))
+                    stats[key].append(float(value_.detach()))  # averaged over every minibatch of the update
             if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
                 break  # the policy moved too far from the one that collected the data
-        returns, values = flat["returns"], flat["values"]
-        explained = 1 - float((returns - values).var() / returns.var()) if returns.var() > 0 else math.nan
+        explained = _explained_variance(flat["values"], flat["returns"])
         return {**{k: float(np.mean(v)) for k, v in stats.items()}, "explained_variance": explained}
+
+    def _value_loss(self, new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        """Half the critic's squared error; with ``clip_vloss`` the larger of that and the error of the new
+        prediction clipped around the old one, which keeps the critic, too, near its old predictions."""
+        cfg = self.config
+        if not cfg.clip_vloss:
+            return 0.5 * ((new_value - returns) ** 2).mean()
+        clipped = old_value + (new_value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
+        return 0.5 * torch.max((new_value - returns) ** 2, (clipped - returns) ** 2).mean()
 
     def train_iteration(self, seed: int) -> Iteration:
         """One rollout from seeded resets and one update."""

@@ -26,9 +26,9 @@ before it, after the K-th ``optimizer.step()``). Use the same validation example
 order, every time: a feature is the change of the predictions since the previous observation.
 
 The observation is computed by the env's own code (:func:`alrs.features.child_features` and
-:func:`alrs.features.observation_tail`) and the action applied by :func:`alrs.features.next_lr`,
-the env's rule (without the env's optional LR noise): the same model, batches and validation split
-give the env's LRs and losses. The controller does not act on an observation that is not finite
+:func:`alrs.features.observation_tail`) and the action applied by the env's rule,
+:meth:`alrs.actions.Action.next_lr` (without the env's optional LR noise): the same model, batches
+and validation split give the env's LRs and losses. The controller does not act on an observation that is not finite
 (a diverged model: the env ends its episode there); the LR is then kept and ``diverged`` set.
 
 Param groups: the controller sets one LR, the reference LR, which starts as the first group's
@@ -49,6 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from alrs.actions import SETTINGS as ACTION_SETTINGS
+from alrs.actions import checkpoint_action
 from alrs.controller import Controller
 from alrs.errors import UserError
 from alrs.features import (
@@ -56,7 +58,6 @@ from alrs.features import (
     LR_FEATURES,
     child_features,
     feature_names,
-    next_lr,
     observation_tail,
     relative_child_features,
 )
@@ -70,16 +71,13 @@ Evaluate = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 _ENV_SETTINGS = (
     "update_freq",
     "num_train_steps",
-    "discrete",
-    "action_range",
-    "lr_min",
-    "lr_max",
+    *ACTION_SETTINGS,
     "lr_feature",
     "time_feature",
 )  # what the scheduler reads from a checkpoint's metadata["env"]
 
-_SETTINGS = ("update_freq", "num_train_steps", "features", "discrete", "action_range", "lr_min", "lr_max")
-_NOT_STATE = ("optimizer", "controller", "evaluate", "_output_weight")
+_SETTINGS = ("update_freq", "num_train_steps", "features", "action_settings")
+_NOT_STATE = ("optimizer", "controller", "evaluate", "_output_weight", "_action")
 
 
 def _controller_checkpoint(checkpoint: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -90,7 +88,7 @@ def _controller_checkpoint(checkpoint: str | os.PathLike | dict[str, Any]) -> tu
 
 
 def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source: str) -> dict[str, Any]:
-    """The checkpoint's env settings and feature names, checked against each other and the controller."""
+    """The checkpoint's env settings, feature names and action, checked against each other and the controller."""
     metadata = checkpoint.get("metadata")
     env = metadata.get("env") if isinstance(metadata, dict) else None
     missing = [key for key in _ENV_SETTINGS if not isinstance(env, dict) or key not in env]
@@ -118,18 +116,11 @@ def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source
         raise UserError(
             f"{source}: the controller takes {controller.obs_dim} features, its metadata names {len(features)}"
         )
-    r = env["action_range"]
-    wanted = (
-        {"type": "discrete", "n": 3}
-        if env["discrete"]
-        else {"type": "box", "low": float(np.float32(1 / r)), "high": float(np.float32(r))}
-    )
-    if controller.action_spec != wanted:
-        raise UserError(f"{source}: the controller's actions are {controller.action_spec}, its metadata says {wanted}")
     return {
         **{key: env[key] for key in _ENV_SETTINGS},
         "features": tuple(features),
         "optimizer": env["optimizer"],
+        "action": checkpoint_action(env, controller.action_spec, source),
     }
 
 
@@ -193,8 +184,8 @@ class LearnedLRScheduler(LRScheduler):
         steps = settings["num_train_steps"] if num_train_steps is None else num_train_steps
         self.num_train_steps = _positive_int("num_train_steps", steps)
         self.features: tuple[str, ...] = settings["features"]
-        self.discrete, self.action_range = bool(settings["discrete"]), float(settings["action_range"])
-        self.lr_min, self.lr_max = float(settings["lr_min"]), float(settings["lr_max"])
+        self.action_settings = {key: settings[key] for key in ACTION_SETTINGS}
+        self._action = settings["action"]
         if isinstance(output_layer, nn.Module):
             self._output_weight: Callable[[], torch.Tensor] = lambda: output_layer.weight
         elif callable(output_layer):
@@ -294,6 +285,11 @@ class LearnedLRScheduler(LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a scheduler with the same settings; sets the optimizer's LRs too."""
+        if "action_settings" not in state_dict and all(key in state_dict for key in ACTION_SETTINGS):
+            # A state saved before alrs.actions kept the action's settings as entries of their own.
+            older = {key: state_dict[key] for key in ACTION_SETTINGS}
+            state_dict = {key: value for key, value in state_dict.items() if key not in older}
+            state_dict["action_settings"] = older
         missing = [key for key in _SETTINGS if key not in state_dict]
         if missing:
             raise UserError(f"not the state of a LearnedLRScheduler (no {', '.join(missing)})")
@@ -364,14 +360,7 @@ class LearnedLRScheduler(LRScheduler):
         obs = np.asarray([*child, *tail], dtype=np.float32)
         self._prev_probs, self._last_obs = probs, torch.from_numpy(obs)
         if np.all(np.isfinite(obs)):
-            self.lr = next_lr(
-                self.lr,
-                self.controller.act(obs),
-                discrete=self.discrete,
-                action_range=self.action_range,
-                lr_min=self.lr_min,
-                lr_max=self.lr_max,
-            )
+            self.lr = self._action.next_lr(self.lr, self.controller.act(obs))
         else:
             self.diverged = True
 

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from alrs.actions import action_of
 from alrs.config import OPTIMIZER_FIELDS, EnvConfig
-from alrs.controller import Controller, describe_action_space
+from alrs.controller import Controller
 from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.formats import migrate_controller
@@ -290,7 +291,7 @@ class Learned(Schedule):
             )
         if self.controller.obs_dim != len(observed):
             raise UserError(f"the controller takes {self.controller.obs_dim} features, this env gives {len(observed)}")
-        wanted = describe_action_space(env.action_space)
+        wanted = action_of(env.config).spec()
         if self.controller.action_spec != wanted:
             raise UserError(
                 f"the controller's actions are {self.controller.action_spec} but this env takes {wanted}; "

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from alrs.actions import action_of
 from alrs.config import EnvConfig
 from alrs.data import check_dataset
 from alrs.errors import UserError
 from alrs.features import (
     divergence_reward,
-    next_lr,
     observation_tail,
     relative_child_features,
     step_reward,
@@ -38,6 +38,7 @@ class EpisodeTracker:
 
     def __init__(self, config: EnvConfig) -> None:
         self.config = config
+        self.action = action_of(config)
         self.np_random: np.random.Generator | None = None
         self._last_obs: np.ndarray | None = None
         self._num_classes = check_dataset(config.dataset).num_classes
@@ -83,18 +84,10 @@ class EpisodeTracker:
         return obs, info
 
     def next_lr(self, action: Any) -> float:
-        """The LR after ``action``: the factor, the optional noise, the bounds (:func:`alrs.features.next_lr`)."""
+        """The LR after ``action``: the factor, the optional noise, the bounds (:meth:`alrs.actions.Action.next_lr`)."""
         cfg = self.config
         log_noise = cfg.lr_noise * float(self.np_random.normal()) if cfg.lr_noise else 0.0
-        return next_lr(
-            self.lr,
-            action,
-            discrete=cfg.discrete,
-            action_range=cfg.action_range,
-            lr_min=cfg.lr_min,
-            lr_max=cfg.lr_max,
-            log_noise=log_noise,
-        )
+        return self.action.next_lr(self.lr, action, log_noise)
 
     def start_step(self, lr: float) -> None:
         """Check that the episode goes on, and take ``lr`` as the LR of the coming Adam steps."""

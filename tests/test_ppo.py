@@ -7,7 +7,7 @@ import torch
 from gymnasium import spaces
 
 from alrs.config import PPOConfig
-from alrs.controller import Controller
+from alrs.controller import CategoricalDistribution, Controller, DiagGaussianDistribution
 from alrs.ppo import PPO, make_vector_env
 
 
@@ -62,7 +62,7 @@ def test_learns_the_best_continuous_policy() -> None:
 
 def test_first_policy_is_near_uniform_and_untrained_runs_are_seeded() -> None:
     a, b = _train(True, 0, seed=3), _train(True, 0, seed=3)
-    probs = a.controller.distribution(torch.zeros(1, 2)).probs
+    probs = a.controller.distribution(torch.zeros(1, 2)).dist.probs
     assert torch.allclose(probs, torch.full((1, 3), 1 / 3), atol=0.02)
     assert all(torch.equal(p, q) for p, q in zip(a.controller.parameters(), b.controller.parameters(), strict=True))
 
@@ -73,6 +73,23 @@ def test_rollout_reports_finished_episodes_with_their_infos() -> None:
     assert batch["obs"].shape == (32, 4, 2) and batch["advantages"].shape == (32, 4)
     assert len(episodes) == 4 * 32 // 8 and all(e.length == 8 and len(e.infos) == 8 for e in episodes)
     assert all(set(info) == {"sign"} for e in episodes for info in e.infos)
+
+
+def test_a_time_limit_cut_is_bootstrapped_with_the_value_of_the_final_observation() -> None:
+    class Cut(SignEnv):
+        def step(self, action):
+            obs, reward, _, _, info = super().step(action)
+            return obs, reward, False, self.t == 3, info  # cut after 3 steps; info["sign"] is obs[0]
+
+    ppo = PPO(make_vector_env([lambda: Cut(True)] * 2), PPOConfig(norm_obs=False, norm_reward=False), 3, seed=0)
+    batch, episodes = ppo.collect_rollout(seed=0)
+    assert batch["dones"][2].tolist() == [1.0, 1.0] and len(episodes) == 2
+    for episode in episodes:
+        with torch.no_grad():
+            final_value = ppo.controller.value(torch.tensor([[episode.infos[-1]["sign"], 1.0]])).item()
+        last_reward = episode.episode_return - float(batch["rewards"][:2, episode.env_index].sum())
+        assert abs(final_value) > 1e-4
+        assert float(batch["rewards"][2, episode.env_index]) == pytest.approx(last_reward + 0.99 * final_value)
 
 
 def test_normalization_statistics_round_trip_through_a_checkpoint() -> None:
@@ -119,11 +136,46 @@ def test_wrong_action_space_checkpoint_is_refused() -> None:
 def test_continuous_mapping_is_symmetric_around_keep() -> None:
     """For a scale-factor range [1/r, r]: 0 keeps the LR, +-1 are the ends, +-t are reciprocal."""
     ctrl = Controller(2, {"type": "box", "low": 1 / 1.05, "high": 1.05})
-    up, keep, down, far = ctrl.to_env_action(torch.tensor([[0.5], [0.0], [-0.5], [3.0]]))[:, 0]
+    dist = ctrl.distribution(torch.zeros(4, 2))
+    up, keep, down, far = dist.to_env_action(torch.tensor([[0.5], [0.0], [-0.5], [3.0]]))[:, 0]
     assert keep == pytest.approx(1.0) and far == pytest.approx(1.05)
     assert up * down == pytest.approx(1.0) and up == pytest.approx(1.05**0.5)
-    linear = Controller(2, {"type": "box", "low": -2.0, "high": 4.0})
+    linear = DiagGaussianDistribution(torch.zeros(1, 1), torch.zeros(1), low=-2.0, high=4.0)
     assert linear.to_env_action(torch.tensor([[0.0]]))[0, 0] == pytest.approx(1.0)
+
+
+def test_each_distribution_scores_draws_and_maps_its_actions() -> None:
+    """Log-probability and entropy summed over the action's dimensions; samples drawn from the given generator
+    by the calls that fix every sampled action (multinomial; mean + std * randn); the mode; the env's action."""
+    logits = torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]])
+    categorical, reference = CategoricalDistribution(logits), torch.distributions.Categorical(logits=logits)
+    raw = torch.tensor([1, 0])
+    assert torch.equal(categorical.log_prob(raw), reference.log_prob(raw))
+    assert torch.equal(categorical.entropy(), reference.entropy())
+    drawn = torch.multinomial(reference.probs, 1, generator=torch.Generator().manual_seed(4)).squeeze(-1)
+    assert torch.equal(categorical.sample(torch.Generator().manual_seed(4)), drawn)
+    assert categorical.mode().tolist() == [1, 0] and categorical.to_env_action(raw).tolist() == [1, 0]
+
+    mean, log_std = torch.tensor([[0.2], [-0.5]]), torch.tensor([-1.0])
+    gaussian = DiagGaussianDistribution(mean, log_std, 0.5, 2.0)
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    raw = torch.tensor([[0.1], [3.0]])
+    assert torch.equal(gaussian.log_prob(raw), normal.log_prob(raw).sum(-1))
+    assert torch.equal(gaussian.entropy(), normal.entropy().sum(-1)) and gaussian.entropy().shape == (2,)
+    drawn = mean + normal.stddev * torch.randn(mean.shape, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(gaussian.sample(torch.Generator().manual_seed(4)), drawn)
+    assert torch.equal(gaussian.mode(), mean)
+    env_action = gaussian.to_env_action(raw)
+    assert env_action.dtype == np.float32 and env_action[:, 0].tolist() == pytest.approx([0.5 * 4**0.55, 2.0])
+
+
+def test_the_controller_acts_with_its_distribution_and_refuses_unknown_spaces() -> None:
+    discrete, box = Controller(2, {"type": "discrete", "n": 3}), Controller(2, {"type": "box", "low": 0.5, "high": 2.0})
+    assert "log_std" not in discrete.state_dict() and box.state_dict()["log_std"].shape == (1,)
+    obs = np.array([0.3, 1.0], np.float32)
+    assert type(discrete.act(obs)) is int and box.act(obs).shape == (1,)
+    with pytest.raises(ValueError, match="the controller knows discrete, box"):
+        Controller(2, {"type": "multi-discrete", "nvec": [3, 3]})
 
 
 def test_gae_on_known_numbers() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -14,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from gymnasium.utils.seeding import np_random
 
+from alrs.actions import action_of
 from alrs.config import EnvConfig, PPOConfig
 from alrs.controller import Controller
 from alrs.data import BatchSampler, load_dataset
 from alrs.env import LREnv, init_child
 from alrs.episodes import run_episode
-from alrs.features import PAPER_FEATURES, fixed_scale_indices, next_lr
+from alrs.features import PAPER_FEATURES, fixed_scale_indices
 from alrs.io import load_torch, save_torch
 from alrs.scheduler import LearnedLRScheduler
 from alrs.schedules import Learned
@@ -53,19 +53,9 @@ print(f"final LR {scheduler.get_last_lr()[0]:.3g}")
 def _checkpoint(config: EnvConfig, seed: int = 0) -> dict[str, Any]:
     """An untrained controller whose choices vary: normalization that matters, a large last actor layer."""
     features = config.features
-    r = config.action_range
-    space = (
-        {"type": "discrete", "n": 3}
-        if config.discrete
-        else {"type": "box", "low": float(np.float32(1 / r)), "high": float(np.float32(r))}
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        controller = Controller(
-            len(features),
-            space,
-            fixed_scale=fixed_scale_indices(features),
-        )
+        controller = Controller(len(features), action_of(config).spec(), fixed_scale=fixed_scale_indices(features))
     # typical values of the features of this fake data (the log-LR and time features are not normalized)
     mean = torch.tensor([1.8, 1.7, 5e-3, 2e-3, 0.0, 3e-3, 3e-3, 0.5], dtype=torch.float64)[: len(features)]
     std = torch.tensor([0.5, 0.5, 1e-2, 2e-3, 5e-3, 5e-4, 3e-3, 1.0], dtype=torch.float64)[: len(features)]
@@ -197,21 +187,6 @@ def test_a_plain_loop_gets_the_env_episode(small_env_options: dict, options: str
     assert [float(obs[1]) for obs in loop.observations] == pytest.approx(curves["val_loss"], rel=1e-12)
 
 
-def test_next_lr_scales_clips_and_refuses_bad_actions() -> None:
-    """The one action rule that the env and the scheduler share."""
-    rule = dict(action_range=1.2, lr_min=1e-5, lr_max=1e-1)
-    assert [next_lr(1e-3, a, discrete=True, **rule) for a in (0, 1, 2, np.int64(1))] == pytest.approx(
-        [1.2e-3, 1e-3 / 1.2, 1e-3, 1e-3 / 1.2], rel=1e-15
-    )
-    assert next_lr(0.095, 0, discrete=True, **rule) == 0.1 and next_lr(1e-5, 1, discrete=True, **rule) == 1e-5
-    assert next_lr(1e-3, np.array([5.0], dtype=np.float32), discrete=False, **rule) == pytest.approx(1.2e-3)
-    assert next_lr(1e-3, 0.5, discrete=False, **rule) == pytest.approx(1e-3 / 1.2)
-    assert next_lr(1e-3, 2, discrete=True, log_noise=math.log(2), **rule) == pytest.approx(2e-3)
-    for action, discrete in ((3, True), (np.array([0, 1]), True), (float("nan"), False), (np.array([1.0, 1.1]), False)):
-        with pytest.raises(ValueError, match="action"):
-            next_lr(1e-3, action, discrete=discrete, **rule)
-
-
 def test_param_groups_keep_their_ratio(small_env_options: dict) -> None:
     config = EnvConfig(**{**small_env_options, "num_train_steps": 40})
     loop = _Loop(config, _checkpoint(config), seed=3, lr=1e-3, mode="after", head_lr=1e-2)
@@ -255,6 +230,23 @@ def test_state_dict_round_trip_continues_the_same_schedule(
     assert first.lrs + second.lrs == whole.lrs
     second.finish()
     assert np.array_equal(np.array(first.observations + second.observations), np.array(whole.observations))
+
+
+def test_a_state_saved_with_the_action_settings_as_entries_of_their_own_loads(small_env_options: dict) -> None:
+    """States saved before alrs.actions held discrete, action_range, lr_min and lr_max as entries."""
+    config = EnvConfig(**{**small_env_options, "num_train_steps": 40})
+    checkpoint = _checkpoint(config)
+    first = _Loop(config, checkpoint, 7, 1e-3)
+    first.run(12)
+    state = first.scheduler.state_dict()
+    older = {key: value for key, value in state.items() if key != "action_settings"}
+    older.update(discrete=True, action_range=1.05, lr_min=1e-5, lr_max=0.1)
+    second = _Loop(config, checkpoint, 7, 1e-3).scheduler
+    second.load_state_dict(older)
+    assert second.lr == first.scheduler.lr and second.action_settings == state["action_settings"]
+    assert "discrete" not in vars(second)
+    older["action_range"] = 1.3
+    assert "the state was saved by a scheduler with action_settings=" in _error(lambda: second.load_state_dict(older))
 
 
 def _error(call: Any) -> str:
