@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from alrs.config import EnvConfig
 from alrs.controller import describe_action_space
 from alrs.errors import UserError
 
@@ -149,8 +148,10 @@ def action_kind(settings: Mapping[str, Any]) -> str:
     return DiscreteScale.kind if settings["discrete"] else ContinuousScale.kind
 
 
-def action_of(config: EnvConfig | Mapping[str, Any]) -> Action:
-    """The action of an env configuration, or of the settings a checkpoint recorded (``metadata["env"]``)."""
+def action_of(config: Any) -> Action:
+    """The action of an env configuration (an :class:`~alrs.config.EnvConfig`, not imported here: the
+    configuration asks this module to check its settings), or of the settings a checkpoint recorded
+    (``metadata["env"]``, a mapping)."""
     settings = config if isinstance(config, Mapping) else vars(config)
     return ACTIONS[action_kind(settings)].from_settings(settings)
 
