@@ -20,8 +20,9 @@ from alrs.episodes import run_episode
 from alrs.errors import UserError
 from alrs.grid import BEST_KEYS, baseline_grid_search, schedule_from_record
 from alrs.optim import evaluation_weights
+from alrs.peers import adam_ema, peer_grid, prodigy, schedule_free
 from alrs.scheduler import LearnedLRScheduler
-from alrs.schedules import Constant, Learned, adam_ema, peer_grid, prodigy, schedule_free
+from alrs.schedules import Constant, Learned
 from alrs.vector_env import check_batchable
 
 
