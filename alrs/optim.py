@@ -30,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from alrs.config import OPTIMIZER_FIELDS, EnvConfig
 from alrs.errors import UserError
+from alrs.settings import one_of
 
 Builder = Callable[[Iterable[torch.Tensor], float, dict[str, Any]], torch.optim.Optimizer]
 """(params, lr, settings) -> an optimizer ready for training steps; ``settings`` holds the fields it reads."""
@@ -157,8 +158,7 @@ for _record in (
 def optimizer_help() -> str:
     """The ``--optimizer`` help: every registered optimizer with its description."""
     names = [f"{r.name} ({r.description})" if r.description else r.name for r in OPTIMIZERS.values()]
-    listing = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
-    return f"the child's optimizer (alrs.optim): {listing}."
+    return f"the child's optimizer: {one_of(names)}; see alrs.optim."
 
 
 def check_optimizer(
