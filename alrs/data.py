@@ -400,8 +400,10 @@ def _idx_files(torchvision_class: str, system_dirs: tuple[str, ...] = (), hint: 
     return TorchvisionFiles(torchvision_class, f"{torchvision_class}/raw", files, _read_idx_folder, system_dirs, hint)
 
 
-for _record in (
-    DatasetRecord("mnist", "MNIST", (1, 28, 28), _idx_files("MNIST", ("/usr/share/datasets/mnist",)), carve_validation),
+register_dataset(
+    DatasetRecord("mnist", "MNIST", (1, 28, 28), _idx_files("MNIST", ("/usr/share/datasets/mnist",)), carve_validation)
+)
+register_dataset(
     DatasetRecord(
         "fa-mnist",
         "Fashion-MNIST, the paper's",
@@ -410,19 +412,22 @@ for _record in (
             "FashionMNIST", ("/usr/share/datasets/fashion-mnist",), " or install Debian's dataset-fashion-mnist"
         ),
         carve_validation,
-    ),
+    )
+)
+register_dataset(
     DatasetRecord(
         "cifar10",
         "CIFAR10, the paper's",
         (3, 32, 32),
         TorchvisionFiles("CIFAR10", "cifar-10-batches-py", _CIFAR_TRAIN + _CIFAR_TEST, _read_cifar_folder),
         carve_validation,
-    ),
+    )
+)
+register_dataset(
     DatasetRecord(
         "digits", "scikit-learn's 8x8 digits, no download", (1, 8, 8), _load_digits, Shares(train=0.6, val=0.2)
-    ),
-):
-    register_dataset(_record)
+    )
+)
 
 
 class BatchSampler:

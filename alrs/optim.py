@@ -131,10 +131,14 @@ def _prodigy_step_size(group: dict[str, Any]) -> float:
 
 _ADAM_SETTINGS = ("beta1", "beta2", "weight_decay")
 
-for _record in (
-    OptimizerRecord("adam", "the paper's", "torch.optim.Adam", _build_adam, _ADAM_SETTINGS),
-    OptimizerRecord("adamw", "decoupled weight decay", "torch.optim.AdamW", _build_adamw, _ADAM_SETTINGS),
-    OptimizerRecord("sgd", f"momentum {SGD_MOMENTUM:g}", "torch.optim.SGD", _build_sgd, ("weight_decay",)),
+register_optimizer(OptimizerRecord("adam", "the paper's", "torch.optim.Adam", _build_adam, _ADAM_SETTINGS))
+register_optimizer(
+    OptimizerRecord("adamw", "decoupled weight decay", "torch.optim.AdamW", _build_adamw, _ADAM_SETTINGS)
+)
+register_optimizer(
+    OptimizerRecord("sgd", f"momentum {SGD_MOMENTUM:g}", "torch.optim.SGD", _build_sgd, ("weight_decay",))
+)
+register_optimizer(
     OptimizerRecord(
         "schedulefree-adamw",
         "Schedule-Free AdamW, evaluated at its average of the iterates",
@@ -142,7 +146,9 @@ for _record in (
         _build_schedule_free,
         (*_ADAM_SETTINGS, "warmup_steps"),
         evaluation_weights=True,
-    ),
+    )
+)
+register_optimizer(
     OptimizerRecord(
         "prodigy",
         "the LR multiplies its estimate d, 1 is its default, and the LR recorded is lr x d",
@@ -150,9 +156,8 @@ for _record in (
         _build_prodigy,
         (*_ADAM_SETTINGS, "d_coef"),
         step_size=_prodigy_step_size,
-    ),
-):
-    register_optimizer(_record)
+    )
+)
 
 
 def optimizer_help() -> str:

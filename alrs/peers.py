@@ -75,8 +75,8 @@ def adam_ema(lr: float, decay: float) -> Peer:
     return Peer("adam-ema", Constant(lr), f"adam + ema {decay:g} (lr={lr:g})", weight_average=f"ema:{decay:g}")
 
 
-for _family in (
-    # Schedule-Free AdamW's LR x warm-up (a fraction of the episode's steps).
+# Schedule-Free AdamW's LR x warm-up (a fraction of the episode's steps).
+register_peer_family(
     PeerFamily(
         "schedule-free",
         {"lr": (1e-3, 3e-3, 1e-2, 3e-2), "warmup_fraction": (0.0, 0.05)},
@@ -85,8 +85,10 @@ for _family in (
         ),
         lambda record: schedule_free(record["shape"]["initial_lr"], record["optimizer"].get("warmup_steps", 0)),
         "best_schedule_free",
-    ),
-    # Prodigy's d_coef at its default LR 1, held constant or cosine-decayed.
+    )
+)
+# Prodigy's d_coef at its default LR 1, held constant or cosine-decayed.
+register_peer_family(
     PeerFamily(
         "prodigy",
         {"d_coef": (0.5, 1.0, 2.0), "shape": ("constant", "cosine")},
@@ -95,8 +97,10 @@ for _family in (
             record["optimizer"].get("d_coef", 1.0), record["shape"]["family"], record["shape"].get("total_steps", 0)
         ),
         "best_prodigy",
-    ),
-    # Adam at a constant LR, evaluating an exponential moving average of its weights.
+    )
+)
+# Adam at a constant LR, evaluating an exponential moving average of its weights.
+register_peer_family(
     PeerFamily(
         "adam-ema",
         {"lr": (3e-3, 1e-2, 3e-2), "decay": (0.9, 0.95, 0.99)},
@@ -105,9 +109,8 @@ for _family in (
             record["shape"]["initial_lr"], float(record["optimizer"]["weight_average"].removeprefix("ema:"))
         ),
         "best_adam_ema",
-    ),
-):
-    register_peer_family(_family)
+    )
+)
 
 
 def peer_grid(total_steps: int) -> list[Peer]:
