@@ -100,8 +100,9 @@ class Setting:
 
     @property
     def help(self) -> str:
-        """What it sets."""
-        return self.field.metadata["help"]
+        """What it sets (a help given as a function is called now)."""
+        help = self.field.metadata["help"]
+        return help() if callable(help) else help
 
     @property
     def default(self) -> Any:

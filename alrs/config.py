@@ -9,7 +9,9 @@ built, so that each stays the one owner of its names.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,11 @@ def check_seed(seed: object, name: str = "seed") -> None:
         raise UserError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
 
 
+def _registry_help(module: str, function: str) -> Callable[[], str]:
+    """A help built from a registry by ``module.function()`` when the parser is built (imported then, not here)."""
+    return lambda: getattr(importlib.import_module(module), function)()
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """Every setting of an :class:`~alrs.env.LREnv`; checked on construction, saved with controllers.
@@ -49,10 +56,8 @@ class EnvConfig:
     Each field's help is its documentation (and its flag's --help).
     """
 
-    dataset: str = setting("fa-mnist", "mnist, fa-mnist or cifar10.")
-    architecture: str = setting(
-        "cnn", ("mlp, lenet5 (LeNet-5; stored under the seed's name cnn), resnet (ResNet-18) or paper-cnn.")
-    )
+    dataset: str = setting("fa-mnist", _registry_help("alrs.data", "dataset_help"))
+    architecture: str = setting("cnn", _registry_help("alrs.models", "architecture_help"))
     batch_size: int = setting(1000, "Adam minibatch size (paper: 1000).")
     update_freq: int = setting(10, "Adam steps per controller step (paper: K = 10).")
     num_train_steps: int = setting(1000, "Adam steps per episode (paper: 1000).")
@@ -88,12 +93,7 @@ class EnvConfig:
         "raw (the paper's features as measured) or relative (ours: scale-free, the same meaning on "
         "any dataset and network; alrs.features).",
     )
-    optimizer: str = setting(
-        "adam",
-        "the child's optimizer: adam (the paper's), adamw, sgd (momentum 0.9), schedulefree-adamw or "
-        "prodigy (ours; alrs.optim). With prodigy the LR is a multiplier of its estimate d (1 is its "
-        "default), and the LR recorded is lr x d.",
-    )
+    optimizer: str = setting("adam", _registry_help("alrs.optim", "optimizer_help"))
     beta1: float = setting(0.9, "the Adam-family optimizers' betas.")
     beta2: float = setting(0.999, "the Adam-family optimizers' betas.")
     weight_decay: float = setting(

@@ -1,5 +1,8 @@
 """Datasets as in-memory tensors, split as the paper does, and their variants (ours).
 
+Each dataset is one :class:`DatasetRecord` of :data:`DATASETS`: its loader, image shape, classes and
+split rule. Adding one is one :func:`register_dataset` call; its variants come with it.
+
 Xu et al. (2019), Sec. 4: Fashion-MNIST is split 50k/10k/10k and CIFAR10 40k/10k/10k
 (train/validation/test). Both splits carve the validation set out of the official training
 set, so one rule gives both: validation = 10,000 examples of the official training set drawn
@@ -10,7 +13,7 @@ Ours, for tasks the controller never saw (:mod:`alrs.tasks`):
 
 - ``digits``: scikit-learn's bundled handwritten digits (``load_digits``: 1,797 8x8 images, 17
   grey levels, no download), split 60/20/20 into training, validation and test (1,078 / 359 /
-  360 images) by the fixed :data:`SPLIT_SEED`.
+  360 images) by the fixed :data:`SPLIT_SEED` (:class:`Shares`).
 - A variant of any dataset is its name followed by ``:``-separated modifiers, applied in order:
   ``classes=0-4`` (only those classes, relabelled 0..k-1, in every split), ``14x14`` (images
   average-pooled to that size; it must divide the original), ``fraction=0.1`` (the first 10% of a
@@ -26,6 +29,7 @@ import gzip
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from alrs.errors import UserError
+from alrs.settings import one_of
 
 NUM_VAL = 10_000
 """Validation examples carved out of the official training set (paper: 50k/10k and 40k/10k)."""
@@ -42,42 +47,17 @@ NUM_VAL = 10_000
 SPLIT_SEED = 0
 """Seed of the train/validation split; fixed so every run sees the same split."""
 
-SYSTEM_DIRS: dict[str, tuple[str, ...]] = {
-    "mnist": ("/usr/share/datasets/mnist",),
-    "fa-mnist": ("/usr/share/datasets/fashion-mnist",),  # Debian's dataset-fashion-mnist
-    "cifar10": (),
-}
-
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about one dataset: its torchvision class and image shape."""
-
-    torchvision_class: str
-    image_shape: tuple[int, int, int]
-    num_classes: int = 10
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo("MNIST", (1, 28, 28)),
-    "fa-mnist": DatasetInfo("FashionMNIST", (1, 28, 28)),
-    "cifar10": DatasetInfo("CIFAR10", (3, 32, 32)),
-    "digits": DatasetInfo("", (1, 8, 8)),  # scikit-learn's load_digits, bundled with the package
-}
-
-DIGITS_SPLIT = (0.6, 0.2, 0.2)
-"""Training, validation and test shares of the digits (no official split exists)."""
-
 VARIANT_SEED = 1
 """Seed of the variants' draws (the training fraction's permutation, the flipped labels)."""
+
+VARIANT_HELP = "NAME[:classes=A-B or A,B,...][:HxW][:fraction=F][:noise=P]"
 
 
 class DatasetError(UserError):
@@ -100,11 +80,136 @@ class Splits:
         return Splits(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
+Arrays = tuple[torch.Tensor, ...]
+"""What a dataset's loader returns and its split rule takes: (train_x, train_y, test_x, test_y) for a dataset
+with an official split, (x, y) for one without; images float32 in [0, 1] (N, C, H, W), labels int64."""
+
+
+@dataclass(frozen=True)
+class TorchvisionFiles:
+    """A loader of official train and test files in torchvision's layout, from the first place that has them:
+    ``<data_dir>/<folder>``, then the system folders, then torchvision's download into ``data_dir``.
+
+    Args:
+        torchvision_class: the ``torchvision.datasets`` class that downloads them.
+        folder: their folder under ``data_dir``.
+        files: the files that must be there (each raw or ``.gz``).
+        read: a folder -> (train_x, train_y, test_x, test_y).
+        system_dirs: other folders that may hold them (a system package's).
+        hint: how else to get them, for the error that finds none (`` or ...``).
+    """
+
+    torchvision_class: str
+    folder: str
+    files: tuple[str, ...]
+    read: Callable[[Path], Arrays]
+    system_dirs: tuple[str, ...] = ()
+    hint: str = ""
+
+    def __call__(self, name: str, data_dir: Path, download: bool) -> Arrays:
+        folders = [data_dir / self.folder, *map(Path, self.system_dirs)]
+        for folder in folders:
+            if _has_files(folder, self.files):
+                return self.read(folder)
+        if download:
+            import torchvision
+
+            try:
+                getattr(torchvision.datasets, self.torchvision_class)(root=str(data_dir), download=True)
+            except Exception as exc:
+                reason = f"the download into {data_dir} failed ({type(exc).__name__}: {exc})"
+            else:
+                return self.read(folders[0])
+        else:
+            reason = "downloading is off"
+        tried = ", ".join(str(f) for f in folders)
+        raise DatasetError(
+            f"{name}: no dataset files in {tried}, and {reason}; "
+            f"put the official files there{self.hint}, or rerun with network access to download them"
+        )
+
+
+def carve_validation(name: str, arrays: Arrays) -> Splits:
+    """The paper's split of an official train/test split: :data:`NUM_VAL` validation examples of the official
+    training set drawn with :data:`SPLIT_SEED`, training = the rest, test = the official test set."""
+    train_x, train_y, test_x, test_y = arrays
+    if len(train_x) <= NUM_VAL:
+        raise DatasetError(
+            f"{name}: the training set has {len(train_x)} examples, "
+            f"fewer than the {NUM_VAL} validation examples plus one"
+        )
+    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_idx, train_idx = perm[:NUM_VAL], perm[NUM_VAL:]
+    return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx], test_x, test_y)
+
+
+@dataclass(frozen=True)
+class Shares:
+    """The split of a dataset without an official one: a permutation of all examples by :data:`SPLIT_SEED`,
+    its first ``train`` share for training, the next ``val`` share for validation, the rest for the test."""
+
+    train: float
+    val: float
+
+    def __call__(self, name: str, arrays: Arrays) -> Splits:
+        x, y = arrays
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_train, n_val = round(self.train * len(x)), round(self.val * len(x))
+        train, val, test = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+        return Splits(x[train], y[train], x[val], y[val], x[test], y[test])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset or variant: its image shape and its number of classes."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One dataset of :data:`DATASETS`.
+
+    Args:
+        name: its ``--dataset`` name (no ``:``: that starts a variant's modifiers).
+        description: a few words for ``--help``.
+        image_shape: (C, H, W) of its images.
+        load: (name, data_dir, download) -> the :data:`Arrays` that ``split`` takes.
+        split: (name, arrays) -> the train/validation/test :class:`Splits`; the name is for errors.
+        num_classes: its labels are 0 .. num_classes - 1.
+    """
+
+    name: str
+    description: str
+    image_shape: tuple[int, int, int]
+    load: Callable[[str, Path, bool], Arrays]
+    split: Callable[[str, Arrays], Splits]
+    num_classes: int = 10
+
+
+DATASETS: dict[str, DatasetRecord] = {}
+"""The datasets by name, in the order of ``--help``."""
+
+
+def register_dataset(record: DatasetRecord) -> DatasetRecord:
+    """Add ``record`` to :data:`DATASETS`; a name taken, or one with a ``:``, is refused."""
+    if record.name in DATASETS:
+        raise ValueError(f"a dataset named {record.name!r} is registered already")
+    if ":" in record.name:
+        raise ValueError(f"a dataset's name has no ':' (it starts a variant's modifiers), got {record.name!r}")
+    DATASETS[record.name] = record
+    return record
+
+
+def dataset_help() -> str:
+    """The ``--dataset`` help: every registered dataset with its description, and the variants."""
+    names = [f"{r.name} ({r.description})" if r.description else r.name for r in DATASETS.values()]
+    return f"{one_of(names)}; or a variant, {VARIANT_HELP}, e.g. fa-mnist:classes=0-4:14x14; see alrs.data."
+
+
 def _variant_error(name: str, why: str) -> UserError:
-    return UserError(
-        f"dataset {name!r}: {why}; a variant is NAME[:classes=A-B or A,B,...][:HxW][:fraction=F][:noise=P] "
-        f"with NAME one of {', '.join(DATASETS)}"
-    )
+    return UserError(f"dataset {name!r}: {why}; a variant is {VARIANT_HELP} with NAME one of {', '.join(DATASETS)}")
 
 
 def parse_variant(name: str) -> tuple[str, list[tuple[str, Any]]]:
@@ -140,9 +245,9 @@ def parse_variant(name: str) -> tuple[str, list[tuple[str, Any]]]:
 def check_dataset(name: str) -> DatasetInfo:
     """The info (image shape, classes) of a dataset or variant, or a one-line error naming the problem."""
     base, mods = parse_variant(name)
-    info = DATASETS[base]
-    channels, height, width = info.image_shape
-    num_classes = info.num_classes
+    record = DATASETS[base]
+    channels, height, width = record.image_shape
+    num_classes = record.num_classes
     for key, value in mods:
         if key == "classes":
             if len(value) < 2 or len(set(value)) != len(value) or not all(0 <= c < num_classes for c in value):
@@ -157,7 +262,7 @@ def check_dataset(name: str) -> DatasetInfo:
             raise _variant_error(name, f"fraction must be in (0, 1], got {value}")
         elif key == "noise" and not 0 <= value < 1:
             raise _variant_error(name, f"noise must be in [0, 1), got {value}")
-    return DatasetInfo(info.torchvision_class, (channels, height, width), num_classes)
+    return DatasetInfo((channels, height, width), num_classes)
 
 
 def load_dataset(
@@ -166,10 +271,10 @@ def load_dataset(
     """Load ``name`` once per process and return its train/validation/test splits on ``device``.
 
     Args:
-        name: ``mnist``, ``fa-mnist`` or ``cifar10``.
+        name: a dataset of :data:`DATASETS` or a variant of one.
         data_dir: folder in torchvision's layout (``<data_dir>/FashionMNIST/raw``,
             ``<data_dir>/cifar-10-batches-py``); looked at first, then the system dataset
-            folders, then a torchvision download into it.
+            folders, then a torchvision download into it (:class:`TorchvisionFiles`).
         device: where the tensors live; loaded once and shared by every environment.
         download: allow the torchvision download as the last resort.
     """
@@ -184,30 +289,8 @@ def _load_cached(name: str, data_dir: str, device: str, download: bool) -> Split
     base, mods = parse_variant(name)
     if mods:
         return apply_variant(_load_cached(base, data_dir, "cpu", download), mods)
-    if name == "digits":
-        return _load_digits()
-    train_x, train_y, test_x, test_y = _read_official(name, Path(data_dir), download)
-    if len(train_x) <= NUM_VAL:
-        raise DatasetError(
-            f"{name}: the training set has {len(train_x)} examples, "
-            f"fewer than the {NUM_VAL} validation examples plus one"
-        )
-    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    val_idx, train_idx = perm[:NUM_VAL], perm[NUM_VAL:]
-    return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx], test_x, test_y)
-
-
-def _load_digits() -> Splits:
-    """scikit-learn's bundled digits (no download), split by :data:`DIGITS_SPLIT` with :data:`SPLIT_SEED`."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.as_tensor(digits.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # 17 grey levels -> [0, 1]
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_train, n_val = round(DIGITS_SPLIT[0] * len(x)), round(DIGITS_SPLIT[1] * len(x))
-    train, val, test = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
-    return Splits(x[train], y[train], x[val], y[val], x[test], y[test])
+    record = DATASETS[name]
+    return record.split(name, record.load(name, Path(data_dir), download))
 
 
 def apply_variant(splits: Splits, mods: list[tuple[str, Any]]) -> Splits:
@@ -240,47 +323,18 @@ def apply_variant(splits: Splits, mods: list[tuple[str, Any]]) -> Splits:
     return Splits(**{k: v.contiguous() for k, v in s.items()})
 
 
-def _read_official(name: str, data_dir: Path, download: bool) -> tuple[torch.Tensor, ...]:
-    """Official (train_x, train_y, test_x, test_y), from the first place that has the files."""
-    info = DATASETS[name]
-    if name == "cifar10":
-        folders = [data_dir / _CIFAR_FOLDER]
-        wanted = _CIFAR_TRAIN + _CIFAR_TEST
-    else:
-        folders = [data_dir / info.torchvision_class / "raw", *map(Path, SYSTEM_DIRS[name])]
-        wanted = _IDX_FILES["train"] + _IDX_FILES["test"]
-    for folder in folders:
-        if _has_files(folder, wanted):
-            return _read_folder(name, folder)
-    if download:
-        import torchvision
-
-        try:
-            getattr(torchvision.datasets, info.torchvision_class)(root=str(data_dir), download=True)
-        except Exception as exc:
-            reason = f"the download into {data_dir} failed ({type(exc).__name__}: {exc})"
-        else:
-            return _read_folder(name, folders[0])
-    else:
-        reason = "downloading is off"
-    tried = ", ".join(str(f) for f in folders)
-    hint = " or install Debian's dataset-fashion-mnist" if name == "fa-mnist" else ""
-    raise DatasetError(
-        f"{name}: no dataset files in {tried}, and {reason}; "
-        f"put the official files there{hint}, or rerun with network access to download them"
-    )
-
-
 def _has_files(folder: Path, names: tuple[str, ...]) -> bool:
     return all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in names)
 
 
-def _read_folder(name: str, folder: Path) -> tuple[torch.Tensor, ...]:
-    if name == "cifar10":
-        train_x, train_y = _read_cifar_batches([folder / f for f in _CIFAR_TRAIN])
-        test_x, test_y = _read_cifar_batches([folder / f for f in _CIFAR_TEST])
-        return train_x, train_y, test_x, test_y
+def _read_idx_folder(folder: Path) -> Arrays:
     return (*_read_idx_pair(folder, *_IDX_FILES["train"]), *_read_idx_pair(folder, *_IDX_FILES["test"]))
+
+
+def _read_cifar_folder(folder: Path) -> Arrays:
+    train_x, train_y = _read_cifar_batches([folder / f for f in _CIFAR_TRAIN])
+    test_x, test_y = _read_cifar_batches([folder / f for f in _CIFAR_TEST])
+    return train_x, train_y, test_x, test_y
 
 
 def _read_idx_pair(folder: Path, images: str, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,6 +384,50 @@ def _read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
         xs.append(torch.from_numpy(data))
         ys.append(torch.from_numpy(labels))
     return torch.cat(xs).float().div_(255.0), torch.cat(ys)
+
+
+def _load_digits(name: str, data_dir: Path, download: bool) -> Arrays:
+    """scikit-learn's bundled digits (no download), all 1,797 of them."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.as_tensor(digits.images, dtype=torch.float32).div_(16.0).unsqueeze(1)  # 17 grey levels -> [0, 1]
+    return x, torch.as_tensor(digits.target, dtype=torch.long)
+
+
+def _idx_files(torchvision_class: str, system_dirs: tuple[str, ...] = (), hint: str = "") -> TorchvisionFiles:
+    files = _IDX_FILES["train"] + _IDX_FILES["test"]
+    return TorchvisionFiles(torchvision_class, f"{torchvision_class}/raw", files, _read_idx_folder, system_dirs, hint)
+
+
+register_dataset(
+    DatasetRecord("mnist", "MNIST", (1, 28, 28), _idx_files("MNIST", ("/usr/share/datasets/mnist",)), carve_validation)
+)
+register_dataset(
+    DatasetRecord(
+        "fa-mnist",
+        "Fashion-MNIST, the paper's",
+        (1, 28, 28),
+        _idx_files(
+            "FashionMNIST", ("/usr/share/datasets/fashion-mnist",), " or install Debian's dataset-fashion-mnist"
+        ),
+        carve_validation,
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "cifar10",
+        "CIFAR10, the paper's",
+        (3, 32, 32),
+        TorchvisionFiles("CIFAR10", "cifar-10-batches-py", _CIFAR_TRAIN + _CIFAR_TEST, _read_cifar_folder),
+        carve_validation,
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "digits", "scikit-learn's 8x8 digits, no download", (1, 8, 8), _load_digits, Shares(train=0.6, val=0.2)
+    )
+)
 
 
 class BatchSampler:

@@ -5,7 +5,7 @@ where the grid file lives, and how each family's best point is picked and rebuil
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from alrs.errors import UserError
 from alrs.formats import ENV_ADDED_LATER
 from alrs.io import FolderLock, load_json
 from alrs.parallel import WorkerPool
+from alrs.peers import PEER_FAMILIES, peer_from_record, peer_grid
 from alrs.results import EpisodeResult, ResultStore, check_record
 from alrs.schedules import (
     Constant,
@@ -26,8 +27,6 @@ from alrs.schedules import (
     StepDecay,
     annealing_grid,
     paper_grid,
-    peer_from_record,
-    peer_grid,
 )
 from alrs.settings import runtime_settings
 
@@ -64,18 +63,34 @@ def baseline_file(results_dir: str | Path, config: EnvConfig) -> Path:
 
 DECAYS_TO_ZERO = {kind.family: kind for kind in (Cosine, Linear)}
 
-BEST_KEYS = {
+HAND_MADE_BEST_KEYS = {
     "step-decay": "best_step_decay",
     "constant": "best_constant",
     "cosine": "best_cosine",
     "linear": "best_linear",
-    "schedule-free": "best_schedule_free",
-    "prodigy": "best_prodigy",
-    "adam-ema": "best_adam_ema",
 }
-"""Where a grid file names the best point of each family (the last three: the peers)."""
+"""Where a grid file names the best point of each hand-made family."""
 
-PEER_FAMILIES = ("schedule-free", "prodigy", "adam-ema")
+
+class _BestKeys(Mapping[str, str]):
+    """Family -> where a grid file names its best point: the hand-made families, then every peer family of
+    :data:`alrs.peers.PEER_FAMILIES` as registered at the time of reading."""
+
+    def _current(self) -> dict[str, str]:
+        return {**HAND_MADE_BEST_KEYS, **{family.name: family.best_key for family in PEER_FAMILIES.values()}}
+
+    def __getitem__(self, family: str) -> str:
+        return self._current()[family]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
+BEST_KEYS: Mapping[str, str] = _BestKeys()
+"""Where a grid file names the best point of each family: the hand-made ones, then the peers'."""
 
 
 def grid_schedules(config: EnvConfig) -> list[HandMadeSchedule]:
@@ -178,7 +193,7 @@ __all__ = [
     "BEST_KEYS",
     "DECAYS_TO_ZERO",
     "GRID_NOTE",
-    "PEER_FAMILIES",
+    "HAND_MADE_BEST_KEYS",
     "baseline_file",
     "baseline_grid_search",
     "best_of_family",

@@ -2,15 +2,12 @@
 
 The paper trains every child with Adam (Sec. 4), the default here. The others are ours, chosen by
 ``EnvConfig.optimizer``; the peers (an optimizer a user would pick instead of a schedule) come from
-their authors' packages, never re-implemented:
-
-- ``adam``, ``adamw``: ``torch.optim.Adam`` / ``AdamW`` (betas ``beta1``, ``beta2``; ``weight_decay``).
-- ``sgd``: ``torch.optim.SGD`` with momentum 0.9 (``weight_decay``).
-- ``schedulefree-adamw``: ``schedulefree.AdamWScheduleFree`` (Defazio et al., 2024) with
-  ``warmup_steps``. Its evaluation weights are an average of the iterates: every validation, test
-  and saved copy must run inside :func:`evaluation_weights`, which swaps them in (``optimizer.eval()``).
-- ``prodigy``: ``prodigyopt.Prodigy`` (Mishchenko & Defazio, 2024) with ``d_coef``. Its LR is a
-  multiplier of its own estimate ``d``; :func:`effective_lr` gives the step size it takes (lr x d).
+their authors' packages, never re-implemented. Each optimizer is one :class:`OptimizerRecord` of
+:data:`OPTIMIZERS`: how it is built, the settings it reads, the step size it takes
+(:func:`effective_lr`; Prodigy's LR multiplies its own estimate ``d``), and whether it keeps separate
+weights to evaluate (Schedule-Free's average of the iterates: every validation, test and saved copy
+runs inside :func:`evaluation_weights`, which swaps them in with ``optimizer.eval()``). Adding an
+optimizer is one :func:`register_optimizer` call.
 
 ``weight_average`` (ours) evaluates an average of the weights instead of the weights themselves,
 with ``torch.optim.swa_utils.AveragedModel``: ``ema:DECAY`` (an exponential moving average,
@@ -20,22 +17,153 @@ updated after every optimizer step) or ``uniform`` (the mean of every iterate, a
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from alrs.config import OPTIMIZER_FIELDS
+from alrs.config import OPTIMIZER_FIELDS, EnvConfig
 from alrs.errors import UserError
+from alrs.settings import one_of
 
-OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "schedulefree-adamw", "prodigy")
-"""The child's optimizers, by name; ``adam`` is the paper's."""
+Builder = Callable[[Iterable[torch.Tensor], float, dict[str, Any]], torch.optim.Optimizer]
+"""(params, lr, settings) -> an optimizer ready for training steps; ``settings`` holds the fields it reads."""
+
+
+def _group_lr(group: dict[str, Any]) -> float:
+    return float(group["lr"])
+
+
+@dataclass(frozen=True)
+class OptimizerRecord:
+    """One child optimizer of :data:`OPTIMIZERS`.
+
+    Args:
+        name: its ``--optimizer`` value.
+        description: a few words for ``--help``.
+        class_path: its class as a user imports it, e.g. ``torch.optim.Adam`` (imported when first needed).
+        build: (params, lr, settings) -> the optimizer, ready for training steps.
+        reads: the :data:`~alrs.config.OPTIMIZER_FIELDS` that ``build`` is given in ``settings``.
+        step_size: a param group -> the step size it takes (its LR, unless the optimizer scales it).
+        evaluation_weights: it keeps separate weights to evaluate, swapped in by ``optimizer.eval()``.
+    """
+
+    name: str
+    description: str
+    class_path: str
+    build: Builder
+    reads: tuple[str, ...] = ()
+    step_size: Callable[[dict[str, Any]], float] = _group_lr
+    evaluation_weights: bool = False
+
+
+OPTIMIZERS: dict[str, OptimizerRecord] = {}
+"""The child's optimizers by name, in the order of ``--help``; ``adam`` is the paper's."""
+
+
+def register_optimizer(record: OptimizerRecord) -> OptimizerRecord:
+    """Add ``record`` to :data:`OPTIMIZERS`; a name taken, or a setting that is not an optimizer's, is refused."""
+    if record.name in OPTIMIZERS:
+        raise ValueError(f"an optimizer named {record.name!r} is registered already")
+    if unknown := sorted(set(record.reads) - set(OPTIMIZER_FIELDS)):
+        raise ValueError(f"optimizer {record.name!r} reads {unknown[0]!r}, not one of {', '.join(OPTIMIZER_FIELDS)}")
+    OPTIMIZERS[record.name] = record
+    return record
+
+
+def optimizer_record(name: str) -> OptimizerRecord:
+    """The record of the optimizer ``name``, or a one-line error listing the names."""
+    if name not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return OPTIMIZERS[name]
+
+
+def _betas(settings: dict[str, Any]) -> tuple[float, float]:
+    return settings["beta1"], settings["beta2"]
+
+
+def _build_adam(params: Iterable[torch.Tensor], lr: float, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, betas=_betas(settings), weight_decay=settings["weight_decay"])
+
+
+def _build_adamw(params: Iterable[torch.Tensor], lr: float, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, betas=_betas(settings), weight_decay=settings["weight_decay"])
 
 
 SGD_MOMENTUM = 0.9
+
+
+def _build_sgd(params: Iterable[torch.Tensor], lr: float, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=settings["weight_decay"])
+
+
+def _build_schedule_free(params: Iterable[torch.Tensor], lr: float, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    import schedulefree
+
+    optimizer = schedulefree.AdamWScheduleFree(
+        params,
+        lr=lr,
+        betas=_betas(settings),
+        weight_decay=settings["weight_decay"],
+        warmup_steps=settings["warmup_steps"],
+    )
+    optimizer.train()  # schedule-free optimizers start in neither mode; training steps need train()
+    return optimizer
+
+
+def _build_prodigy(params: Iterable[torch.Tensor], lr: float, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    import prodigyopt
+
+    return prodigyopt.Prodigy(
+        params, lr=lr, betas=_betas(settings), weight_decay=settings["weight_decay"], d_coef=settings["d_coef"]
+    )
+
+
+def _prodigy_step_size(group: dict[str, Any]) -> float:
+    return float(group["lr"]) * float(group["d"])
+
+
+_ADAM_SETTINGS = ("beta1", "beta2", "weight_decay")
+
+register_optimizer(OptimizerRecord("adam", "the paper's", "torch.optim.Adam", _build_adam, _ADAM_SETTINGS))
+register_optimizer(
+    OptimizerRecord("adamw", "decoupled weight decay", "torch.optim.AdamW", _build_adamw, _ADAM_SETTINGS)
+)
+register_optimizer(
+    OptimizerRecord("sgd", f"momentum {SGD_MOMENTUM:g}", "torch.optim.SGD", _build_sgd, ("weight_decay",))
+)
+register_optimizer(
+    OptimizerRecord(
+        "schedulefree-adamw",
+        "Schedule-Free AdamW, evaluated at its average of the iterates",
+        "schedulefree.AdamWScheduleFree",
+        _build_schedule_free,
+        (*_ADAM_SETTINGS, "warmup_steps"),
+        evaluation_weights=True,
+    )
+)
+register_optimizer(
+    OptimizerRecord(
+        "prodigy",
+        "the LR multiplies its estimate d, 1 is its default, and the LR recorded is lr x d",
+        "prodigyopt.Prodigy",
+        _build_prodigy,
+        (*_ADAM_SETTINGS, "d_coef"),
+        step_size=_prodigy_step_size,
+    )
+)
+
+
+def optimizer_help() -> str:
+    """The ``--optimizer`` help: every registered optimizer with its description."""
+    names = [f"{r.name} ({r.description})" if r.description else r.name for r in OPTIMIZERS.values()]
+    return f"the child's optimizer: {one_of(names)}; see alrs.optim."
 
 
 def check_optimizer(
@@ -48,8 +176,7 @@ def check_optimizer(
     weight_average: str | None,
 ) -> None:
     """A one-line error naming the first optimizer setting outside its domain."""
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    optimizer_record(optimizer)
     for name, value in (("beta1", beta1), ("beta2", beta2)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise UserError(f"{name} must be a number in [0, 1), got {value!r}")
@@ -81,69 +208,40 @@ def parse_weight_average(spec: str | None) -> float | None:
 
 
 def build_optimizer(
-    params: Iterable[torch.Tensor],
-    lr: float,
-    *,
-    optimizer: str = "adam",
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    weight_decay: float = 0.0,
-    warmup_steps: int = 0,
-    d_coef: float = 1.0,
-    **_: Any,
+    params: Iterable[torch.Tensor], lr: float, *, optimizer: str = "adam", **settings: Any
 ) -> torch.optim.Optimizer:
     """The child's optimizer ``optimizer`` over ``params`` at ``lr``, ready for training steps.
 
-    Settings an optimizer has no use for are ignored (``d_coef`` for Adam, say); extra keywords
-    (the other :data:`OPTIMIZER_FIELDS`) are accepted so that a config's fields can be passed whole.
+    ``settings`` are :data:`~alrs.config.OPTIMIZER_FIELDS` (a config's may be passed whole); those the
+    optimizer reads and are not given take :class:`~alrs.config.EnvConfig`'s defaults, the rest are ignored.
     """
-    betas = (beta1, beta2)
-    if optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    if optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
-    if optimizer == "schedulefree-adamw":
-        import schedulefree
-
-        opt = schedulefree.AdamWScheduleFree(
-            params, lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps
-        )
-        opt.train()  # schedule-free optimizers start in neither mode; training steps need train()
-        return opt
-    if optimizer == "prodigy":
-        import prodigyopt
-
-        return prodigyopt.Prodigy(params, lr=lr, betas=betas, weight_decay=weight_decay, d_coef=d_coef)
-    raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    record = optimizer_record(optimizer)
+    return record.build(params, lr, {name: settings.get(name, getattr(EnvConfig, name)) for name in record.reads})
 
 
 def optimizer_class(name: str) -> type:
     """The class :func:`build_optimizer` makes for ``name`` (for checks of a user's optimizer)."""
-    if name == "schedulefree-adamw":
-        import schedulefree
-
-        return schedulefree.AdamWScheduleFree
-    if name == "prodigy":
-        import prodigyopt
-
-        return prodigyopt.Prodigy
-    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-    if name not in classes:
-        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    return classes[name]
+    module, _, attribute = optimizer_record(name).class_path.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
 
 
-def _is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
-    return "train_mode" in optimizer.param_groups[0]  # the mark the schedulefree package keeps
+def _record_of(optimizer: torch.optim.Optimizer) -> OptimizerRecord | None:
+    """The record of ``optimizer``'s class or its nearest registered base class; None for another optimizer.
+    Only the classes of packages already imported are looked at: an optimizer of any other cannot exist."""
+    loaded = {
+        optimizer_class(name): record
+        for name, record in OPTIMIZERS.items()
+        if record.class_path.partition(".")[0] in sys.modules
+    }
+    return next((loaded[cls] for cls in type(optimizer).__mro__ if cls in loaded), None)
 
 
 @contextlib.contextmanager
 def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Inside, the model holds the weights to evaluate: a schedule-free optimizer's average of its
-    iterates (``optimizer.eval()``, undone on leaving); any other optimizer's weights as they are."""
-    if not _is_schedule_free(optimizer):
+    """Inside, the model holds the weights to evaluate: for an optimizer with evaluation weights (Schedule-Free),
+    those (``optimizer.eval()``, undone on leaving); for any other, its weights as they are."""
+    record = _record_of(optimizer)
+    if record is None or not record.evaluation_weights:
         yield
         return
     optimizer.eval()
@@ -154,9 +252,10 @@ def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
 
 
 def effective_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The step size of the first param group: its LR, times Prodigy's estimate ``d`` where it has one."""
+    """The step size of the first param group: its LR, or what its optimizer's record makes of it (Prodigy: lr x d)."""
+    record = _record_of(optimizer)
     group = optimizer.param_groups[0]
-    return float(group["lr"]) * float(group.get("d", 1.0))
+    return _group_lr(group) if record is None else record.step_size(group)
 
 
 def make_averager(model: nn.Module, weight_average: str | None) -> AveragedModel | None:
@@ -171,12 +270,15 @@ def make_averager(model: nn.Module, weight_average: str | None) -> AveragedModel
 
 __all__ = [
     "OPTIMIZERS",
-    "OPTIMIZER_FIELDS",
+    "OptimizerRecord",
     "build_optimizer",
     "check_optimizer",
     "effective_lr",
     "evaluation_weights",
     "make_averager",
     "optimizer_class",
+    "optimizer_help",
+    "optimizer_record",
     "parse_weight_average",
+    "register_optimizer",
 ]

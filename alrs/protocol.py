@@ -17,9 +17,10 @@ from typing import Any
 from alrs.env import LREnv
 from alrs.episodes import run_jobs
 from alrs.errors import UserError
-from alrs.grid import BASELINE_KEYS, BEST_KEYS, PEER_FAMILIES, best_of_family, schedule_from_record
+from alrs.grid import BASELINE_KEYS, BEST_KEYS, best_of_family, schedule_from_record
 from alrs.io import load_json, load_torch, save_json
 from alrs.parallel import WorkerPool
+from alrs.peers import PEER_FAMILIES
 from alrs.results import EpisodeResult, ResultStore, check_record, result_key
 from alrs.runfolder import checkpoint_file
 from alrs.schedules import HandMadeSchedule, Learned, Peer, Schedule, StepDecay
@@ -30,8 +31,8 @@ from alrs.stats import result_title
 class TestPlan:
     """What test.py runs: schedules by stable key, their labels, and the pairs to compare.
 
-    Keys: ``constant``, ``step-decay``, ``cosine``, ``linear``, ``schedule-free``, ``prodigy``,
-    ``adam-ema`` (the grid's tuned schedules and peers),
+    Keys: ``constant``, ``step-decay``, ``cosine``, ``linear`` and each peer family of
+    :data:`~alrs.peers.PEER_FAMILIES` (the grid's tuned schedules and peers),
     ``learned@<lr>`` (the controller started from ``lr``) and ``step-decay@<lr>`` (the grid's
     best step decay among those that start from ``lr``).
     """

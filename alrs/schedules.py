@@ -39,15 +39,6 @@ PAPER_OPTIMIZER: dict[str, Any] = {name: getattr(EnvConfig, name) for name in OP
 """The paper's child optimizer: Adam at torch's defaults, its own weights evaluated. Every hand-made
 schedule runs with it, whatever the env's optimizer, so the grid and the baselines are the paper's."""
 
-PEER_GRID: dict[str, dict[str, tuple[Any, ...]]] = {
-    "schedule-free": {"lr": (1e-3, 3e-3, 1e-2, 3e-2), "warmup_fraction": (0.0, 0.05)},
-    "prodigy": {"d_coef": (0.5, 1.0, 2.0), "shape": ("constant", "cosine")},
-    "adam-ema": {"lr": (3e-3, 1e-2, 3e-2), "decay": (0.9, 0.95, 0.99)},
-}
-"""The peers' grids (ours): Schedule-Free AdamW's LR x warm-up (a fraction of the episode's steps);
-Prodigy's d_coef at its default LR 1, held constant or cosine-decayed; Adam at a constant LR,
-evaluating an exponential moving average of its weights."""
-
 
 class Schedule(ABC):
     """Sets the LR of a training child, one controller step (``update_freq`` Adam steps) at a time."""
@@ -168,7 +159,7 @@ class Peer(HandMadeSchedule):
     """An optimizer a user would pick instead of a schedule (ours), run at a hand-made LR ``shape``.
 
     Args:
-        family: ``schedule-free``, ``prodigy`` or ``adam-ema`` (:data:`PEER_GRID`).
+        family: its family's name (:data:`alrs.peers.PEER_FAMILIES`).
         shape: the LR over the episode (a constant, or a cosine decay for Prodigy's multiplier).
         label: the table's label, e.g. ``schedule-free adamw (lr=0.01, warm-up 10)``.
         optimizer: the settings that differ from :data:`PAPER_OPTIMIZER`.
@@ -198,50 +189,6 @@ class Peer(HandMadeSchedule):
             "shape": self.shape.describe(),
             "optimizer": changed,
         }
-
-
-def schedule_free(lr: float, warmup_steps: int) -> Peer:
-    """Schedule-Free AdamW (the ``schedulefree`` package) at a constant ``lr`` after its own warm-up."""
-    label = f"schedule-free adamw (lr={lr:g}, warm-up {warmup_steps})"
-    return Peer("schedule-free", Constant(lr), label, optimizer="schedulefree-adamw", warmup_steps=warmup_steps)
-
-
-def prodigy(d_coef: float, shape: str, total_steps: int) -> Peer:
-    """Prodigy (the ``prodigyopt`` package) at its default LR 1, held ``constant`` or ``cosine``-decayed."""
-    lr_shape = Constant(1.0) if shape == "constant" else Cosine(1.0, total_steps)
-    label = f"prodigy (d_coef={d_coef:g}, {shape})"
-    return Peer("prodigy", lr_shape, label, optimizer="prodigy", d_coef=float(d_coef))
-
-
-def adam_ema(lr: float, decay: float) -> Peer:
-    """Adam at a constant ``lr``, evaluating an exponential moving average of its weights."""
-    return Peer("adam-ema", Constant(lr), f"adam + ema {decay:g} (lr={lr:g})", weight_average=f"ema:{decay:g}")
-
-
-def peer_grid(total_steps: int) -> list[Peer]:
-    """Every peer of :data:`PEER_GRID` for episodes of ``total_steps`` optimizer steps."""
-    grid = PEER_GRID
-    return [
-        *(
-            schedule_free(lr, max(1, round(fraction * total_steps)) if fraction else 0)
-            for lr, fraction in product(*grid["schedule-free"].values())
-        ),
-        *(prodigy(d, shape, total_steps) for d, shape in product(*grid["prodigy"].values())),
-        *(adam_ema(lr, decay) for lr, decay in product(*grid["adam-ema"].values())),
-    ]
-
-
-def peer_from_record(record: dict[str, Any]) -> Peer:
-    """Rebuild a peer from its ``describe()`` record."""
-    opt = record["optimizer"]
-    shape = record["shape"]
-    if record["family"] == "schedule-free":
-        return schedule_free(shape["initial_lr"], opt.get("warmup_steps", 0))
-    if record["family"] == "prodigy":
-        return prodigy(opt.get("d_coef", 1.0), shape["family"], shape.get("total_steps", 0))
-    if record["family"] == "adam-ema":
-        return adam_ema(shape["initial_lr"], float(opt["weight_average"].removeprefix("ema:")))
-    raise UserError(f"not a peer family: {record['family']!r}; known: {', '.join(PEER_GRID)}")
 
 
 class Learned(Schedule):

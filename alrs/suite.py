@@ -30,6 +30,7 @@ from alrs.config import EnvConfig
 from alrs.episodes import run_jobs
 from alrs.grid import best_of_family, schedule_from_record
 from alrs.parallel import WorkerPool
+from alrs.peers import prodigy, schedule_free
 from alrs.protocol import seeds_for_test
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import (
@@ -40,8 +41,6 @@ from alrs.schedules import (
     Linear,
     Schedule,
     StepDecay,
-    prodigy,
-    schedule_free,
 )
 from alrs.tasks import InstanceSet, Task
 

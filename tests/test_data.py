@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import shutil
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alrs.data import NUM_VAL, SYSTEM_DIRS, DatasetError, load_dataset
+from alrs.data import DATASETS, NUM_VAL, DatasetError, load_dataset
 from fakedata import NUM_TEST, NUM_TRAIN_EXTRA, write_idx_dataset
 
 
@@ -55,7 +56,9 @@ def test_offline_without_files_says_what_was_tried(tmp_path: Path, monkeypatch: 
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", no_network)
-    monkeypatch.setitem(SYSTEM_DIRS, "mnist", (str(tmp_path / "system"),))
+    mnist = DATASETS["mnist"]
+    files = dataclasses.replace(mnist.load, system_dirs=(str(tmp_path / "system"),))
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(mnist, load=files))
     with pytest.raises(DatasetError) as err:
         load_dataset("mnist", tmp_path / "empty")
     message = str(err.value)
@@ -82,11 +85,11 @@ def test_corrupt_cifar_batch_is_named(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="mnist, fa-mnist, cifar10"):
+    with pytest.raises(ValueError, match=", ".join(DATASETS)):
         load_dataset("svhn")
 
 
-REAL = Path(SYSTEM_DIRS["fa-mnist"][0])
+REAL = Path(DATASETS["fa-mnist"].load.system_dirs[0])
 
 
 @pytest.mark.skipif(

@@ -71,6 +71,12 @@ def test_every_setting_is_one_declared_field_with_its_help_and_flag() -> None:
     assert runtime_settings(SETTINGS[0][1]) == {"data_dir", "device", "eval_batch_size"}
 
 
+def test_the_settings_load_neither_the_optimizers_nor_the_environment() -> None:
+    probe = "import sys, alrs.config; print(sorted(m for m in sys.modules if m.startswith(('alrs', 'torch'))))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert "alrs.config" in loaded and "torch.optim" not in loaded and "alrs.env" not in loaded, loaded
+
+
 def test_a_users_training_loop_loads_no_environment_and_no_ppo() -> None:
     probe = "import sys, alrs.scheduler; print(sorted(m for m in sys.modules if m.startswith('alrs')))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout

@@ -30,6 +30,7 @@ from alrs.models.lenet import LeNet5
 from alrs.models.mlp import ACTIVATIONS, MLP
 from alrs.models.paper_cnn import PaperCNN
 from alrs.models.resnet import ResNet18
+from alrs.settings import one_of
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "mlp": MLP,
@@ -45,13 +46,20 @@ ALIASES: dict[str, str] = {"lenet5": "cnn"}
 LeNet-5, which the committed configs and results use)."""
 
 
-SPEC_HELP = "a name ({names}), mlp:W1-W2-...[:relu|tanh|gelu] or convnet:C1[-C2[-C3]][:fcH][:bn]"
+SPECS = f"mlp:W1-W2-...[:{'|'.join(ACTIVATIONS)}] or convnet:C1[-C2[-C3]][:fcH][:bn]"
+"""The forms of an architecture spec."""
+
+
+def architecture_help() -> str:
+    """The ``--architecture`` help: the names (with their classes and aliases) and the specs."""
+    stored_as = {name: f", stored as {ALIASES[name]}" if name in ALIASES else "" for name in ARCHITECTURES}
+    names = [f"{name} ({cls.__name__}{stored_as[name]})" for name, cls in ARCHITECTURES.items()]
+    examples = "e.g. mlp:256-128:tanh or convnet:16-32:fc64"
+    return f"{one_of(names)}; or a spec, {SPECS}, {examples}; see alrs.models."
 
 
 def _spec_error(name: Any, why: str) -> UserError:
-    return UserError(
-        f"architecture {name!r}: {why}; an architecture is {SPEC_HELP.format(names=', '.join(ARCHITECTURES))}"
-    )
+    return UserError(f"architecture {name!r}: {why}; an architecture is a name ({', '.join(ARCHITECTURES)}), {SPECS}")
 
 
 def _widths(name: str, text: str, low: int, high: int) -> tuple[int, ...]:
@@ -131,6 +139,7 @@ __all__ = [
     "LeNet5",
     "PaperCNN",
     "ResNet18",
+    "architecture_help",
     "architecture_spec",
     "build_model",
     "check_architecture",
