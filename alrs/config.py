@@ -21,17 +21,6 @@ import numpy as np
 from alrs.errors import UserError
 from alrs.settings import setting
 
-OPTIMIZER_FIELDS: tuple[str, ...] = (
-    "optimizer",
-    "beta1",
-    "beta2",
-    "weight_decay",
-    "warmup_steps",
-    "d_coef",
-    "weight_average",
-)
-"""The :class:`EnvConfig` fields that decide the child's optimizer and its evaluation weights."""
-
 MAX_SEED = 2**63 - 1
 """Seeds are integers in [0, MAX_SEED]: what numpy's and torch's seeding both accept (a signed 64-bit integer)."""
 
@@ -170,7 +159,9 @@ class EnvConfig:
 
     @property
     def optimizer_settings(self) -> dict[str, Any]:
-        """The :data:`OPTIMIZER_FIELDS` of this config, by name."""
+        """The :data:`~alrs.optim.OPTIMIZER_FIELDS` of this config, by name."""
+        from alrs.optim import OPTIMIZER_FIELDS
+
         return {name: getattr(self, name) for name in OPTIMIZER_FIELDS}
 
     @property

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from alrs.config import OPTIMIZER_FIELDS, EnvConfig, check_seed
+from alrs.config import EnvConfig, check_seed
 from alrs.data import BatchSampler, Splits, load_dataset
 from alrs.errors import UserError
 from alrs.features import (
@@ -29,7 +29,14 @@ from alrs.features import (
     child_features,
 )
 from alrs.models import build_model
-from alrs.optim import build_optimizer, check_optimizer, effective_lr, evaluation_weights, make_averager
+from alrs.optim import (
+    OPTIMIZER_FIELDS,
+    build_optimizer,
+    check_optimizer,
+    effective_lr,
+    evaluation_weights,
+    make_averager,
+)
 from alrs.tasks import Task, load_instance_set
 from alrs.tracker import EpisodeTracker
 

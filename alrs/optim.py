@@ -28,9 +28,19 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from alrs.config import OPTIMIZER_FIELDS, EnvConfig
 from alrs.errors import UserError
 from alrs.settings import one_of
+
+OPTIMIZER_FIELDS: tuple[str, ...] = (
+    "optimizer",
+    "beta1",
+    "beta2",
+    "weight_decay",
+    "warmup_steps",
+    "d_coef",
+    "weight_average",
+)
+"""The :class:`~alrs.config.EnvConfig` fields that decide the child's optimizer and its evaluation weights."""
 
 Builder = Callable[[Iterable[torch.Tensor], float, dict[str, Any]], torch.optim.Optimizer]
 """(params, lr, settings) -> an optimizer ready for training steps; ``settings`` holds the fields it reads."""
@@ -49,7 +59,7 @@ class OptimizerRecord:
         description: a few words for ``--help``.
         class_path: its class as a user imports it, e.g. ``torch.optim.Adam`` (imported when first needed).
         build: (params, lr, settings) -> the optimizer, ready for training steps.
-        reads: the :data:`~alrs.config.OPTIMIZER_FIELDS` that ``build`` is given in ``settings``.
+        reads: the :data:`~alrs.optim.OPTIMIZER_FIELDS` that ``build`` is given in ``settings``.
         step_size: a param group -> the step size it takes (its LR, unless the optimizer scales it).
         evaluation_weights: it keeps separate weights to evaluate, swapped in by ``optimizer.eval()``.
     """
@@ -212,11 +222,11 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The child's optimizer ``optimizer`` over ``params`` at ``lr``, ready for training steps.
 
-    ``settings`` are :data:`~alrs.config.OPTIMIZER_FIELDS` (a config's may be passed whole); those the
-    optimizer reads and are not given take :class:`~alrs.config.EnvConfig`'s defaults, the rest are ignored.
+    ``settings`` are :data:`OPTIMIZER_FIELDS` (a config's, passed whole); those the optimizer does not read
+    are ignored.
     """
     record = optimizer_record(optimizer)
-    return record.build(params, lr, {name: settings.get(name, getattr(EnvConfig, name)) for name in record.reads})
+    return record.build(params, lr, {name: settings[name] for name in record.reads})
 
 
 def optimizer_class(name: str) -> type:

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from alrs.actions import action_of
-from alrs.config import OPTIMIZER_FIELDS, EnvConfig
+from alrs.config import EnvConfig
 from alrs.controller import Controller
 from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.formats import migrate_controller
+from alrs.optim import OPTIMIZER_FIELDS
 
 StepResult = tuple[np.ndarray, float, bool, bool, dict[str, Any]]
 
