@@ -47,9 +47,9 @@ class EnvConfig:
 
     dataset: str = setting("fa-mnist", _registry_help("alrs.data", "dataset_help"))
     architecture: str = setting("cnn", _registry_help("alrs.models", "architecture_help"))
-    batch_size: int = setting(1000, "Adam minibatch size (paper: 1000).")
-    update_freq: int = setting(10, "Adam steps per controller step (paper: K = 10).")
-    num_train_steps: int = setting(1000, "Adam steps per episode (paper: 1000).")
+    batch_size: int = setting(1000, "the child's minibatch size (paper: 1000).")
+    update_freq: int = setting(10, "optimizer steps per controller step (paper: K = 10).")
+    num_train_steps: int = setting(1000, "optimizer steps per episode (paper: 1000).")
     initial_lr: float | str = setting(1e-3, 'first LR of an episode, or "random" for a draw from {1e-2, 1e-3, 1e-4}.')
     discrete: bool = setting(
         True,
@@ -64,7 +64,7 @@ class EnvConfig:
     val_size: int | None = setting(
         None,
         "use a fixed subset of this many validation examples for the features and reward (cheaper, "
-        "noisier features than the paper's full split); None = all 10k.",
+        "noisier features than the paper's full split; at most the split); None = the whole split (10k).",
     )
     divergence_loss: float = setting(
         5.0,
@@ -76,7 +76,7 @@ class EnvConfig:
         ("val-loss (the paper's: minus the validation loss), log-best or log-val (ours; see alrs.features)."),
     )
     lr_feature: str = setting("lr", "lr (the paper's raw LR) or log-lr (ours: log10(lr / 1e-3)).")
-    time_feature: bool = setting(False, "add the fraction of the episode's Adam steps still to come (ours).")
+    time_feature: bool = setting(False, "add the fraction of the episode's optimizer steps still to come (ours).")
     feature_scale: str = setting(
         "raw",
         "raw (the paper's features as measured) or relative (ours: scale-free, the same meaning on "

@@ -2,7 +2,7 @@
 
 One episode trains a fresh child network with Adam (the paper's; ``EnvConfig.optimizer`` chooses
 another) for ``num_train_steps`` steps. Every
-``update_freq`` Adam steps the controller observes the child (7 features, paper Sec. 3.1),
+``update_freq`` optimizer steps the controller observes the child (7 features, paper Sec. 3.1),
 scales the learning rate, and is rewarded with minus the validation loss at that step
 (per-step reward, paper Sec. 3.2).
 
@@ -57,8 +57,8 @@ def resolve_device(device: str) -> torch.device:
 class LREnv(gym.Env):
     """A Gymnasium environment in which the action scales the learning rate of a training child.
 
-    ``reset`` builds a fresh child network and Adam optimizer; ``step`` applies the action to
-    the LR, runs ``update_freq`` Adam steps and observes. Same seed, same child initialization,
+    ``reset`` builds a fresh child network and its optimizer; ``step`` applies the action to
+    the LR, runs ``update_freq`` optimizer steps and observes. Same seed, same child initialization,
     batch order, observations and rewards. The weights with the best validation loss so far are
     kept so the paper's protocol (test the best-validation checkpoint) can be followed.
     """
@@ -97,13 +97,13 @@ class LREnv(gym.Env):
     # The episode's state, as the tracker keeps it.
     @property
     def lr(self) -> float:
-        """The LR of the coming Adam steps."""
+        """The LR of the coming optimizer steps."""
         return self.episode.lr
 
     @property
-    def adam_steps(self) -> int:
-        """Adam steps done in this episode (a controller step is ``update_freq`` of them)."""
-        return self.episode.adam_steps
+    def optimizer_steps(self) -> int:
+        """optimizer steps done in this episode (a controller step is ``update_freq`` of them)."""
+        return self.episode.optimizer_steps
 
     @property
     def best_val_loss(self) -> float:
@@ -111,7 +111,7 @@ class LREnv(gym.Env):
 
     @property
     def best_step(self) -> int:
-        """The Adam step at which the best validation loss was reached."""
+        """The optimizer step at which the best validation loss was reached."""
         return self.episode.best_step
 
     # ------------------------------------------------------------------ episode
@@ -133,7 +133,7 @@ class LREnv(gym.Env):
             model = self._evaluated_model
             val_loss, val_acc, probs = self._evaluate(model, self.val_x, self.val_y, keep_probs=True)
             self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            # Before any Adam step there is no train loss yet; the untrained net's validation loss stands in.
+            # Before any optimizer step there is no train loss yet; the untrained net's validation loss stands in.
             features = child_features(
                 val_loss[None], val_loss[None], probs[None], None, model.output_layer.weight[None]
             )
@@ -161,11 +161,11 @@ class LREnv(gym.Env):
         return self.model if self._averager is None else self._averager.module
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Scale the LR by ``action``, train ``update_freq`` Adam steps, observe."""
+        """Scale the LR by ``action``, train ``update_freq`` optimizer steps, observe."""
         return self.step_lr(self.episode.next_lr(action))
 
     def step_lr(self, lr: float) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Train ``update_freq`` Adam steps at exactly ``lr``, then observe.
+        """Train ``update_freq`` optimizer steps at exactly ``lr``, then observe.
 
         Hand-made schedules (step decay, constant) call this: they set the LR themselves and are
         not held to the controller's bounds, as the paper's baseline was not.
@@ -187,7 +187,7 @@ class LREnv(gym.Env):
             optimizer.step()
             if self._averager is not None:
                 self._averager.update_parameters(model)
-            loss_sum += loss.detach()  # stays on the device: no host sync inside the Adam steps
+            loss_sum += loss.detach()  # stays on the device: no host sync inside the optimizer steps
 
         # The features, the reward and the best-validation copy all see the evaluation weights.
         with evaluation_weights(optimizer):

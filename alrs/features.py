@@ -7,7 +7,7 @@ by one config value and recorded in every controller checkpoint:
 
 - ``lr_feature="log-lr"``: the LR as ``log10(lr / 1e-3)``, a fixed transform, instead of the raw
   LR, whose running normalization drifts as the policy changes the LRs it visits.
-- ``time_feature=True``: the fraction of the episode's Adam steps still to come (1 at the start,
+- ``time_feature=True``: the fraction of the episode's optimizer steps still to come (1 at the start,
   0 at the end). A step decay is a function of time; without this feature a controller cannot
   tell how much budget is left.
 - ``reward="log-best"``: ``log B_{t-1} - log B_t`` with B the best validation loss so far; with
@@ -32,7 +32,7 @@ import torch
 from alrs.errors import UserError
 
 CHILD_FEATURES: tuple[str, ...] = (
-    "train_loss",  # mean minibatch loss over the last update_freq Adam steps
+    "train_loss",  # mean minibatch loss over the last update_freq optimizer steps
     "val_loss",  # loss on the validation split (or its fixed val_size subset)
     "pred_var",  # variance of the validation predictions (softmax probabilities)
     "pred_change_var",  # variance of their change since the previous observation

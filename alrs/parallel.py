@@ -1,7 +1,7 @@
 """Where work runs: in this process, in local worker processes, or as Ray actors on a cluster.
 
 What runs is the same everywhere. A worker (:mod:`alrs.workers`) hosts LR environments (built from an
-:class:`~alrs.env.EnvConfig`, sharing one copy of the dataset) and does one of two things with them:
+:class:`~alrs.config.EnvConfig`, sharing one copy of the dataset) and does one of two things with them:
 
 * steps a slice of PPO's children, for :class:`WorkerVectorEnv` (the controller stays in the driver);
 * runs whole episodes: a module-level function ``fn(env, *args)`` such as

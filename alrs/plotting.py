@@ -18,7 +18,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def plot_episode(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, title: str = "") -> None:
-    """Train loss, validation loss (log scale) and LR (log scale) against Adam steps.
+    """Train loss, validation loss (log scale) and LR (log scale) against optimizer steps.
 
     Args:
         curves: ``step``, ``train_loss``, ``val_loss`` and ``lr`` sequences of equal length.
@@ -32,7 +32,7 @@ def plot_episode(curves: Mapping[str, Sequence[float]], path: str | os.PathLike,
         axes, ("train_loss", "val_loss", "lr"), ("train loss", "validation loss", "learning rate"), strict=True
     ):
         ax.plot(steps, np.asarray(curves[key], dtype=float), drawstyle="steps-pre" if key == "lr" else "default")
-        ax.set(xlabel="Adam step", ylabel=label, yscale="log")
+        ax.set(xlabel="optimizer step", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     _save(fig, path)
@@ -70,7 +70,7 @@ def plot_comparison(
                 )
     # Log scale once every line is drawn: a flat first line has no range.
     for ax, (_, label) in zip(axes, panels, strict=True):
-        ax.set(xlabel="Adam step", ylabel=label, yscale="log")
+        ax.set(xlabel="optimizer step", ylabel=label, yscale="log")
         ax.grid(alpha=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=columns, frameon=False)
     fig.suptitle(title)

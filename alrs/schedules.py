@@ -42,7 +42,7 @@ schedule runs with it, whatever the env's optimizer, so the grid and the baselin
 
 
 class Schedule(ABC):
-    """Sets the LR of a training child, one controller step (``update_freq`` Adam steps) at a time."""
+    """Sets the LR of a training child, one controller step (``update_freq`` optimizer steps) at a time."""
 
     name: str = "schedule"
     family: str = "schedule"
@@ -78,7 +78,7 @@ class Schedule(ABC):
 
 
 class HandMadeSchedule(Schedule):
-    """A schedule given as a function of the Adam step; not held to the controller's LR bounds.
+    """A schedule given as a function of the optimizer step; not held to the controller's LR bounds.
     It trains the child with the paper's Adam (:data:`PAPER_OPTIMIZER`) unless it is a :class:`Peer`."""
 
     initial_lr: float
@@ -86,10 +86,10 @@ class HandMadeSchedule(Schedule):
 
     @abstractmethod
     def lr_at(self, step: int) -> float:
-        """The LR for the Adam steps starting at ``step``."""
+        """The LR for the optimizer steps starting at ``step``."""
 
     def step(self, env: LREnv, obs: np.ndarray, info: dict[str, Any]) -> StepResult:
-        return env.step_lr(self.lr_at(env.adam_steps))
+        return env.step_lr(self.lr_at(env.optimizer_steps))
 
 
 class Constant(HandMadeSchedule):
@@ -105,7 +105,7 @@ class Constant(HandMadeSchedule):
 
 
 class StepDecay(HandMadeSchedule):
-    """The paper's baseline: the LR is multiplied by ``factor`` every ``discount_step`` Adam steps."""
+    """The paper's baseline: the LR is multiplied by ``factor`` every ``discount_step`` optimizer steps."""
 
     family = "step-decay"
 
@@ -128,7 +128,7 @@ class StepDecay(HandMadeSchedule):
 
 
 class DecayToZero(HandMadeSchedule):
-    """A decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps; subclasses give its shape (``lr_at``)."""
+    """A decay from ``initial_lr`` to 0 over ``total_steps`` optimizer steps; subclasses give its shape (``lr_at``)."""
 
     def __init__(self, initial_lr: float, total_steps: int):
         self.initial_lr, self.total_steps = float(initial_lr), int(total_steps)
@@ -139,7 +139,7 @@ class DecayToZero(HandMadeSchedule):
 
 
 class Cosine(DecayToZero):
-    """Cosine decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps (a common modern reference)."""
+    """Cosine decay from ``initial_lr`` to 0 over ``total_steps`` optimizer steps (a common modern reference)."""
 
     family = "cosine"
 
@@ -148,7 +148,7 @@ class Cosine(DecayToZero):
 
 
 class Linear(DecayToZero):
-    """Linear decay from ``initial_lr`` to 0 over ``total_steps`` Adam steps (a common modern reference)."""
+    """Linear decay from ``initial_lr`` to 0 over ``total_steps`` optimizer steps (a common modern reference)."""
 
     family = "linear"
 

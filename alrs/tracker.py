@@ -33,7 +33,7 @@ class EpisodeTracker:
     The caller trains the child and hands over its six features (:func:`alrs.features.child_features`).
 
     A step is ``start_step(lr)`` (``lr`` from :meth:`next_lr` for a controller's action, or set by a
-    hand-made schedule), then the caller's ``update_freq`` Adam steps, then :meth:`end_step`.
+    hand-made schedule), then the caller's ``update_freq`` optimizer steps, then :meth:`end_step`.
     """
 
     def __init__(self, config: EnvConfig) -> None:
@@ -67,9 +67,9 @@ class EpisodeTracker:
         return child_seed
 
     def _start_episode(self, lr: float) -> None:
-        """The state of an episode before its first Adam step, starting at ``lr``."""
+        """The state of an episode before its first optimizer step, starting at ``lr``."""
         self.lr = self.initial_lr = lr
-        self.adam_steps = 0
+        self.optimizer_steps = 0
         self.diverged = False
         self.best_val_loss = math.inf
         self.best_step = 0
@@ -90,16 +90,16 @@ class EpisodeTracker:
         return self.action.next_lr(self.lr, action, log_noise)
 
     def start_step(self, lr: float) -> None:
-        """Check that the episode goes on, and take ``lr`` as the LR of the coming Adam steps."""
-        if self.adam_steps >= self.config.num_train_steps or self.diverged:
+        """Check that the episode goes on, and take ``lr`` as the LR of the coming optimizer steps."""
+        if self.optimizer_steps >= self.config.num_train_steps or self.diverged:
             raise RuntimeError("the episode has ended; call reset()")
         self.lr = lr
 
     def end_step(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Observation, reward and end of a controller step, from the child's six features."""
         cfg = self.config
-        steps_left_before = (cfg.num_train_steps - self.adam_steps) // cfg.update_freq
-        self.adam_steps += cfg.update_freq
+        steps_left_before = (cfg.num_train_steps - self.optimizer_steps) // cfg.update_freq
+        self.optimizer_steps += cfg.update_freq
         self.improved = False
         obs, info = self._observe(features, val_acc)
         if not np.all(np.isfinite(obs)):
@@ -118,8 +118,8 @@ class EpisodeTracker:
         prev_val, prev_best = self.val_loss, self.best_val_loss
         self.val_loss = info["val_loss"]
         if info["val_loss"] < self.best_val_loss:
-            self.best_val_loss, self.best_step, self.improved = info["val_loss"], self.adam_steps, True
-        terminated = self.adam_steps >= cfg.num_train_steps
+            self.best_val_loss, self.best_step, self.improved = info["val_loss"], self.optimizer_steps, True
+        terminated = self.optimizer_steps >= cfg.num_train_steps
         reward = step_reward(cfg.reward, prev_val, self.val_loss, prev_best, self.best_val_loss)
         return obs, reward, terminated, False, info
 
@@ -133,7 +133,7 @@ class EpisodeTracker:
             self._first_child = self._first_child or child
             observed = relative_child_features(child, self._first_child, self._num_classes)
         obs = np.asarray(
-            [*observed, *observation_tail(cfg.features, self.lr, self.adam_steps, cfg.num_train_steps)],
+            [*observed, *observation_tail(cfg.features, self.lr, self.optimizer_steps, cfg.num_train_steps)],
             dtype=np.float32,
         )
         info = {
@@ -143,7 +143,7 @@ class EpisodeTracker:
             "lr": self.lr,
             "effective_lr": self.lr,  # the step size taken; LREnv gives Prodigy's lr x d
             "initial_lr": self.initial_lr,
-            "step": self.adam_steps,
+            "step": self.optimizer_steps,
             "best_val_loss": min(child[1], self.best_val_loss),
             "diverged": False,
         }

@@ -94,7 +94,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
         self.params: dict[str, torch.Tensor] = {}
         self._exp_avg: dict[str, torch.Tensor] = {}
         self._exp_avg_sq: dict[str, torch.Tensor] = {}
-        self._adam_steps = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self._optimizer_steps = torch.zeros(num_envs, dtype=torch.float64, device=device)
         self._samplers: list[BatchSampler | None] = [None] * num_envs
         self._prev_probs: torch.Tensor | None = None  # (E, N, classes), allocated at the first reset
         # Per child: gradient and loss of one minibatch; vmapped over the stacked children.
@@ -176,7 +176,7 @@ class BatchedLREnv(gym.vector.VectorEnv):
             self.params[name][slots] = value.detach()
             self._exp_avg[name][slots] = 0.0
             self._exp_avg_sq[name][slots] = 0.0
-        self._adam_steps[slots] = 0.0
+        self._optimizer_steps[slots] = 0.0
         for i, s in zip(indices, child_seeds, strict=True):
             self._samplers[i] = BatchSampler(len(self.data.train_x), self.config.batch_size, s, self.device)
 
@@ -202,9 +202,9 @@ class BatchedLREnv(gym.vector.VectorEnv):
     def _adam_update(self, grads: dict[str, torch.Tensor], lr: torch.Tensor) -> None:
         """torch.optim.Adam's update, with one learning rate and one step count per child."""
         (beta1, beta2), eps = ADAM_BETAS, ADAM_EPS
-        self._adam_steps += 1
-        bias_correction1 = 1 - beta1**self._adam_steps
-        bias_correction2_sqrt = (1 - beta2**self._adam_steps).sqrt().float()
+        self._optimizer_steps += 1
+        bias_correction1 = 1 - beta1**self._optimizer_steps
+        bias_correction2_sqrt = (1 - beta2**self._optimizer_steps).sqrt().float()
         step_size = (lr / bias_correction1).float()
         for name, param in self.params.items():
             grad, exp_avg, exp_avg_sq = grads[name], self._exp_avg[name], self._exp_avg_sq[name]

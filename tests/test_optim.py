@@ -82,7 +82,7 @@ def test_schedule_free_evaluation_weights_feed_features_best_copy_and_test(small
     assert abs(train_weights - eval_weights) > 1e-3  # the two sets of weights differ here
     assert info["val_loss"] == pytest.approx(eval_weights, rel=1e-5)
     assert obs[4] == pytest.approx(float(weight.mean()), rel=1e-5, abs=1e-7)  # output-layer weight mean
-    assert env.best_step == env.adam_steps  # this step improved, so the best copy was taken now
+    assert env.best_step == env.optimizer_steps  # this step improved, so the best copy was taken now
     # (equal up to rounding: schedule-free's swap between its weights is a float interpolation, not a copy)
     assert all(torch.allclose(env._best_state[k], v, rtol=1e-5, atol=1e-7) for k, v in eval_state.items())
     assert env.evaluate_test("current")[0] == pytest.approx(test_current, rel=1e-5)
