@@ -14,7 +14,7 @@ from alrs.config import EnvConfig
 from alrs.env import LREnv
 from alrs.episodes import run_jobs
 from alrs.errors import UserError
-from alrs.formats import ENV_ADDED_LATER
+from alrs.formats import ENV_ADDED_LATER, read_store
 from alrs.io import FolderLock, load_json
 from alrs.parallel import WorkerPool
 from alrs.peers import PEER_FAMILIES, peer_from_record, peer_grid
@@ -169,6 +169,7 @@ def load_grid(path: Path, config: EnvConfig) -> dict[str, Any]:
         or not isinstance(grid.get("results"), dict)
     ):
         raise UserError(f"{path}: not a grid file of baselines.py; delete it and rerun baselines.py")
+    grid = read_store(grid, path)  # a grid file of an older format, migrated (alrs.formats)
     if {k: settings.get(k) for k in BASELINE_KEYS} != expected or "best_step_decay" not in grid:
         raise UserError(
             f"{path} is unfinished or was made with other settings; rerun baselines.py with this test's settings"

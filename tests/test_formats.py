@@ -23,10 +23,10 @@ from alrs.formats import (
     migrate_controller,
     read_training_state,
 )
-from alrs.grid import schedule_from_record
+from alrs.grid import BASELINE_KEYS, load_grid, schedule_from_record
 from alrs.io import load_torch, save_torch
 from alrs.ppo import PPO
-from alrs.protocol import stored_curves
+from alrs.protocol import plan_test, stored_curves
 from alrs.results import ResultStore
 from alrs.runfolder import METRICS_COLUMNS, truncate_csv
 from alrs.training import train_controller
@@ -159,6 +159,17 @@ def test_every_committed_result_store_and_grid_file_reads_in_the_current_format(
         again = ResultStore(copy)
         assert again.data["format"] == RESULTS_FORMAT
         assert json.dumps(again.data["results"]) == json.dumps(store.data["results"]), path
+
+
+def test_every_committed_grid_file_plans_a_test() -> None:
+    """test.py reads a grid file of the first format (records without family) as it plans the fair test."""
+    grids = sorted((RESULTS / "baselines").glob("*.json"))
+    assert any("format" not in json.loads(path.read_text()) for path in grids)
+    for path in grids:
+        settings = json.loads(path.read_text())["settings"]
+        config = EnvConfig(**{key: settings[key] for key in BASELINE_KEYS})
+        plan = plan_test(load_grid(path, config))
+        assert {"constant", "step-decay", "cosine", "linear"} <= set(plan.schedules), path
 
 
 def test_a_test_from_before_the_fair_protocol_replots(tmp_path: Path) -> None:
