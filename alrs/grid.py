@@ -5,7 +5,7 @@ where the grid file lives, and how each family's best point is picked and rebuil
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -72,25 +72,10 @@ HAND_MADE_BEST_KEYS = {
 """Where a grid file names the best point of each hand-made family."""
 
 
-class _BestKeys(Mapping[str, str]):
-    """Family -> where a grid file names its best point: the hand-made families, then every peer family of
-    :data:`alrs.peers.PEER_FAMILIES` as registered at the time of reading."""
-
-    def _current(self) -> dict[str, str]:
-        return {**HAND_MADE_BEST_KEYS, **{family.name: family.best_key for family in PEER_FAMILIES.values()}}
-
-    def __getitem__(self, family: str) -> str:
-        return self._current()[family]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._current())
-
-    def __len__(self) -> int:
-        return len(self._current())
-
-
-BEST_KEYS: Mapping[str, str] = _BestKeys()
-"""Where a grid file names the best point of each family: the hand-made ones, then the peers'."""
+def best_keys() -> dict[str, str]:
+    """Family -> where a grid file names its best point: the hand-made families, then every peer family
+    registered (:data:`alrs.peers.PEER_FAMILIES`)."""
+    return {**HAND_MADE_BEST_KEYS, **{family.name: family.best_key for family in PEER_FAMILIES.values()}}
 
 
 def grid_schedules(config: EnvConfig) -> list[HandMadeSchedule]:
@@ -121,7 +106,7 @@ def baseline_grid_search(
         jobs = [(s.name, s, seed) for s in grid_schedules(env.config)]
         results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid", pool=pool)
         families = {schedule_from_record(r.schedule).family for r in results.values()}
-        best = {BEST_KEYS[family]: best_of_family(results, family) for family in BEST_KEYS if family in families}
+        best = {key: best_of_family(results, family) for family, key in best_keys().items() if family in families}
         store.update(**best, note=GRID_NOTE)
         return store.data
 
@@ -191,12 +176,12 @@ def missing_grid_error(path: Path, config: EnvConfig, seed: int) -> UserError:
 
 __all__ = [
     "BASELINE_KEYS",
-    "BEST_KEYS",
     "DECAYS_TO_ZERO",
     "GRID_NOTE",
     "HAND_MADE_BEST_KEYS",
     "baseline_file",
     "baseline_grid_search",
+    "best_keys",
     "best_of_family",
     "evaluation_settings",
     "grid_schedules",

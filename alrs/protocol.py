@@ -17,7 +17,7 @@ from typing import Any
 from alrs.env import LREnv
 from alrs.episodes import run_jobs
 from alrs.errors import UserError
-from alrs.grid import BASELINE_KEYS, BEST_KEYS, best_of_family, schedule_from_record
+from alrs.grid import BASELINE_KEYS, best_keys, best_of_family, schedule_from_record
 from alrs.io import load_json, load_torch, save_json
 from alrs.parallel import WorkerPool
 from alrs.peers import PEER_FAMILIES
@@ -61,7 +61,9 @@ def plan_test(grid: dict[str, Any], learned: Schedule | None = None, start_lrs: 
     """
     results = {k: EpisodeResult(**v) for k, v in grid["results"].items()}
     tuned = {
-        family: schedule_from_record(results[grid[best]].schedule) for family, best in BEST_KEYS.items() if best in grid
+        family: schedule_from_record(results[grid[best]].schedule)
+        for family, best in best_keys().items()
+        if best in grid
     }
     order = [f for f in ("constant", "step-decay", "cosine", "linear", *PEER_FAMILIES) if f in tuned]
     schedules: dict[str, Schedule] = {f: tuned[f] for f in order}

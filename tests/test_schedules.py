@@ -12,7 +12,7 @@ from alrs.data import BatchSampler
 from alrs.env import make_env
 from alrs.episodes import run_episode
 from alrs.errors import UserError
-from alrs.grid import BEST_KEYS, baseline_grid_search
+from alrs.grid import baseline_grid_search, best_keys
 from alrs.protocol import reuse_results
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import PAPER_GRID, Constant, Cosine, Learned, StepDecay, paper_grid
@@ -114,7 +114,7 @@ def test_grid_search_resumes_after_an_interruption(
     # 48 step decays, 4 constants, 6 cosine, 6 linear; the peers: 8 schedule-free, 6 prodigy, 9 adam + ema
     assert len(calls) == 87 - 4 and len(data["results"]) == 87
     sizes = {"step-decay": 48, "constant": 4, "schedule-free": 8, "adam-ema": 9}
-    for family, best in BEST_KEYS.items():
+    for family, best in best_keys().items():
         finals = {k: r["final_val_loss"] for k, r in data["results"].items() if r["schedule"]["family"] == family}
         assert len(finals) == sizes.get(family, 6)
         assert data[best] == min(finals, key=finals.get)

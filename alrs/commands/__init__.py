@@ -66,6 +66,8 @@ def provenance() -> dict[str, Any]:
         },
         "machine": {
             "cpus": os.cpu_count(),
+            # The CPU kernels torch chose (AVX2, AVX512, ...): runs agree to the last digit only on the same.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },

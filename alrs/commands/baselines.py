@@ -8,7 +8,7 @@ from alrs.cli import config_of, parse_args
 from alrs.commands import run_script, set_threads
 from alrs.config import EnvConfig
 from alrs.env import LREnv
-from alrs.grid import BEST_KEYS, baseline_file, baseline_grid_search, grid_schedules
+from alrs.grid import baseline_file, baseline_grid_search, best_keys, grid_schedules
 from alrs.parallel import ParallelConfig, make_pool
 from alrs.plotting import plot_episode
 
@@ -35,7 +35,7 @@ def main() -> int:
     best = results[data["best_step_decay"]]
     plot_episode(best["curves"], path.with_suffix(".png"), title=f"best step decay: {data['best_step_decay']}")
     print(f"\n{'family':<14} {'its best point (final val loss on the grid seed)':<50} {'final':>8} {'best':>8}")
-    for family, best_key in BEST_KEYS.items():
+    for family, best_key in best_keys().items():
         key = data[best_key]
         print(f"{family:<14} {key:<50} {results[key]['final_val_loss']:>8.4f} {results[key]['best_val_loss']:>8.4f}")
     return 0

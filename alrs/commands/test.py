@@ -18,9 +18,9 @@ from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.evaluator import evaluation_seeds, training_initial_lrs
 from alrs.grid import (
-    BEST_KEYS,
     baseline_file,
     baseline_grid_search,
+    best_keys,
     evaluation_settings,
     grid_schedules,
     load_grid,
@@ -186,7 +186,7 @@ def tuned_grid(args: Namespace, env: LREnv) -> dict[str, Any]:
         with make_pool(config_of(ParallelConfig, args), env.config, jobs=len(grid_schedules(env.config))) as pool:
             baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
     grid = load_grid(path, env.config)
-    if missing := [family for family, key in BEST_KEYS.items() if key not in grid]:
+    if missing := [family for family, key in best_keys().items() if key not in grid]:
         print(
             f"{path} has no {', '.join(missing)} points: run baselines.py with this test's settings to add them",
             file=sys.stderr,
