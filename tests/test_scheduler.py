@@ -172,7 +172,6 @@ OPTION_SETS = {
         ("paper", "before", False),
         ("log-lr+time", "evaluate", False),
         ("continuous", "evaluate", False),
-        ("paper", "evaluate", True),
         ("paper", "after", True),
     ],
 )
