@@ -213,7 +213,7 @@ class LearnedLRScheduler(LRScheduler):
         self._first_child: list[float] | None = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # validation reported before its step()
+        self._pending: tuple[torch.Tensor, ...] | None = None  # validation reported before its step()
         self._waiting_at: int | None = None  # the step count of an observation waiting for validation
         self._waiting_train_loss: torch.Tensor | None = None
         self._last_obs: torch.Tensor | None = None
