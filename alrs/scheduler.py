@@ -1,46 +1,34 @@
 """A learned LR schedule for anyone's PyTorch training loop: a trained controller as an ``LRScheduler``.
 
-The controller acts as it does in :class:`alrs.env.LREnv`: it observes the model after Adam
-steps 0, K, 2K, ... (K = ``update_freq``) and each time scales the LR of the next K Adam steps.
-The first observation is of the untrained model, before any Adam step; as in ``LREnv.reset``
-its validation loss stands in for the train loss, which does not exist yet. Each observation
-needs the model's validation predictions and, after step 0, the minibatch losses since the
-previous one::
+Two lines in a plain loop: construct it, then call ``scheduler.step(loss)`` after every ``optimizer.step()``::
 
-    scheduler = LearnedLRScheduler(optimizer, "runs/<id>/best.pt", model.output_layer, evaluate=evaluate)
+    scheduler = LearnedLRScheduler(optimizer, "quick-mlp", model.output_layer, evaluate=evaluate)
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        scheduler.report_train_loss(loss)
-        scheduler.step()
+        scheduler.step(loss)
 
-``evaluate()`` returns the validation logits and integer targets; the scheduler calls it when an
-observation is due, and first in its constructor. With a schedule-free optimizer it calls it, and
-reads the output layer's weights, between ``optimizer.eval()`` and ``optimizer.train()``, as the env
-does; with ``report_validation`` that is the caller's to do. Without it, call
-``scheduler.report_validation(logits, targets)`` whenever ``scheduler.needs_validation`` is true:
-once before the first ``optimizer.step()``, then after every K-th ``scheduler.step()`` (or just
-before it, after the K-th ``optimizer.step()``). Use the same validation examples, in the same
-order, every time: a feature is the change of the predictions since the previous observation.
+Every ``update_freq`` steps (and once in the constructor) it calls ``evaluate()``, which returns the
+model's validation logits and integer targets, always of the same examples in the same order; what it
+saw is ``scheduler.last_validation``, for your own logging. If you validate yourself, leave out
+``evaluate`` and call ``scheduler.report_validation(logits, targets)`` whenever
+``scheduler.needs_validation`` is true. :mod:`alrs.controllers` lists the released controllers.
 
-The observation is computed by the env's own code (:func:`alrs.features.child_features` and
-:func:`alrs.features.observation_tail`) and the action applied by the env's rule,
-:meth:`alrs.actions.Action.next_lr` (without the env's optional LR noise): the same model, batches
-and validation split give the env's LRs and losses. The controller does not act on an observation that is not finite
-(a diverged model: the env ends its episode there); the LR is then kept and ``diverged`` set.
-
-Param groups: the controller sets one LR, the reference LR, which starts as the first group's
-initial LR and is bounded by the controller's ``[lr_min, lr_max]``; every group keeps its own
-base, its LR being its initial LR times ``reference LR / first group's initial LR``.
+The observation is the env's (:func:`alrs.features.child_features`, :func:`alrs.features.observation_tail`)
+and the new LR the env's rule (:meth:`alrs.actions.Action.next_lr`): on the env's child, batches and
+validation split it gives the env's LRs. A non-finite loss keeps the LR (with one warning).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +40,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from alrs.actions import SETTINGS as ACTION_SETTINGS
 from alrs.actions import checkpoint_action
 from alrs.controller import Controller
+from alrs.controllers import controller_file
 from alrs.errors import UserError
 from alrs.features import (
     FEATURE_SCALES,
@@ -80,11 +69,23 @@ _SETTINGS = ("update_freq", "num_train_steps", "features", "action_settings")
 _NOT_STATE = ("optimizer", "controller", "evaluate", "_output_weight", "_action")
 
 
+@dataclass(frozen=True)
+class Validation:
+    """What the scheduler saw of the validation examples after ``step`` optimizer steps."""
+
+    step: int
+    loss: float
+    accuracy: float
+    prediction_variance: float  # the variance of the softmax predictions (a feature)
+    prediction_change_variance: float  # the variance of their change since the previous observation (a feature)
+
+
 def _controller_checkpoint(checkpoint: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The controller's checkpoint dict of a best.pt, a last.pt or a loaded dict, and its name for errors."""
-    source = "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
-    data = checkpoint if isinstance(checkpoint, dict) else load_torch(checkpoint)
-    return read_controller(data), source
+    """The controller's checkpoint dict of a released controller's name, a best.pt, a last.pt or a loaded dict,
+    and its name for errors."""
+    if isinstance(checkpoint, dict):
+        return read_controller(checkpoint), "the checkpoint"
+    return read_controller(load_torch(controller_file(checkpoint))), str(checkpoint)
 
 
 def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source: str) -> dict[str, Any]:
@@ -121,6 +122,7 @@ def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source
         "features": tuple(features),
         "optimizer": env["optimizer"],
         "action": checkpoint_action(env, controller.action_spec, source),
+        "decisions": metadata.get("decisions"),
     }
 
 
@@ -131,32 +133,32 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 class LearnedLRScheduler(LRScheduler):
-    """A trained controller setting an optimizer's LR every ``update_freq`` steps (see the module's docs).
+    """A trained controller setting an optimizer's LR every ``update_freq`` steps (the module's docs show the loop).
 
     Args:
-        optimizer: the optimizer whose LRs are set: of the class the controller was trained to drive (its
-            checkpoint's ``optimizer`` setting; Adam for every checkpoint that does not record one).
-        checkpoint: a controller checkpoint: the path of a ``best.pt``, or of a ``last.pt`` (its
-            controller is used), or such a file's loaded dict.
-        output_layer: the model's output layer (an ``nn.Linear``), or a function returning its
-            weight: two of the features are the mean and variance of these weights.
-        update_freq: optimizer steps per controller step; default: the checkpoint's.
-        evaluate: returns the validation logits and integer targets; the scheduler calls it when
-            it observes. None: give them with :meth:`report_validation`.
-        num_train_steps: the length of the training in optimizer steps, for the time feature
-            (``budget_left``); default: the checkpoint's episode length.
-        allow_transfer: drive an optimizer of another class than the one the controller was trained
-            to drive (an untested transfer); without it, that is refused.
+        optimizer: the optimizer whose LR is set, of the class the controller was trained to drive (Adam for
+            the released ones). The controller sets the first param group's LR; other groups keep their ratio to it.
+        controller: a released controller's name (:data:`alrs.controllers.CONTROLLERS`), or the path of a
+            ``best.pt`` or ``last.pt``, or such a file's loaded dict.
+        output_layer: the model's output layer (an ``nn.Linear``), or a function returning its weight.
+        update_freq: optimizer steps per controller step; default: the controller's (for one trained across
+            run lengths: ``num_train_steps`` over its decisions per run).
+        evaluate: returns the validation logits (N, classes) and integer targets (N,); called under
+            ``torch.no_grad()`` (switch to ``model.eval()`` in it if the model has dropout or batch norm).
+            None: give them with :meth:`report_validation`.
+        num_train_steps: the length of your training in optimizer steps; default: the controller's.
+        allow_transfer: drive an optimizer of another class than the controller's (untested).
 
     Attributes:
-        lr: the reference LR the controller sets (the first group's LR).
-        diverged: an observation was not finite (a diverged model), so the controller kept the LR.
+        lr: the LR the controller sets (the first group's).
+        last_validation: what it saw at its latest observation (:class:`Validation`).
+        diverged: a loss was not finite, so the controller kept the LR.
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        checkpoint: str | os.PathLike | dict[str, Any],
+        controller: str | os.PathLike | dict[str, Any],
         output_layer: nn.Module | Callable[[], torch.Tensor],
         update_freq: int | None = None,
         *,
@@ -168,7 +170,7 @@ class LearnedLRScheduler(LRScheduler):
             raise TypeError(f"{type(optimizer).__name__} is not a torch.optim.Optimizer")
         if not optimizer.param_groups:
             raise UserError("the optimizer has no param groups: there is no LR to schedule")
-        data, source = _controller_checkpoint(checkpoint)
+        data, source = _controller_checkpoint(controller)
         try:
             self.controller = Controller.from_checkpoint(data)
         except ValueError as exc:
@@ -180,9 +182,16 @@ class LearnedLRScheduler(LRScheduler):
                 f"{source}: the controller was trained to drive {settings['optimizer']} ({expected.__name__}), "
                 f"not {type(optimizer).__name__}; pass allow_transfer=True to use it anyway (untested)"
             )
-        self.update_freq = _positive_int("update_freq", settings["update_freq"] if update_freq is None else update_freq)
+        if settings["decisions"] is not None and num_train_steps is None:
+            raise UserError(
+                f"{source}: the controller was trained across run lengths: pass num_train_steps (your run's length)"
+            )
         steps = settings["num_train_steps"] if num_train_steps is None else num_train_steps
         self.num_train_steps = _positive_int("num_train_steps", steps)
+        if update_freq is None:
+            decisions = settings["decisions"]
+            update_freq = settings["update_freq"] if decisions is None else max(1, self.num_train_steps // decisions)
+        self.update_freq = _positive_int("update_freq", update_freq)
         self.features: tuple[str, ...] = settings["features"]
         self.action_settings = {key: settings[key] for key in ACTION_SETTINGS}
         self._action = settings["action"]
@@ -199,11 +208,12 @@ class LearnedLRScheduler(LRScheduler):
         first = optimizer.param_groups[0]
         self.lr = float(first.get("initial_lr", first["lr"]))  # what LRScheduler takes as the first base LR
         self.diverged = False
+        self._seen: dict[str, float] | None = None  # last_validation's fields (plain data: state_dict loads safely)
         self._prev_probs: torch.Tensor | None = None
         self._first_child: list[float] | None = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # validation reported before its step()
+        self._pending: tuple[torch.Tensor, ...] | None = None  # validation reported before its step()
         self._waiting_at: int | None = None  # the step count of an observation waiting for validation
         self._waiting_train_loss: torch.Tensor | None = None
         self._last_obs: torch.Tensor | None = None
@@ -219,13 +229,26 @@ class LearnedLRScheduler(LRScheduler):
         """The controller's latest observation, as the env gives it (None before the first)."""
         return None if self._last_obs is None else self._last_obs.numpy().copy()
 
+    @property
+    def last_validation(self) -> Validation | None:
+        """What the scheduler saw of the validation examples at its latest observation (None before the first)."""
+        return None if self._seen is None else Validation(**self._seen)
+
     def report_train_loss(self, loss: torch.Tensor | float) -> None:
-        """Add one minibatch's loss to the train-loss feature: the mean of the losses reported since the last
-        observation. A tensor stays on its device (no host sync)."""
+        """Deprecated: pass the loss to :meth:`step` instead."""
+        warnings.warn(
+            "LearnedLRScheduler.report_train_loss(loss) is deprecated: call scheduler.step(loss)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         self._check_not_waiting("report_train_loss()")
+        self._add_train_loss(loss)
+
+    def _add_train_loss(self, loss: torch.Tensor | float) -> None:
+        """Add one minibatch's loss to the train-loss feature (the mean since the last observation), on its device."""
         loss = torch.as_tensor(loss).detach()
         if loss.numel() != 1:
-            raise UserError(f"report_train_loss() takes one minibatch's mean loss, got shape {tuple(loss.shape)}")
+            raise UserError(f"the loss must be one minibatch's mean loss, got shape {tuple(loss.shape)}")
         if self._loss_sum is None:
             self._loss_sum = torch.zeros((), device=loss.device)
         self._loss_sum += loss.reshape(()).to(self._loss_sum.device)
@@ -245,28 +268,35 @@ class LearnedLRScheduler(LRScheduler):
                 f"no observation is due: the controller observes after every {self.update_freq} optimizer "
                 f"steps, next after step {(self.last_epoch // self.update_freq + 1) * self.update_freq}"
             )
-        val_loss, probs = self._validation(logits, targets)
+        validation = self._validation(logits, targets)
         if self._waiting_at is None:
-            self._pending = val_loss, probs
+            self._pending = validation
             return
-        self._observe(self._waiting_at, self._waiting_train_loss, val_loss, probs)
+        self._observe(self._waiting_at, self._waiting_train_loss, validation)
         self._waiting_at = self._waiting_train_loss = None
         self._apply_lrs()
 
-    def step(self, epoch: int | None = None) -> None:
-        """Count one optimizer step; after every ``update_freq`` of them, observe and set the LR of the next ones."""
-        if epoch is not None:
-            raise UserError("LearnedLRScheduler.step() takes no epoch: call it once after every optimizer.step()")
+    def step(self, loss: torch.Tensor | float | None = None) -> None:  # type: ignore[override]
+        """Count one optimizer step and its minibatch's mean loss (a tensor stays on its device); after every
+        ``update_freq`` steps, observe and set the LR of the next ones."""
         if self.last_epoch < 0:  # LRScheduler.__init__'s initial step: before any optimizer step
             self._observation_due(0, None)
         else:
             self._check_not_waiting("step()")
+            if loss is None:
+                warnings.warn(
+                    "LearnedLRScheduler.step() without the loss is deprecated: call scheduler.step(loss)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+            else:
+                self._add_train_loss(loss)
             steps = self.last_epoch + 1
             if steps % self.update_freq == 0:
                 if self._loss_sum is None:
                     raise UserError(
-                        f"no train loss was reported in optimizer steps {steps - self.update_freq + 1} to "
-                        f"{steps}: call report_train_loss(loss) for every minibatch"
+                        f"no train loss was given in optimizer steps {steps - self.update_freq + 1} to "
+                        f"{steps}: call scheduler.step(loss) after every optimizer.step()"
                     )
                 train_loss = self._loss_sum / self._loss_count
                 self._loss_sum, self._loss_count = None, 0
@@ -312,21 +342,23 @@ class LearnedLRScheduler(LRScheduler):
     def _observation_due(self, steps: int, train_loss: torch.Tensor | None) -> None:
         """Observe now with the validation reported or evaluated, or wait for :meth:`report_validation`."""
         if self._pending is not None:
-            (val_loss, probs), self._pending = self._pending, None
+            validation, self._pending = self._pending, None
         elif self.evaluate is not None:
             # A schedule-free optimizer's evaluation weights are swapped in for the validation and the weights
             # feature, as the env does (alrs.optim.evaluation_weights; a no-op for other optimizers).
             with torch.no_grad(), evaluation_weights(self.optimizer):
-                val_loss, probs = self._validation(*self.evaluate())
-                self._observe(steps, train_loss, val_loss, probs)
+                self._observe(steps, train_loss, self._validation(*self.evaluate()))
             return
         else:
             self._waiting_at, self._waiting_train_loss = steps, train_loss
             return
-        self._observe(steps, train_loss, val_loss, probs)
+        self._observe(steps, train_loss, validation)
 
-    def _validation(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean validation loss and softmax predictions, on the device (as ``LREnv._evaluate`` computes them)."""
+    def _validation(
+        self, logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean validation loss (as ``LREnv._evaluate`` computes it), accuracy and softmax predictions, on the
+        device."""
         if logits.dim() != 2 or targets.shape != logits.shape[:1]:
             raise UserError(
                 f"validation logits must have shape (N, classes) and targets (N,), "
@@ -339,30 +371,43 @@ class LearnedLRScheduler(LRScheduler):
                 f"the validation predictions have shape {tuple(probs.shape)}, previously "
                 f"{tuple(self._prev_probs.shape)}: use the same validation examples every time"
             )
-        return F.cross_entropy(logits, targets, reduction="sum") / len(targets), probs
+        accuracy = (logits.argmax(1) == targets).float().mean()
+        return F.cross_entropy(logits, targets, reduction="sum") / len(targets), accuracy, probs
 
     def _observe(
-        self, steps: int, train_loss: torch.Tensor | None, val_loss: torch.Tensor, probs: torch.Tensor
+        self, steps: int, train_loss: torch.Tensor | None, validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     ) -> None:
         """The env's observation after ``steps`` optimizer steps, and the controller's action on it.
 
         ``train_loss`` None: the first observation, where the validation loss stands in (``LREnv.reset``).
         """
+        val_loss, accuracy, probs = validation
         train_loss = val_loss if train_loss is None else train_loss.to(val_loss.device)
         prev = None if self._prev_probs is None else self._prev_probs.to(probs.device)[None]
         weight = self._output_weight().detach().to(probs.device)
-        features = child_features(train_loss[None], val_loss[None], probs[None], prev, weight[None])
-        child = features[0].double().tolist()  # the one host sync of an observation
+        features = child_features(train_loss[None], val_loss[None], probs[None], prev, weight[None])[0]
+        values = torch.cat([features, accuracy.to(features.dtype)[None]]).double().tolist()  # the one host sync
+        child = values[:-1]
+        self._seen = {"step": steps, "loss": values[1], "accuracy": values[-1]}
+        self._seen.update(prediction_variance=values[2], prediction_change_variance=values[3])
         if self.features[0] == "train_loss_rel":  # feature_scale=relative: against the untrained model's
             self._first_child = self._first_child or child
             child = relative_child_features(child, self._first_child, probs.shape[1])
         tail = observation_tail(self.features, self.lr, steps, self.num_train_steps)
         obs = np.asarray([*child, *tail], dtype=np.float32)
         self._prev_probs, self._last_obs = probs, torch.from_numpy(obs)
-        if np.all(np.isfinite(obs)):
-            self.lr = self._action.next_lr(self.lr, self.controller.act(obs))
-        else:
-            self.diverged = True
+        lr = self._action.next_lr(self.lr, self.controller.act(obs)) if np.all(np.isfinite(obs)) else math.nan
+        if math.isfinite(lr):
+            self.lr = lr
+            return
+        if not self.diverged:
+            warnings.warn(
+                f"the training or validation loss is not finite after {steps} optimizer steps: the learned "
+                f"schedule keeps the LR at {self.lr:.3g} (this warning is given once)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        self.diverged = True
 
     def _apply_lrs(self) -> None:
         """Set the groups' LRs outside :meth:`step` (which LRScheduler's own machinery does)."""
@@ -375,4 +420,4 @@ class LearnedLRScheduler(LRScheduler):
         self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in groups]
 
 
-__all__ = ["Evaluate", "LearnedLRScheduler"]
+__all__ = ["Evaluate", "LearnedLRScheduler", "Validation"]

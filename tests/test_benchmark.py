@@ -50,3 +50,15 @@ def test_env_speed_benchmark_runs_and_reports_every_figure(tmp_path: Path) -> No
     assert figures["naive_over_env"] > 0 and figures["env_over_floor"] > 0 and min(figures["peak_rss_mb"].values()) > 0
     assert figures["batched_speedup"] > 0 and figures["num_envs"] == 2
     assert "naive / env" in result.stdout and "2 x env / batched" in result.stdout
+
+
+def test_scheduler_overhead_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "scheduler_overhead.py"), "--settings", "mlp-quick"]
+    command += ["--steps", "10", "--rounds", "1", "--data-dir", str(tmp_path / "none"), "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())["settings"]["mlp-quick"]
+    assert set(figures["median_seconds"]) == {"adam", "learned", "schedulefree"}
+    assert set(figures["median_ratio"]) == {"learned_over_adam", "schedulefree_over_adam"}
+    assert 0 < figures["median_scheduler_share"] < 1

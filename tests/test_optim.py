@@ -214,8 +214,7 @@ def test_the_scheduler_observes_schedule_free_evaluation_weights(small_env_optio
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        scheduler.report_train_loss(loss)
-        scheduler.step()
+        scheduler.step(loss)
     assert optimizer.param_groups[0]["train_mode"]
     train_weights = float(F.cross_entropy(model(x), y).detach())
     with evaluation_weights(optimizer):

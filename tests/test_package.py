@@ -6,15 +6,28 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
 from cli import ROOT, run_script
 
 from alrs.cli import ALL, SETTINGS, build_parser
+from alrs.controllers import CONTROLLERS
 from alrs.settings import runtime_settings
 
 BIN = Path(sys.executable).parent
+
+
+# Run by the installed wheel's Python, outside the clone: a released controller loads by name.
+USE_A_RELEASED_CONTROLLER = """
+import alrs, torch
+from alrs.controllers import CONTROLLERS
+from alrs.scheduler import LearnedLRScheduler
+layer = torch.nn.Linear(4, 10)
+scheduler = LearnedLRScheduler(torch.optim.Adam(layer.parameters(), lr=1e-2), "quick-mlp", layer)
+print(alrs.__file__, scheduler.update_freq, all(c.card.is_file() for c in CONTROLLERS.values()))
+"""
 
 
 def test_pip_builds_the_package_with_its_console_scripts_and_nothing_else(tmp_path: Path) -> None:
@@ -33,6 +46,24 @@ def test_pip_builds_the_package_with_its_console_scripts_and_nothing_else(tmp_pa
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for command in ("train", "baselines", "test"):
         assert f"alrs-{command} = alrs.commands.{command}:cli" in text
+    for name in CONTROLLERS:  # the released controllers and their cards are package data
+        assert {f"alrs/controllers/{name}/best.pt", f"alrs/controllers/{name}/README.md"} <= set(names)
+
+    # Installed by pip into a fresh virtual environment outside the clone, which borrows this one's torch
+    # (its site-packages on the path, its .pth files unread: not this clone's editable alrs).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+    ).stdout.strip()
+    (Path(site) / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, cwd=tmp_path)
+    used = subprocess.run([python, "-c", USE_A_RELEASED_CONTROLLER], capture_output=True, text=True, cwd=tmp_path)
+    assert used.returncode == 0, used.stderr
+    module, update_freq, cards = used.stdout.split()
+    assert Path(module).is_relative_to(site) and update_freq == "10" and cards == "True"
 
 
 def test_the_console_scripts_do_what_the_scripts_do(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from gymnasium.utils.seeding import np_random
 from alrs.actions import action_of
 from alrs.config import EnvConfig, PPOConfig
 from alrs.controller import Controller
+from alrs.controllers import CONTROLLERS, controller_file
 from alrs.data import BatchSampler, load_dataset
 from alrs.env import LREnv, init_child
 from alrs.episodes import run_episode
@@ -36,17 +38,15 @@ data = load_dataset("fa-mnist", "./data")
 model = build_model("mlp", "fa-mnist")  # any model; the controller's own setting is the tested one
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)  # the controller was trained from 1e-2
 val_x, val_y = data.val_x[:1000], data.val_y[:1000]  # the same examples at every observation
-controller = "results/controllers/fa-mnist_mlp_quick-recipe/best.pt"
-scheduler = LearnedLRScheduler(optimizer, controller, model.output_layer, evaluate=lambda: (model(val_x), val_y))
+scheduler = LearnedLRScheduler(optimizer, "quick-mlp", model.output_layer, evaluate=lambda: (model(val_x), val_y))
 for step in range(scheduler.num_train_steps):
     batch = torch.randint(len(data.train_x), (500,))
     loss = F.cross_entropy(model(data.train_x[batch]), data.train_y[batch])
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    scheduler.report_train_loss(loss)
-    scheduler.step()
-print(f"final LR {scheduler.get_last_lr()[0]:.3g}")
+    scheduler.step(loss)
+print(f"final LR {scheduler.get_last_lr()[0]:.3g}, validation loss {scheduler.last_validation.loss:.4f}")
 """
 
 
@@ -71,7 +71,8 @@ class _Loop:
     """A plain PyTorch training loop on the env's child, batches and validation split, driven by the scheduler.
 
     ``mode``: ``evaluate`` (the scheduler calls it), ``after`` (report_validation when needs_validation,
-    after step()) or ``before`` (report_validation after the optimizer step, before step()).
+    after step()) or ``before`` (report_validation after the optimizer step, before step()). ``legacy``:
+    the deprecated report_train_loss(loss) and step() instead of step(loss).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class _Loop:
         lr: float,
         mode: str = "evaluate",
         head_lr: float | None = None,
+        legacy: bool = False,
         **options: Any,
     ):
         data = load_dataset(config.dataset, config.data_dir)
@@ -96,7 +98,7 @@ class _Loop:
             body = [p for p in self.model.parameters() if all(p is not q for q in head)]
             self.optimizer = torch.optim.Adam([{"params": body}, {"params": head, "lr": head_lr}], lr=lr)
         self.sampler = BatchSampler(len(self.train_x), config.batch_size, child_seed, torch.device("cpu"))
-        self.mode, self.steps = mode, 0
+        self.mode, self.steps, self.legacy = mode, 0, legacy
         self.lrs: list[list[float]] = []  # every group's LR at each Adam step
         self.val_losses: list[float] = []
         self.observations: list[np.ndarray] = []
@@ -133,12 +135,16 @@ class _Loop:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.scheduler.report_train_loss(loss)
             self.steps += 1
             due = self.steps % self.update_freq == 0
+            if self.legacy:
+                self.scheduler.report_train_loss(loss)
             if self.mode == "before" and due:
                 self.scheduler.report_validation(*self.evaluate())
-            self.scheduler.step()
+            if self.legacy:
+                self.scheduler.step()
+            else:
+                self.scheduler.step(loss)
             if self.mode != "after" and due:
                 self.observations.append(self.scheduler.last_observation)
 
@@ -159,22 +165,31 @@ OPTION_SETS = {
 
 
 @pytest.mark.parametrize(
-    ("options", "mode"),
+    ("options", "mode", "legacy"),
     [
-        ("paper", "evaluate"),
-        ("paper", "after"),
-        ("paper", "before"),
-        ("log-lr+time", "evaluate"),
-        ("continuous", "evaluate"),
+        ("paper", "evaluate", False),
+        ("paper", "after", False),
+        ("paper", "before", False),
+        ("log-lr+time", "evaluate", False),
+        ("continuous", "evaluate", False),
+        ("paper", "after", True),
     ],
 )
-def test_a_plain_loop_gets_the_env_episode(small_env_options: dict, options: str, mode: str) -> None:
+def test_a_plain_loop_gets_the_env_episode(small_env_options: dict, options: str, mode: str, legacy: bool) -> None:
+    """step(loss), and for one release the deprecated report_train_loss(loss) and step(), give the env's LRs."""
     config = EnvConfig(**{**small_env_options, "num_train_steps": 40, **OPTION_SETS[options]})
     checkpoint, seed, lr = _checkpoint(config), 7, 1e-3
     curves = _env_episode(config, checkpoint, seed, lr)
-    loop = _Loop(config, checkpoint, seed, lr, mode=mode)
-    loop.run(config.num_train_steps)
-    loop.finish()
+    loop = _Loop(config, checkpoint, seed, lr, mode=mode, legacy=legacy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop.run(config.num_train_steps)
+        loop.finish()
+    ours = [w for w in caught if str(w.message).startswith("LearnedLRScheduler")]
+    deprecated = {str(w.message).split(" is deprecated")[0] for w in ours if w.category is DeprecationWarning}
+    calls = {"LearnedLRScheduler.report_train_loss(loss)", "LearnedLRScheduler.step() without the loss"}
+    assert deprecated == (calls if legacy else set()) and all(w.category is DeprecationWarning for w in ours)
+    assert all(w.filename == __file__ for w in ours)  # the warnings point at the caller's line
 
     k = config.update_freq
     assert len(set(curves["lr"])) >= 3  # the controller does change the LR, both ways or more than once
@@ -185,6 +200,11 @@ def test_a_plain_loop_gets_the_env_episode(small_env_options: dict, options: str
     assert loop.val_losses == pytest.approx(curves["val_loss"], rel=1e-12)
     assert [float(obs[0]) for obs in loop.observations] == pytest.approx(curves["train_loss"], rel=1e-12)
     assert [float(obs[1]) for obs in loop.observations] == pytest.approx(curves["val_loss"], rel=1e-12)
+    seen = loop.scheduler.last_validation
+    assert seen.step == config.num_train_steps and seen.loss == pytest.approx(curves["val_loss"][-1], rel=1e-6)
+    logits = loop.model(loop.val_x)
+    assert seen.accuracy == pytest.approx((logits.argmax(1) == loop.val_y).float().mean().item())
+    assert seen.prediction_variance == pytest.approx(float(loop.observations[-1][2]), rel=1e-6)
 
 
 def test_param_groups_keep_their_ratio(small_env_options: dict) -> None:
@@ -266,7 +286,7 @@ def test_bad_use_is_a_one_line_error(small_env_options: dict, tmp_path: Path) ->
         loop.optimizer.step()
         scheduler.step()
     loop.optimizer.step()
-    assert "no train loss was reported" in _error(scheduler.step)
+    assert "no train loss was given" in _error(scheduler.step)
 
     waiting = _Loop(config, checkpoint, 0, 1e-3, mode="after").scheduler
     assert waiting.needs_validation
@@ -323,15 +343,22 @@ def test_update_freq_and_episode_length_can_be_overridden(small_env_options: dic
     assert [float(obs[-1]) for obs in loop.observations] == pytest.approx([1.0, 0.96, 0.92, 0.88])
 
 
-def test_a_diverged_model_keeps_its_lr(small_env_options: dict) -> None:
+@pytest.mark.parametrize("bad", ["train", "validation"])
+def test_a_non_finite_loss_keeps_the_lr_and_warns_once(small_env_options: dict, bad: str) -> None:
     config = EnvConfig(**small_env_options)
     loop = _Loop(config, _checkpoint(config), 0, 1e-3)
     scheduler, lr = loop.scheduler, loop.scheduler.lr
-    for _ in range(config.update_freq):
-        loop.optimizer.step()
-        scheduler.report_train_loss(torch.tensor(float("nan")))
-        scheduler.step()
-    assert scheduler.diverged and scheduler.lr == lr and np.isnan(scheduler.last_observation[0])
+    if bad == "validation":
+        loop.val_x = torch.full_like(loop.val_x, float("inf"))  # the model's logits become NaN
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(3 * config.update_freq):
+            loop.optimizer.step()
+            scheduler.step(torch.tensor(float("nan" if bad == "train" else 1.0 + step)))
+            assert loop.optimizer.param_groups[0]["lr"] == lr
+    (warning,) = [w for w in caught if w.category is RuntimeWarning]
+    assert "not finite" in str(warning.message) and warning.filename == __file__
+    assert scheduler.diverged and scheduler.lr == lr and not np.all(np.isfinite(scheduler.last_observation))
 
 
 def test_a_last_pt_works_like_its_controller(small_env_options: dict, tmp_path: Path) -> None:
@@ -350,7 +377,6 @@ def test_readme_example_runs(
 ) -> None:
     """The README's example, verbatim, with the released controller, on the fake data."""
     root = Path(__file__).parents[1]
-    (tmp_path / "results").symlink_to(root / "results")
     (tmp_path / "data").symlink_to(data_dir)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {}
@@ -358,9 +384,31 @@ def test_readme_example_runs(
         exec(compile(README_EXAMPLE, "README example", "exec"), namespace)
     scheduler = namespace["scheduler"]
     assert scheduler.last_epoch == 200 and scheduler.update_freq == 10 and "budget_left" in scheduler.features
-    assert capsys.readouterr().out == f"final LR {scheduler.lr:.3g}\n"
+    seen = scheduler.last_validation
+    assert capsys.readouterr().out == f"final LR {scheduler.lr:.3g}, validation loss {seen.loss:.4f}\n"
 
     readme = (root / "README.md").read_text()
     section = re.search(r"## Use a learned schedule in your own code\n.*?```python\n(.*?)```", readme, re.S)
     assert section is not None, "README.md lost its section 'Use a learned schedule in your own code'"
     assert section.group(1) == README_EXAMPLE
+
+
+def test_released_controllers_load_by_name_and_a_path_still_works(small_env_options: dict, tmp_path: Path) -> None:
+    for name, released in CONTROLLERS.items():
+        assert controller_file(name) == released.checkpoint and released.checkpoint.is_file()
+        assert f"`{name}`" in released.card.read_text().splitlines()[0]  # its card's title names it
+        assert released.trained_for and released.tested_on
+    config = EnvConfig(**small_env_options)
+    model = init_child(config, 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    by_name = LearnedLRScheduler(optimizer, "quick-mlp", model.output_layer)
+    by_path = LearnedLRScheduler(optimizer, CONTROLLERS["quick-mlp"].checkpoint, model.output_layer)
+    assert by_name.features == by_path.features and by_name.update_freq == 10 and by_name.num_train_steps == 200
+    pairs = zip(by_name.controller.parameters(), by_path.controller.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    message = _error(lambda: LearnedLRScheduler(optimizer, "quick-cnn", model.output_layer))
+    assert "no released controller named 'quick-cnn'" in message and "generalist, quick-mlp" in message
+    assert "no such checkpoint" in _error(lambda: LearnedLRScheduler(optimizer, tmp_path / "a.pt", model.output_layer))
+    assert "pass num_train_steps" in _error(lambda: LearnedLRScheduler(optimizer, "generalist", model.output_layer))
+    generalist = LearnedLRScheduler(optimizer, "generalist", model.output_layer, num_train_steps=300)
+    assert (generalist.update_freq, generalist.num_train_steps) == (15, 300)
