@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
+from alrs.controller import Controller
 from alrs.errors import UserError
 from alrs.evaluator import Evaluator
 from alrs.features import fixed_scale_indices
@@ -105,6 +106,10 @@ def _resume(saved: Any, path: Path, ppo: PPO, evaluator: Evaluator, metadata: di
     """Load last.pt's PPO state into ``ppo`` after checking it belongs to this run; forget later evaluations."""
     ppo_state, progress, controller = read_training_state(saved, path)
     check_same_run(controller.get("metadata", {}), metadata, path)
+    try:
+        Controller.from_checkpoint(controller)  # its weights and statistics: finite, of its shapes
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from exc
     ppo.load_state_dict(ppo_state)
     evaluator.resume(ppo.iteration)
     return progress

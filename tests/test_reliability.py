@@ -18,12 +18,16 @@ import pytest
 import torch
 from cli import ROOT, run_script, small_flags, start_script
 
+from alrs.actions import action_of
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
+from alrs.controller import Controller
 from alrs.env import LREnv
 from alrs.errors import UserError
-from alrs.io import FolderLock, load_torch, save_json
+from alrs.features import fixed_scale_indices
+from alrs.io import FolderLock, load_torch, save_json, save_torch
 from alrs.results import EpisodeResult, ResultStore
-from alrs.training import train_controller
+from alrs.scheduler import LearnedLRScheduler
+from alrs.training import controller_metadata, train_controller
 
 
 def _small(data_dir: Path) -> list[str]:
@@ -151,6 +155,66 @@ def test_stored_undefined_figures_are_strict_json_and_read_back_as_nan(tmp_path:
     json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
     result = ResultStore(path, {})["k"]
     assert result.diverged and math.isnan(result.test_loss_best) and math.isnan(result.final_val_loss)
+
+
+# ---------------------------------------------------------------------------------------------- poisoned inputs
+def _poisoned(edit) -> dict:
+    """A controller checkpoint of the default settings, with ``edit`` applied to its state_dict."""
+    config = EnvConfig()
+    controller = Controller(
+        len(config.features), action_of(config).spec(), fixed_scale=fixed_scale_indices(config.features)
+    )
+    checkpoint = controller.checkpoint(controller_metadata(config, PPOConfig()))
+    edit(checkpoint["state_dict"])
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda s: s["actor.0.weight"].fill_(math.nan), ["actor.0.weight", "NaN or infinite"]),
+        (lambda s: s["obs_rms.mean"].fill_(math.inf), ["obs_rms.mean", "NaN or infinite"]),
+        (lambda s: s["obs_rms.var"].fill_(math.nan), ["obs_rms.var", "NaN or infinite"]),
+        (lambda s: s["obs_rms.var"].fill_(-1.0), ["obs_rms.var", "negative"]),
+        (lambda s: s.update({"actor.0.weight": torch.zeros(32, 3)}), ["actor.0.weight", "shape [32, 3]", "make [32,"]),
+        (lambda s: s.pop("critic.0.bias"), ["lacks critic.0.bias"]),
+    ],
+)
+def test_a_poisoned_controller_checkpoint_is_one_line_naming_the_file_before_any_work(
+    tmp_path: Path, edit, words: list[str]
+) -> None:
+    path = tmp_path / "best.pt"
+    save_torch(_poisoned(edit), path)
+    optimizer = torch.optim.Adam(torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(UserError) as info:
+        LearnedLRScheduler(optimizer, path, torch.nn.Linear(2, 2))
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_poisoned_last_pt_is_refused_on_resume_and_test(tmp_path: Path, data_dir: Path) -> None:
+    run = _trainrun_script(data_dir, tmp_path / "runs")
+    saved = load_torch(run / "last.pt")
+    saved["controller"]["state_dict"]["obs_rms.var"].fill_(math.nan)
+    save_torch(saved, run / "last.pt")
+    _one_line_error(run_script("train.py", "--resume", str(run), "--episodes", "6"), "last.pt", "obs_rms.var", "NaN")
+    best = load_torch(run / "best.pt")
+    best["state_dict"]["actor.0.weight"].fill_(math.inf)
+    save_torch(best, run / "best.pt")
+    _one_line_error(
+        run_script("test.py", "--test-id", str(run), "--data-dir", str(data_dir), "--results-dir", str(tmp_path)),
+        "best.pt",
+        "actor.0.weight",
+    )
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_result_record_with_a_non_finite_figure_is_refused_naming_it(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "store.json"
+    ResultStore(path, {}).add("k", EpisodeResult({"name": "c"}, 1, 0.5, 0.4, 3, False, 0.5, 0.8, 0.5, 0.8))
+    path.write_text(path.read_text().replace('"best_val_loss": 0.4', f'"best_val_loss": {value}'))
+    with pytest.raises(UserError, match=r"store.json: result 'k': best_val_loss = .* is not finite"):
+        ResultStore(path, {})
 
 
 # ---------------------------------------------------------------------------------------------- numeric settings
