@@ -75,6 +75,11 @@ class RunConfig:
         scripts=("test",),
     )
     progress: bool = setting(True, "show progress bars.", runtime=True)
+    wait: bool = setting(
+        False,
+        "wait for another process writing the same run folder or result file to finish, instead of refusing.",
+        runtime=True,
+    )
 
 
 SETTINGS: tuple[tuple[str, type, tuple[str, ...]], ...] = (

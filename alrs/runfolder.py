@@ -11,6 +11,7 @@ A run folder holds:
     evals/        every evaluated controller, iter_NNNN.pt (``test.py --checkpoint iter-N``), so that a
                   controller can be tested on another rule than best.pt's (from one initial LR, say)
     .lock         held by the process writing the folder (an advisory lock; see alrs.io.FolderLock)
+    .lock.holder  the host and PID of that process, while it writes (for the message a second writer gets)
     tensorboard/  the same figures as TensorBoard events (with ``tensorboard=True``; metrics.csv stays the record)
     episode.png   curves of the latest episode, refreshed every iteration
     training.png  final validation loss and LR of every episode so far: the controller's learning curve

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -323,7 +324,7 @@ def test_resuming_a_run_without_last_pt_says_there_is_nothing_to_resume(tmp_path
 def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(small_env_options: dict, tmp_path: Path) -> None:
     config = EnvConfig(**small_env_options)
     with FolderLock(tmp_path / ".lock", "run folder"):
-        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()} on host"):
             train_controller(tmp_path, config, PPOConfig(), TrainingConfig(num_envs=1, episodes=1), progress=False)
     assert not (tmp_path / "metrics.csv").exists()
     # Released (or left by a process that died): the lock file is free again.
@@ -346,6 +347,82 @@ def test_two_resumes_of_one_run_at_once_never_duplicate_an_episode(tmp_path: Pat
     assert "in use by process" in refused.strip().splitlines()[-1]
     episodes = [int(r["episode"]) for r in csv.DictReader(open(run / "metrics.csv"))]
     assert episodes == list(range(1, 81))
+
+
+_DRIVER = """
+import sys
+from pathlib import Path
+from alrs.config import EnvConfig
+from alrs.episodes import run_jobs
+from alrs.io import FolderLock
+from alrs.parallel import ParallelConfig, WorkerPool
+from alrs.results import ResultStore
+from alrs.schedules import Constant
+
+address, data_dir, path, seeds = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4].split(",")
+config = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=10,
+                   val_size=200, data_dir=data_dir, device="cpu")
+jobs = [(f"seed {seed}", Constant(1e-3), int(seed)) for seed in seeds]
+with WorkerPool(ParallelConfig(workers=1, threads=1, backend="ray", ray_address=address), 1, config) as pool:
+    with FolderLock(path.with_name(".store.lock"), f"result file {path}", wait=True):
+        store = ResultStore(path, {"test": "two drivers"})
+        before = set(store.data["results"])
+        run_jobs(config, jobs, store, progress=False, pool=pool)
+        print("ran", ",".join(sorted(set(store.data["results"]) - before)))
+"""
+
+
+def test_two_drivers_on_a_ray_cluster_writing_one_store_lose_and_repeat_nothing(tmp_path: Path, data_dir: Path) -> None:
+    """Two drivers of overlapping jobs, started at once with --wait's lock: every record once, each run once."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:
+        path = tmp_path / "store.json"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _DRIVER, cluster.address, str(data_dir), str(path), seeds],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for seeds in ("1,2,3", "2,3,4")
+        ]
+        outputs = [(p.wait(timeout=240), *p.communicate()) for p in procs]
+    finally:
+        cluster.shutdown()
+    assert [code for code, _, _ in outputs] == [0, 0], outputs
+    assert all("Traceback" not in err for _, _, err in outputs), outputs
+    ran = [out.strip().splitlines()[-1].removeprefix("ran ").split(",") for _, out, _ in outputs]
+    assert sorted(key for keys in ran for key in keys if key) == [f"seed {s}" for s in (1, 2, 3, 4)], ran
+    assert sum("waiting for result file" in err for _, _, err in outputs) == 1, outputs
+    data = json.loads(path.read_text())  # whole, strict JSON
+    assert sorted(data["results"]) == [f"seed {s}" for s in (1, 2, 3, 4)]
+    ResultStore(path, {"test": "two drivers"})  # every record checked
+
+
+def test_a_waiting_writer_takes_the_lock_when_the_holder_exits(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from alrs.io import FolderLock\nwith FolderLock({str(tmp_path / '.lock')!r}, 'x'):\n"
+            "    print('held', flush=True)\n    input()",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=rf"x is in use by process {holder.pid} on host {socket.gethostname()}.*--wait"):
+        FolderLock(tmp_path / ".lock", "x").__enter__()
+    holder.kill()  # as the OOM killer would: the lock is released with the process
+    holder.wait()
+    with FolderLock(tmp_path / ".lock", "x", wait=True):
+        assert f"process {os.getpid()}" in (tmp_path / ".lock.holder").read_text()
+    assert not (tmp_path / ".lock.holder").exists()
 
 
 # ---------------------------------------------------------------------------------------------- leftovers

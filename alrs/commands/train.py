@@ -126,7 +126,15 @@ def main() -> int:
             )
             print(f"{'resuming' if resume else 'run'} {run_dir}{where}", file=sys.stderr)
             summary = train_controller(
-                run_dir, env_cfg, ppo_cfg, training, seed=args.seed, resume=resume, progress=args.progress, pool=pool
+                run_dir,
+                env_cfg,
+                ppo_cfg,
+                training,
+                seed=args.seed,
+                resume=resume,
+                progress=args.progress,
+                pool=pool,
+                wait=args.wait,
             )
     except BaseException as exc:
         return stopped(exc, run_dir, resume)
