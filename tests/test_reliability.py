@@ -19,15 +19,21 @@ import pytest
 import torch
 from cli import ROOT, run_script, small_flags, start_script
 
+from alrs import commands, parallel
 from alrs.actions import action_of
+from alrs.cli import parse_args
+from alrs.commands.train import stopped
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
 from alrs.controller import Controller
 from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.features import fixed_scale_indices
 from alrs.io import FolderLock, load_torch, save_json, save_torch
+from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.results import EpisodeResult, ResultStore
+from alrs.runfolder import resolve_run
 from alrs.scheduler import LearnedLRScheduler
+from alrs.suite import suite_folder
 from alrs.training import controller_metadata, train_controller
 
 
@@ -423,6 +429,62 @@ def test_a_waiting_writer_takes_the_lock_when_the_holder_exits(tmp_path: Path) -
     with FolderLock(tmp_path / ".lock", "x", wait=True):
         assert f"process {os.getpid()}" in (tmp_path / ".lock.holder").read_text()
     assert not (tmp_path / ".lock.holder").exists()
+
+
+# ---------------------------------------------------------------------------------------------- resource limits
+@pytest.mark.parametrize(
+    "error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")]
+)
+def test_out_of_memory_in_training_is_one_line_with_the_settings_and_the_resume_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, error: BaseException
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"the last finished iteration")
+
+    def main() -> int:
+        try:
+            raise error
+        except BaseException as exc:
+            return stopped(exc, run, resume=False)
+
+    with pytest.raises(SystemExit) as info:
+        commands.run_script(main)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(lines) == 1, lines
+    assert all(w in lines[0] for w in ("out of memory", "--batch-size", "--num-envs", f"--resume {run}")), lines
+    assert (run / "last.pt").read_bytes() == b"the last finished iteration"
+
+
+def test_more_local_workers_than_cores_run_with_a_one_line_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(parallel, "available_cores", lambda: 1)
+    with WorkerPool(ParallelConfig(workers=2, threads=1), 2, EnvConfig()) as pool:
+        assert len(pool.workers) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: 2 workers on the 1 cores") and "--workers 1" in line
+
+
+@pytest.mark.parametrize("test_id", ["../elsewhere", "/abs/run", "a\x00b", "x/../../y"])
+def test_a_test_id_that_would_leave_its_folder_is_refused(tmp_path: Path, test_id: str) -> None:
+    with pytest.raises(UserError, match=r"NUL|cannot leave it"):
+        resolve_run(test_id, tmp_path / "runs")
+
+
+def test_nul_in_a_flag_or_config_value_and_a_suite_named_dotdot_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args("train", ["--out-dir", "runs\x00x"])
+    assert info.value.code == 2 and "--out-dir holds a NUL character" in capsys.readouterr().err
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"results_dir": "r\x00"}))
+    with pytest.raises(SystemExit):
+        parse_args("baselines", ["--config", str(config)])
+    assert "results_dir" in capsys.readouterr().err
+    with pytest.raises(UserError, match="name an instance-set file"):
+        suite_folder(tmp_path, "..")
 
 
 # ---------------------------------------------------------------------------------------------- leftovers

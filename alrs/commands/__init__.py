@@ -115,7 +115,8 @@ def run_script(main: Callable[[], int | None]) -> None:
             raise
         print(
             f"{name}: error: out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "lower --batch-size, --val-size, --hidden-sizes, --num-envs or --workers",
+            "lower --batch-size, --val-size, --hidden-sizes, --num-envs or --workers"
+            + "".join(f"; {note}" for note in getattr(exc, "__notes__", ())),
             file=sys.stderr,
         )
         sys.exit(1)
