@@ -202,12 +202,20 @@ class WorkerPool:
                 context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
                 self.workers = [ProcessWorker(context, self.threads) for _ in range(workers)]
             for worker in self.workers:  # wait until each has started: a worker that cannot start fails here
-                worker.submit("ping")
-            for worker in self.workers:
-                worker.result()
+                self._ping(worker)
         except BaseException:
             self.close()
             raise
+
+    def _ping(self, worker: Any) -> None:
+        """Wait until ``worker`` answers; one killed meanwhile is replaced (a restart, as in the work)."""
+        while True:
+            try:
+                worker.submit("ping")
+                worker.result()
+                return
+            except WorkerDied as exc:
+                self.replace(worker, exc)
 
     @property
     def in_process(self) -> bool:

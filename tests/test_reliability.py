@@ -35,6 +35,7 @@ from alrs.runfolder import resolve_run
 from alrs.scheduler import LearnedLRScheduler
 from alrs.suite import suite_folder
 from alrs.training import controller_metadata, train_controller
+from alrs.workers import ProcessWorker
 
 
 def _small(data_dir: Path) -> list[str]:
@@ -570,6 +571,22 @@ def _kill_a_worker(driver: subprocess.Popen, ready) -> None:
     os.kill(workers[0], signal.SIGKILL)
 
 
+def test_a_worker_killed_while_the_pool_starts_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    killed: list[int] = []
+
+    class KilledAtStart(ProcessWorker):
+        def _start(self) -> None:
+            super()._start()
+            if not killed:  # the first process dies before it answers, as the OOM killer may do
+                killed.append(self.process.pid)
+                os.kill(self.process.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(parallel, "ProcessWorker", KilledAtStart)
+    with WorkerPool(ParallelConfig(workers=2, threads=1), 2, EnvConfig()) as pool:
+        assert pool.restarts == 1 and len(pool.workers) == 2 and killed
+        assert killed[0] not in [worker.pid for worker in pool.workers]
+
+
 @pytest.mark.parametrize("restarts", [3, 0])
 def test_a_killed_worker_costs_nothing_or_stops_with_the_cause(restarts: int, tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "runs"
@@ -622,3 +639,24 @@ def test_a_driver_killed_at_many_points_loses_at_most_the_iteration_in_flight(tm
     (reference,) = (tmp_path / "whole").iterdir()
     ours, theirs = load_torch(run / "last.pt")["controller"], load_torch(reference / "last.pt")["controller"]
     assert all(torch.equal(ours["state_dict"][k], v) for k, v in theirs["state_dict"].items())
+
+
+# ---------------------------------------------------------------------------------------------- chaos soak
+def test_a_short_chaos_soak_loses_nothing_and_ends_as_the_undisturbed_run(tmp_path: Path, data_dir: Path) -> None:
+    """benchmarks/chaos.py for 1.2 minutes (about 2 with its undisturbed run): workers killed every 15 to
+    30 s, the driver killed and resumed twice; every episode once, the undisturbed run's figures and controller."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "chaos.py"),
+        "--minutes",
+        "1.2",
+        "--worker-kills-every",
+        "15",
+        "30",
+    ]
+    result = subprocess.run(
+        [*cmd, "--out", str(tmp_path), "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=480
+    )
+    figures = json.loads((tmp_path / "chaos.json").read_text())
+    assert result.returncode == 0 and figures["passed"], (figures, result.stderr[-2000:])
+    assert figures["driver_kills"] == 2 and figures["worker_kills"] >= 2 and figures["tracebacks"] == 0, figures
