@@ -442,6 +442,7 @@ def test_out_of_memory_in_training_is_one_line_with_the_settings_and_the_resume_
     run = tmp_path / "run"
     run.mkdir()
     (run / "last.pt").write_bytes(b"the last finished iteration")
+    error.add_note("in worker process 1:\nTraceback (most recent call last): ...")  # as a worker's error comes back
 
     def main() -> int:
         try:

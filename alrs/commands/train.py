@@ -82,7 +82,7 @@ def stopped(exc: BaseException, run_dir: Path | None, resume: bool) -> int:
     if isinstance(exc, WorkerDied) and resumable_now:
         raise WorkerDied(f"{exc}; continue with: {hint}") from exc
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and resumable_now:
-        exc.add_note(f"{run_dir / LAST_FILE} holds the last finished iteration; continue with: {hint}")
+        exc.resume_hint = f"{run_dir / LAST_FILE} holds the last finished iteration; continue with: {hint}"
     if not isinstance(exc, KeyboardInterrupt):
         raise exc
     if resumable_now:
