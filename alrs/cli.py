@@ -75,6 +75,11 @@ class RunConfig:
         scripts=("test",),
     )
     progress: bool = setting(True, "show progress bars.", runtime=True)
+    wait: bool = setting(
+        False,
+        "wait for another process writing the same run folder or result file to finish, instead of refusing.",
+        runtime=True,
+    )
 
 
 SETTINGS: tuple[tuple[str, type, tuple[str, ...]], ...] = (
@@ -224,6 +229,9 @@ def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Names
     ``--config`` file < command-line flags. Unknown or malformed config files are one-line errors."""
     parser = build_parser(script)
     given = vars(parser.parse_args(argv))
+    for key, value in given.items():
+        if isinstance(value, str) and "\x00" in value:
+            parser.error(f"--{key.replace('_', '-')} holds a NUL character, which no name or path may hold")
     settings = dict(DEFAULTS)
     try:
         if "resume" in given:
@@ -274,6 +282,8 @@ def _check_types(settings: dict[str, Any], path: str | os.PathLike) -> None:
             raise UserError(f"{path}: {key} = {value!r} should be {words}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{path}: {key} = {value!r} should be a finite number")
+        if isinstance(value, str) and "\x00" in value:
+            raise UserError(f"{path}: {key} = {value!r} holds a NUL character, which no name or path may hold")
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:

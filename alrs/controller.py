@@ -295,13 +295,44 @@ class Controller(nn.Module):
                 clip_obs=checkpoint["clip_obs"],
                 fixed_scale=tuple(checkpoint.get("fixed_scale", ())),
             )
-            controller.load_state_dict(checkpoint["state_dict"])
+            state = checkpoint["state_dict"]
+            _check_state(state, controller)
+            controller.load_state_dict(state)
             controller.normalize = checkpoint["normalize"]
         except (KeyError, TypeError, RuntimeError) as exc:
             raise UserError(
                 f"a damaged alrs controller checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
             ) from exc
         return controller
+
+
+def _check_state(state: Any, controller: Controller) -> None:
+    """A one-line error unless ``state`` holds exactly ``controller``'s tensors, of its shapes, all finite,
+    with positive normalizer variances and counts (a NaN would otherwise surface as NaN actions much later)."""
+    if not isinstance(state, dict):
+        raise UserError(f"a damaged alrs controller checkpoint (its state_dict is a {type(state).__name__})")
+    expected = controller.state_dict()
+    if missing := sorted(set(expected) - set(state)):
+        raise UserError(f"a damaged alrs controller checkpoint (its state_dict lacks {', '.join(missing)})")
+    if extra := sorted(set(state) - set(expected)):
+        raise UserError(f"a damaged alrs controller checkpoint (unknown entries {', '.join(extra)})")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise UserError(f"a damaged alrs controller checkpoint ({name} is a {type(tensor).__name__})")
+        if tensor.shape != expected[name].shape:
+            raise UserError(
+                f"the checkpoint's {name} has shape {list(tensor.shape)}, but its own settings (obs_dim "
+                f"{controller.obs_dim}, hidden_sizes {list(controller.hidden_sizes)}, action space "
+                f"{controller.action_spec}) make {list(expected[name].shape)}: the file is damaged"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"the controller's {name} holds NaN or infinite values (a diverged training or a damaged file); "
+                "use an earlier checkpoint"
+            )
+        lowest = {"var": 0.0, "count": torch.finfo(torch.float64).tiny}.get(name.rpartition("_rms.")[2])
+        if lowest is not None and bool((tensor < lowest).any()):
+            raise UserError(f"the controller's normalizer {name} is negative or zero: the file is damaged")
 
 
 __all__ = [

@@ -90,7 +90,12 @@ GRID_NOTE = "test figures are null: the grid ranks schedules by validation loss 
 
 
 def baseline_grid_search(
-    env: LREnv, seed: int, path: str | Path, progress: bool = True, pool: WorkerPool | None = None
+    env: LREnv,
+    seed: int,
+    path: str | Path,
+    progress: bool = True,
+    pool: WorkerPool | None = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """The paper's 48 step-decay points, a constant schedule at each of their initial LRs, and
     (ours) cosine and linear decay to 0 from each of six initial LRs; one seed each.
@@ -98,10 +103,10 @@ def baseline_grid_search(
     Picks the best point of each family by final validation loss (as the seed does), records each
     point's best validation loss too, and keeps everything in ``path`` (resumable: a grid file
     from before the cosine, linear or peer families gains their points on the next run). With ``pool``
-    the points run on its workers.
+    the points run on its workers; ``wait``: wait for another writer of ``path`` instead of refusing.
     """
     path = Path(path)
-    with FolderLock(path.with_name(f".{path.name}.lock"), f"grid file {path}"):  # one writer at a time
+    with FolderLock(path.with_name(f".{path.name}.lock"), f"grid file {path}", wait):  # one writer at a time
         store = ResultStore(path, {**evaluation_settings(env.config, BASELINE_KEYS), "seed": seed})
         jobs = [(s.name, s, seed) for s in grid_schedules(env.config)]
         results = run_jobs(env, jobs, store, test=False, progress=progress, desc="grid", pool=pool)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -122,44 +125,60 @@ def load_torch(path: str | os.PathLike) -> Any:
 class FolderLock:
     """An advisory lock: one process at a time writes what ``path`` guards (a run folder, a result file).
 
-    The lock is the kernel's (``fcntl.flock`` on the file ``path``), so it is released when its holder
-    exits, however it exits: a lock file left behind by a dead process is free again. The holder
-    writes its PID into the file, for the message a second writer gets. Where ``fcntl`` is missing
-    (Windows) no lock is taken.
+    The lock is the operating system's, taken through the ``filelock`` package (``flock`` on Unix,
+    ``LockFileEx`` on Windows), so it is released when its holder exits, however it exits: a lock file
+    left behind by a dead process is free again. The holder records its host and PID in ``<path>.holder``
+    for the message a second writer gets; that writer is refused, or with ``wait`` waits for the lock.
+    On a network file system the lock holds across machines where the file system supports locks
+    (docs/reliability.md).
 
     Args:
         path: the lock file (created if missing; kept, empty of meaning, after release).
         what: how the message names what is locked, e.g. ``run folder runs/x``.
+        wait: wait for the holder to finish instead of refusing.
     """
 
-    def __init__(self, path: str | os.PathLike, what: str):
-        self.path, self.what = Path(path), what
-        self._file: Any = None
+    def __init__(self, path: str | os.PathLike, what: str, wait: bool = False):
+        import filelock
+
+        self.path, self.what, self.wait = Path(path), what, wait
+        self.holder_file = self.path.with_name(f"{self.path.name}.holder")
+        self._lock = filelock.FileLock(self.path, thread_local=False)
+
+    def _holder(self) -> str:
+        try:
+            return self.holder_file.read_text().strip() or "an unknown process"
+        except OSError:
+            return "an unknown process"
 
     def __enter__(self) -> FolderLock:
-        try:
-            import fcntl
-        except ImportError:
-            return self
+        import filelock
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")  # held open for as long as the lock
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "unknown"
-            self._file.close()
-            self._file = None
+            try:
+                self._lock.acquire(timeout=0)
+            except filelock.Timeout:
+                holder = self._holder()
+                if not self.wait:
+                    raise UserError(
+                        f"{self.what} is in use by {holder}; wait for it to finish (or pass --wait), "
+                        "or stop that process on its host"
+                    ) from None
+                print(f"waiting for {self.what}, in use by {holder}", file=sys.stderr, flush=True)
+                self._lock.acquire(timeout=-1, poll_interval=0.2)
+        except OSError as exc:  # a file system without locks (NFS mounted with nolock), a read-only folder
             raise UserError(
-                f"{self.what} is in use by process {holder}; wait for it to finish or stop it (kill {holder})"
+                f"cannot lock {self.path} ({exc.strerror or exc}); write to a folder whose file system supports locks"
             ) from exc
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"{os.getpid()}\n")
-        self._file.flush()
+        holder = f"process {os.getpid()} on host {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+        try:
+            atomic_write(self.holder_file, lambda f: f.write(f"{holder}\n".encode()))
+        except BaseException:
+            self._lock.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()  # closing the file releases the lock
-            self._file = None
+        self.holder_file.unlink(missing_ok=True)
+        self._lock.release()

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -192,15 +193,29 @@ class WorkerPool:
                 share = min(1.0, gpus / workers) if gpus else 0.0
                 self.workers = [RayWorker(self.threads, share) for _ in range(workers)]
             else:
+                if workers > (cores := available_cores()):
+                    print(
+                        f"warning: {workers} workers on the {cores} cores this process may use: they take turns "
+                        f"(the same results, more slowly); --workers {cores} or fewer is faster",
+                        file=sys.stderr,
+                    )
                 context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
                 self.workers = [ProcessWorker(context, self.threads) for _ in range(workers)]
             for worker in self.workers:  # wait until each has started: a worker that cannot start fails here
-                worker.submit("ping")
-            for worker in self.workers:
-                worker.result()
+                self._ping(worker)
         except BaseException:
             self.close()
             raise
+
+    def _ping(self, worker: Any) -> None:
+        """Wait until ``worker`` answers; one killed meanwhile is replaced (a restart, as in the work)."""
+        while True:
+            try:
+                worker.submit("ping")
+                worker.result()
+                return
+            except WorkerDied as exc:
+                self.replace(worker, exc)
 
     @property
     def in_process(self) -> bool:

@@ -126,7 +126,10 @@ def load_learned(
     saved = load_torch(path)
     if checkpoint == "last":  # a training checkpoint: the controller is one of its parts
         saved = saved.get("controller") if isinstance(saved, dict) else None
-    learned = Learned(saved, policy=policy)
+    try:
+        learned = Learned(saved, policy=policy)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from exc
     trained_on = learned.metadata.get("env", {})
     config = env.config
     transfer = (trained_on.get("dataset"), trained_on.get("architecture")) != (config.dataset, config.architecture)

@@ -52,6 +52,10 @@ def check_record(record: Any, where: str) -> None:
                 f"{where}: {f.name} = {value!r} is missing or of the wrong type; the file is damaged: "
                 "delete it (or the entry) and rerun"
             )
+        if isinstance(value, float) and not math.isfinite(value):  # strict JSON writes an undefined figure as null
+            raise UserError(
+                f"{where}: {f.name} = {value!r} is not finite; the file is damaged: delete it (or the entry) and rerun"
+            )
 
 
 class ResultStore:

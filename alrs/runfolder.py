@@ -11,6 +11,7 @@ A run folder holds:
     evals/        every evaluated controller, iter_NNNN.pt (``test.py --checkpoint iter-N``), so that a
                   controller can be tested on another rule than best.pt's (from one initial LR, say)
     .lock         held by the process writing the folder (an advisory lock; see alrs.io.FolderLock)
+    .lock.holder  the host and PID of that process, while it writes (for the message a second writer gets)
     tensorboard/  the same figures as TensorBoard events (with ``tensorboard=True``; metrics.csv stays the record)
     episode.png   curves of the latest episode, refreshed every iteration
     training.png  final validation loss and LR of every episode so far: the controller's learning curve
@@ -78,10 +79,19 @@ def new_run_dir(out_dir: str | os.PathLike, name: str) -> Path:
 
 
 def resolve_run(test_id: str, out_dir: str | os.PathLike) -> Path:
-    """The run folder named by ``test_id``: a path, or an id under ``out_dir``; else an error listing the runs."""
-    for candidate in (Path(test_id), Path(out_dir) / test_id):
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
+    """The run folder named by ``test_id``: a path, or an id under ``out_dir`` (one that would leave it, with
+    ``..`` or as an absolute path, is refused); else an error listing the runs."""
+    if "\x00" in test_id:
+        raise UserError(f"--test-id {test_id!r} holds a NUL character; name a run")
+    if (Path(test_id) / CONFIG_FILE).is_file():
+        return Path(test_id)
+    if Path(test_id).is_absolute() or ".." in Path(test_id).parts:
+        raise UserError(
+            f"--test-id {test_id}: no run folder there, and an id under {out_dir} cannot leave it (.. or an "
+            "absolute path); name an existing run folder or a run under --out-dir"
+        )
+    if (Path(out_dir) / test_id / CONFIG_FILE).is_file():
+        return Path(out_dir) / test_id
     runs = sorted(p.parent.name for p in Path(out_dir).glob(f"*/{CONFIG_FILE}"))
     listing = ", ".join(runs) if runs else "none"
     raise UserError(

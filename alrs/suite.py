@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from alrs.config import EnvConfig
 from alrs.episodes import run_jobs
+from alrs.errors import UserError
 from alrs.grid import best_of_family, schedule_from_record
 from alrs.parallel import WorkerPool
 from alrs.peers import prodigy, schedule_free
@@ -210,8 +211,11 @@ def suite_settings(instance_set: InstanceSet, seed: int, num_seeds: int) -> dict
 
 
 def suite_folder(results_dir: str | Path, instance_set_path: str | Path) -> Path:
-    """``<results>/suites/<instance set's file name>``."""
-    return Path(results_dir) / "suites" / Path(instance_set_path).stem
+    """``<results>/suites/<instance set's file name>``; a name that is no folder name of its own is refused."""
+    name = Path(instance_set_path).stem
+    if name in ("", ".", "..") or "\x00" in name:
+        raise UserError(f"--suite {instance_set_path!r}: name an instance-set file (its name names the result folder)")
+    return Path(results_dir) / "suites" / name
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
+from alrs.controller import Controller
 from alrs.errors import UserError
 from alrs.evaluator import Evaluator
 from alrs.features import fixed_scale_indices
@@ -54,17 +55,19 @@ def train_controller(
     resume: bool = False,
     progress: bool = True,
     pool: WorkerPool | None = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Train a controller with PPO, writing the run folder ``run_dir`` (alrs.runfolder) as it goes.
 
     ``seed`` seeds the controller and every reset; ``resume`` continues from run_dir/last.pt to the same
     result as an uninterrupted run; ``progress`` shows a progress bar; ``pool`` is where the children and
-    evaluations run (None: this process). Returns episodes done, how best.pt was chosen, the checkpoints.
+    evaluations run (None: this process); ``wait``: wait for another writer of run_dir instead of refusing.
+    Returns episodes done, how best.pt was chosen, the checkpoints.
     """
     config = config or TrainingConfig()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with FolderLock(run_dir / LOCK_FILE, f"run folder {run_dir}"):  # a second writer is refused
+    with FolderLock(run_dir / LOCK_FILE, f"run folder {run_dir}", wait):  # a second writer is refused or waits
         saved = load_torch(run_dir / LAST_FILE) if resume else None  # a bad checkpoint fails before any work
         pool = pool or WorkerPool(ParallelConfig(workers=1), 1, env_config)
         envs = pool.vector_env(env_config, config.num_envs, config.batched_envs)
@@ -105,6 +108,10 @@ def _resume(saved: Any, path: Path, ppo: PPO, evaluator: Evaluator, metadata: di
     """Load last.pt's PPO state into ``ppo`` after checking it belongs to this run; forget later evaluations."""
     ppo_state, progress, controller = read_training_state(saved, path)
     check_same_run(controller.get("metadata", {}), metadata, path)
+    try:
+        Controller.from_checkpoint(controller)  # its weights and statistics: finite, of its shapes
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from exc
     ppo.load_state_dict(ppo_state)
     evaluator.resume(ppo.iteration)
     return progress

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,12 +19,23 @@ import pytest
 import torch
 from cli import ROOT, run_script, small_flags, start_script
 
+from alrs import commands, parallel
+from alrs.actions import action_of
+from alrs.cli import parse_args
+from alrs.commands.train import stopped
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
+from alrs.controller import Controller
 from alrs.env import LREnv
 from alrs.errors import UserError
-from alrs.io import FolderLock, load_torch, save_json
+from alrs.features import fixed_scale_indices
+from alrs.io import FolderLock, load_torch, save_json, save_torch
+from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.results import EpisodeResult, ResultStore
-from alrs.training import train_controller
+from alrs.runfolder import resolve_run
+from alrs.scheduler import LearnedLRScheduler
+from alrs.suite import suite_folder
+from alrs.training import controller_metadata, train_controller
+from alrs.workers import ProcessWorker
 
 
 def _small(data_dir: Path) -> list[str]:
@@ -153,6 +165,66 @@ def test_stored_undefined_figures_are_strict_json_and_read_back_as_nan(tmp_path:
     assert result.diverged and math.isnan(result.test_loss_best) and math.isnan(result.final_val_loss)
 
 
+# ---------------------------------------------------------------------------------------------- poisoned inputs
+def _poisoned(edit) -> dict:
+    """A controller checkpoint of the default settings, with ``edit`` applied to its state_dict."""
+    config = EnvConfig()
+    controller = Controller(
+        len(config.features), action_of(config).spec(), fixed_scale=fixed_scale_indices(config.features)
+    )
+    checkpoint = controller.checkpoint(controller_metadata(config, PPOConfig()))
+    edit(checkpoint["state_dict"])
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda s: s["actor.0.weight"].fill_(math.nan), ["actor.0.weight", "NaN or infinite"]),
+        (lambda s: s["obs_rms.mean"].fill_(math.inf), ["obs_rms.mean", "NaN or infinite"]),
+        (lambda s: s["obs_rms.var"].fill_(math.nan), ["obs_rms.var", "NaN or infinite"]),
+        (lambda s: s["obs_rms.var"].fill_(-1.0), ["obs_rms.var", "negative"]),
+        (lambda s: s.update({"actor.0.weight": torch.zeros(32, 3)}), ["actor.0.weight", "shape [32, 3]", "make [32,"]),
+        (lambda s: s.pop("critic.0.bias"), ["lacks critic.0.bias"]),
+    ],
+)
+def test_a_poisoned_controller_checkpoint_is_one_line_naming_the_file_before_any_work(
+    tmp_path: Path, edit, words: list[str]
+) -> None:
+    path = tmp_path / "best.pt"
+    save_torch(_poisoned(edit), path)
+    optimizer = torch.optim.Adam(torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(UserError) as info:
+        LearnedLRScheduler(optimizer, path, torch.nn.Linear(2, 2))
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_poisoned_last_pt_is_refused_on_resume_and_test(tmp_path: Path, data_dir: Path) -> None:
+    run = _trainrun_script(data_dir, tmp_path / "runs")
+    saved = load_torch(run / "last.pt")
+    saved["controller"]["state_dict"]["obs_rms.var"].fill_(math.nan)
+    save_torch(saved, run / "last.pt")
+    _one_line_error(run_script("train.py", "--resume", str(run), "--episodes", "6"), "last.pt", "obs_rms.var", "NaN")
+    best = load_torch(run / "best.pt")
+    best["state_dict"]["actor.0.weight"].fill_(math.inf)
+    save_torch(best, run / "best.pt")
+    _one_line_error(
+        run_script("test.py", "--test-id", str(run), "--data-dir", str(data_dir), "--results-dir", str(tmp_path)),
+        "best.pt",
+        "actor.0.weight",
+    )
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_result_record_with_a_non_finite_figure_is_refused_naming_it(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "store.json"
+    ResultStore(path, {}).add("k", EpisodeResult({"name": "c"}, 1, 0.5, 0.4, 3, False, 0.5, 0.8, 0.5, 0.8))
+    path.write_text(path.read_text().replace('"best_val_loss": 0.4', f'"best_val_loss": {value}'))
+    with pytest.raises(UserError, match=r"store.json: result 'k': best_val_loss = .* is not finite"):
+        ResultStore(path, {})
+
+
 # ---------------------------------------------------------------------------------------------- numeric settings
 @pytest.mark.parametrize(
     "flags,words",
@@ -259,7 +331,7 @@ def test_resuming_a_run_without_last_pt_says_there_is_nothing_to_resume(tmp_path
 def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(small_env_options: dict, tmp_path: Path) -> None:
     config = EnvConfig(**small_env_options)
     with FolderLock(tmp_path / ".lock", "run folder"):
-        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()} on host"):
             train_controller(tmp_path, config, PPOConfig(), TrainingConfig(num_envs=1, episodes=1), progress=False)
     assert not (tmp_path / "metrics.csv").exists()
     # Released (or left by a process that died): the lock file is free again.
@@ -282,6 +354,139 @@ def test_two_resumes_of_one_run_at_once_never_duplicate_an_episode(tmp_path: Pat
     assert "in use by process" in refused.strip().splitlines()[-1]
     episodes = [int(r["episode"]) for r in csv.DictReader(open(run / "metrics.csv"))]
     assert episodes == list(range(1, 81))
+
+
+_DRIVER = """
+import sys
+from pathlib import Path
+from alrs.config import EnvConfig
+from alrs.episodes import run_jobs
+from alrs.io import FolderLock
+from alrs.parallel import ParallelConfig, WorkerPool
+from alrs.results import ResultStore
+from alrs.schedules import Constant
+
+address, data_dir, path, seeds = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4].split(",")
+config = EnvConfig(dataset="fa-mnist", architecture="mlp", batch_size=50, update_freq=5, num_train_steps=10,
+                   val_size=200, data_dir=data_dir, device="cpu")
+jobs = [(f"seed {seed}", Constant(1e-3), int(seed)) for seed in seeds]
+with WorkerPool(ParallelConfig(workers=1, threads=1, backend="ray", ray_address=address), 1, config) as pool:
+    with FolderLock(path.with_name(".store.lock"), f"result file {path}", wait=True):
+        store = ResultStore(path, {"test": "two drivers"})
+        before = set(store.data["results"])
+        run_jobs(config, jobs, store, progress=False, pool=pool)
+        print("ran", ",".join(sorted(set(store.data["results"]) - before)))
+"""
+
+
+def test_two_drivers_on_a_ray_cluster_writing_one_store_lose_and_repeat_nothing(tmp_path: Path, data_dir: Path) -> None:
+    """Two drivers of overlapping jobs, started at once with --wait's lock: every record once, each run once."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:
+        path = tmp_path / "store.json"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _DRIVER, cluster.address, str(data_dir), str(path), seeds],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for seeds in ("1,2,3", "2,3,4")
+        ]
+        outputs = [(p.wait(timeout=240), *p.communicate()) for p in procs]
+    finally:
+        cluster.shutdown()
+    assert [code for code, _, _ in outputs] == [0, 0], outputs
+    assert all("Traceback" not in err for _, _, err in outputs), outputs
+    ran = [out.strip().splitlines()[-1].removeprefix("ran ").split(",") for _, out, _ in outputs]
+    assert sorted(key for keys in ran for key in keys if key) == [f"seed {s}" for s in (1, 2, 3, 4)], ran
+    assert sum("waiting for result file" in err for _, _, err in outputs) == 1, outputs
+    data = json.loads(path.read_text())  # whole, strict JSON
+    assert sorted(data["results"]) == [f"seed {s}" for s in (1, 2, 3, 4)]
+    ResultStore(path, {"test": "two drivers"})  # every record checked
+
+
+def test_a_waiting_writer_takes_the_lock_when_the_holder_exits(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from alrs.io import FolderLock\nwith FolderLock({str(tmp_path / '.lock')!r}, 'x'):\n"
+            "    print('held', flush=True)\n    input()",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=rf"x is in use by process {holder.pid} on host {socket.gethostname()}.*--wait"):
+        FolderLock(tmp_path / ".lock", "x").__enter__()
+    holder.kill()  # as the OOM killer would: the lock is released with the process
+    holder.wait()
+    with FolderLock(tmp_path / ".lock", "x", wait=True):
+        assert f"process {os.getpid()}" in (tmp_path / ".lock.holder").read_text()
+    assert not (tmp_path / ".lock.holder").exists()
+
+
+# ---------------------------------------------------------------------------------------------- resource limits
+@pytest.mark.parametrize(
+    "error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")]
+)
+def test_out_of_memory_in_training_is_one_line_with_the_settings_and_the_resume_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, error: BaseException
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"the last finished iteration")
+    error.add_note("in worker process 1:\nTraceback (most recent call last): ...")  # as a worker's error comes back
+
+    def main() -> int:
+        try:
+            raise error
+        except BaseException as exc:
+            return stopped(exc, run, resume=False)
+
+    with pytest.raises(SystemExit) as info:
+        commands.run_script(main)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(lines) == 1, lines
+    assert all(w in lines[0] for w in ("out of memory", "--batch-size", "--num-envs", f"--resume {run}")), lines
+    assert (run / "last.pt").read_bytes() == b"the last finished iteration"
+
+
+def test_more_local_workers_than_cores_run_with_a_one_line_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(parallel, "available_cores", lambda: 1)
+    with WorkerPool(ParallelConfig(workers=2, threads=1), 2, EnvConfig()) as pool:
+        assert len(pool.workers) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: 2 workers on the 1 cores") and "--workers 1" in line
+
+
+@pytest.mark.parametrize("test_id", ["../elsewhere", "/abs/run", "a\x00b", "x/../../y"])
+def test_a_test_id_that_would_leave_its_folder_is_refused(tmp_path: Path, test_id: str) -> None:
+    with pytest.raises(UserError, match=r"NUL|cannot leave it"):
+        resolve_run(test_id, tmp_path / "runs")
+
+
+def test_nul_in_a_flag_or_config_value_and_a_suite_named_dotdot_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args("train", ["--out-dir", "runs\x00x"])
+    assert info.value.code == 2 and "--out-dir holds a NUL character" in capsys.readouterr().err
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"results_dir": "r\x00"}))
+    with pytest.raises(SystemExit):
+        parse_args("baselines", ["--config", str(config)])
+    assert "results_dir" in capsys.readouterr().err
+    with pytest.raises(UserError, match="name an instance-set file"):
+        suite_folder(tmp_path, "..")
 
 
 # ---------------------------------------------------------------------------------------------- leftovers
@@ -367,6 +572,22 @@ def _kill_a_worker(driver: subprocess.Popen, ready) -> None:
     os.kill(workers[0], signal.SIGKILL)
 
 
+def test_a_worker_killed_while_the_pool_starts_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    killed: list[int] = []
+
+    class KilledAtStart(ProcessWorker):
+        def _start(self) -> None:
+            super()._start()
+            if not killed:  # the first process dies before it answers, as the OOM killer may do
+                killed.append(self.process.pid)
+                os.kill(self.process.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(parallel, "ProcessWorker", KilledAtStart)
+    with WorkerPool(ParallelConfig(workers=2, threads=1), 2, EnvConfig()) as pool:
+        assert pool.restarts == 1 and len(pool.workers) == 2 and killed
+        assert killed[0] not in [worker.pid for worker in pool.workers]
+
+
 @pytest.mark.parametrize("restarts", [3, 0])
 def test_a_killed_worker_costs_nothing_or_stops_with_the_cause(restarts: int, tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "runs"
@@ -419,3 +640,24 @@ def test_a_driver_killed_at_many_points_loses_at_most_the_iteration_in_flight(tm
     (reference,) = (tmp_path / "whole").iterdir()
     ours, theirs = load_torch(run / "last.pt")["controller"], load_torch(reference / "last.pt")["controller"]
     assert all(torch.equal(ours["state_dict"][k], v) for k, v in theirs["state_dict"].items())
+
+
+# ---------------------------------------------------------------------------------------------- chaos soak
+def test_a_short_chaos_soak_loses_nothing_and_ends_as_the_undisturbed_run(tmp_path: Path, data_dir: Path) -> None:
+    """benchmarks/chaos.py for 1.2 minutes (about 2 with its undisturbed run): workers killed every 15 to
+    30 s, the driver killed and resumed twice; every episode once, the undisturbed run's figures and controller."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "chaos.py"),
+        "--minutes",
+        "1.2",
+        "--worker-kills-every",
+        "15",
+        "30",
+    ]
+    result = subprocess.run(
+        [*cmd, "--out", str(tmp_path), "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=480
+    )
+    figures = json.loads((tmp_path / "chaos.json").read_text())
+    assert result.returncode == 0 and figures["passed"], (figures, result.stderr[-2000:])
+    assert figures["driver_kills"] == 2 and figures["worker_kills"] >= 2 and figures["tracebacks"] == 0, figures

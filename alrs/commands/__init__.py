@@ -117,7 +117,8 @@ def run_script(main: Callable[[], int | None]) -> None:
             raise
         print(
             f"{name}: error: out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "lower --batch-size, --val-size, --hidden-sizes, --num-envs or --workers",
+            "lower --batch-size, --val-size, --hidden-sizes, --num-envs or --workers"
+            + (f"; {exc.resume_hint}" if hasattr(exc, "resume_hint") else ""),  # set by a command that can resume
             file=sys.stderr,
         )
         sys.exit(1)

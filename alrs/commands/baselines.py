@@ -24,7 +24,7 @@ def main() -> int:
     env = LREnv(config)
     try:
         with make_pool(config_of(ParallelConfig, args), config, jobs=len(grid_schedules(config))) as pool:
-            data = baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
+            data = baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool, wait=args.wait)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; every finished point is kept in {path}. Rerun the same command to go on.", file=sys.stderr

@@ -78,7 +78,7 @@ def suite(args: Namespace) -> int:
         tag = result_name(args)
         check_test_seeds(seeds, args.seed, chosen_on(args))
     out = suite_folder(args.results_dir, args.suite)
-    with FolderLock(out / ".lock", f"suite folder {out}"):
+    with FolderLock(out / ".lock", f"suite folder {out}", args.wait):
         store = ResultStore(out / "results.json", suite_settings(instance_set, args.seed, args.suite_seeds))
         try:
             with make_pool(config_of(ParallelConfig, args), base, jobs=len(seeds) * 8) as pool:
@@ -184,7 +184,7 @@ def tuned_grid(args: Namespace, env: LREnv) -> dict[str, Any]:
         if not args.run_baselines:
             raise missing_grid_error(path, env.config, args.seed)
         with make_pool(config_of(ParallelConfig, args), env.config, jobs=len(grid_schedules(env.config))) as pool:
-            baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool)
+            baseline_grid_search(env, args.seed, path, progress=args.progress, pool=pool, wait=args.wait)
     grid = load_grid(path, env.config)
     if missing := [family for family, key in best_keys().items() if key not in grid]:
         print(
@@ -198,7 +198,7 @@ def compare(args: Namespace) -> int:
     """The fair test of a controller (or of the baselines alone) over paired seeds: run, store, tabulate, plot."""
     test = build_test(args)
     plan, out = test.plan, test.out
-    with FolderLock(out / ".lock", f"result folder {out}"):  # one writer at a time
+    with FolderLock(out / ".lock", f"result folder {out}", args.wait):  # one writer at a time
         store = ResultStore(out / "summary.json", {**test.settings, "seeds": test.seeds})
         if args.reuse_baselines:  # a hand-made schedule's run does not depend on the controller
             jobs = plan_jobs(plan, test.seeds)

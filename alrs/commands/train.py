@@ -7,6 +7,8 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import torch
+
 from alrs.cli import config_of, parse_args, settings_of
 from alrs.commands import invocation, provenance, run_script, set_threads
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
@@ -79,6 +81,8 @@ def stopped(exc: BaseException, run_dir: Path | None, resume: bool) -> int:
     hint = f"{invocation('train')} --resume {run_dir}"
     if isinstance(exc, WorkerDied) and resumable_now:
         raise WorkerDied(f"{exc}; continue with: {hint}") from exc
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and resumable_now:
+        exc.resume_hint = f"{run_dir / LAST_FILE} holds the last finished iteration; continue with: {hint}"
     if not isinstance(exc, KeyboardInterrupt):
         raise exc
     if resumable_now:
@@ -126,7 +130,15 @@ def main() -> int:
             )
             print(f"{'resuming' if resume else 'run'} {run_dir}{where}", file=sys.stderr)
             summary = train_controller(
-                run_dir, env_cfg, ppo_cfg, training, seed=args.seed, resume=resume, progress=args.progress, pool=pool
+                run_dir,
+                env_cfg,
+                ppo_cfg,
+                training,
+                seed=args.seed,
+                resume=resume,
+                progress=args.progress,
+                pool=pool,
+                wait=args.wait,
             )
     except BaseException as exc:
         return stopped(exc, run_dir, resume)
