@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import filelock
 import torch
 
 from alrs.errors import UserError
@@ -139,8 +140,6 @@ class FolderLock:
     """
 
     def __init__(self, path: str | os.PathLike, what: str, wait: bool = False):
-        import filelock
-
         self.path, self.what, self.wait = Path(path), what, wait
         self.holder_file = self.path.with_name(f"{self.path.name}.holder")
         self._lock = filelock.FileLock(self.path, thread_local=False)
@@ -152,8 +151,6 @@ class FolderLock:
             return "an unknown process"
 
     def __enter__(self) -> FolderLock:
-        import filelock
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             try:
