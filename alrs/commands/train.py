@@ -79,15 +79,17 @@ def stopped(exc: BaseException, run_dir: Path | None, resume: bool) -> int:
     if fresh:
         shutil.rmtree(run_dir, ignore_errors=True)  # a start that failed or was stopped leaves no run folder
     hint = f"{invocation('train')} --resume {run_dir}"
-    kept = f"{run_dir / LAST_FILE} holds the last finished iteration"
     if isinstance(exc, WorkerDied) and resumable_now:
         raise WorkerDied(f"{exc}; continue with: {hint}") from exc
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and resumable_now:
-        exc.resume_hint = f"{kept}; continue with: {hint}"
+        exc.resume_hint = f"{run_dir / LAST_FILE} holds the last finished iteration; continue with: {hint}"
     if not isinstance(exc, KeyboardInterrupt):
         raise exc
     if resumable_now:
-        print(f"\ninterrupted; {kept}. Continue with: {hint}", file=sys.stderr)
+        print(
+            f"\ninterrupted; {run_dir / LAST_FILE} holds the last finished iteration. Continue with: {hint}",
+            file=sys.stderr,
+        )
     elif fresh:
         print(f"\ninterrupted before the first iteration ended; nothing to resume, {run_dir} removed", file=sys.stderr)
     else:
