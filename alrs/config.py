@@ -57,6 +57,16 @@ class EnvConfig:
         "factor in [1/action_range, action_range].",
     )
     action_range: float = setting(1.05, "largest factor of one LR update (seed: 1.05, i.e. 5%).")
+    action_set: str = setting(
+        "scale",
+        "scale (the paper's: the discrete or continuous factors above) or lhopt (ours: LHOPT's seven "
+        "factors x0.5 to x2, discrete; alrs.actions).",
+    )
+    base_schedule: str = setting(
+        "constant",
+        "the schedule the controller's level multiplies: constant (the paper's: the level is the LR), or "
+        "linear, cosine or warmup-linear (ours, residual control: a policy that always keeps follows it).",
+    )
     lr_noise: float = setting(0.0, "std of Gaussian noise on log(LR) after each update (seed's option; 0 = off).")
     initial_lr_noise: float = setting(0.0, "std of Gaussian noise on log(initial LR) (0 = off).")
     lr_min: float = setting(1e-5, "bounds of the LR the controller can set (seed: [1e-5, 1e-1]).")

@@ -44,6 +44,8 @@ ENV_ADDED_LATER: dict[str, Any] = {
     "weight_average": None,
     "feature_scale": "raw",
     "instance_set": None,
+    "action_set": "scale",
+    "base_schedule": "constant",
 }
 """Environment settings added after the first runs, with the value every run before them used (the paper's)."""
 

@@ -24,7 +24,6 @@ validation split it gives the env's LRs. A non-finite loss keeps the LR (with on
 from __future__ import annotations
 
 import copy
-import math
 import os
 import warnings
 from collections.abc import Callable
@@ -50,7 +49,7 @@ from alrs.features import (
     observation_tail,
     relative_child_features,
 )
-from alrs.formats import read_controller
+from alrs.formats import ENV_ADDED_LATER, read_controller
 from alrs.io import load_torch
 from alrs.optim import evaluation_weights, optimizer_class
 
@@ -64,6 +63,9 @@ _ENV_SETTINGS = (
     "lr_feature",
     "time_feature",
 )  # what the scheduler reads from a checkpoint's metadata["env"]
+
+_FIRST_ACTION_SETTINGS = ("discrete", "action_range", "lr_min", "lr_max")  # a state's own entries before alrs.actions
+ACTION_ADDED_LATER = {key: ENV_ADDED_LATER[key] for key in ("action_set", "base_schedule")}
 
 _SETTINGS = ("update_freq", "num_train_steps", "features", "action_settings")
 _NOT_STATE = ("optimizer", "controller", "evaluate", "_output_weight", "_action")
@@ -207,6 +209,7 @@ class LearnedLRScheduler(LRScheduler):
         self.evaluate = evaluate
         first = optimizer.param_groups[0]
         self.lr = float(first.get("initial_lr", first["lr"]))  # what LRScheduler takes as the first base LR
+        self.level = self.lr  # what the actions move; the LR is it times the base schedule (alrs.actions)
         self.diverged = False
         self._seen: dict[str, float] | None = None  # last_validation's fields (plain data: state_dict loads safely)
         self._prev_probs: torch.Tensor | None = None
@@ -315,11 +318,15 @@ class LearnedLRScheduler(LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a scheduler with the same settings; sets the optimizer's LRs too."""
-        if "action_settings" not in state_dict and all(key in state_dict for key in ACTION_SETTINGS):
+        if "action_settings" not in state_dict and all(key in state_dict for key in _FIRST_ACTION_SETTINGS):
             # A state saved before alrs.actions kept the action's settings as entries of their own.
-            older = {key: state_dict[key] for key in ACTION_SETTINGS}
+            older = {key: state_dict[key] for key in _FIRST_ACTION_SETTINGS}
             state_dict = {key: value for key, value in state_dict.items() if key not in older}
             state_dict["action_settings"] = older
+        if isinstance(state_dict.get("action_settings"), dict) and "level" not in state_dict:
+            # A state saved before base schedules and action sets ran the paper's, whose level is the LR.
+            action_settings = {**ACTION_ADDED_LATER, **state_dict["action_settings"]}
+            state_dict = {**state_dict, "action_settings": action_settings, "level": state_dict.get("lr")}
         missing = [key for key in _SETTINGS if key not in state_dict]
         if missing:
             raise UserError(f"not the state of a LearnedLRScheduler (no {', '.join(missing)})")
@@ -396,9 +403,9 @@ class LearnedLRScheduler(LRScheduler):
         tail = observation_tail(self.features, self.lr, steps, self.num_train_steps)
         obs = np.asarray([*child, *tail], dtype=np.float32)
         self._prev_probs, self._last_obs = probs, torch.from_numpy(obs)
-        lr = self._action.next_lr(self.lr, self.controller.act(obs)) if np.all(np.isfinite(obs)) else math.nan
-        if math.isfinite(lr):
-            self.lr = lr
+        if np.all(np.isfinite(obs)):
+            self.level = self._action.next_level(self.level, self.controller.act(obs))
+            self.lr = self._action.lr(self.level, steps, self.num_train_steps)
             return
         if not self.diverged:
             warnings.warn(

@@ -8,7 +8,6 @@ Evaluation code runs them all through :meth:`Schedule.step`.
 from __future__ import annotations
 
 import copy
-import math
 from abc import ABC, abstractmethod
 from itertools import product
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alrs.actions import action_of
+from alrs.actions import BASE_SCHEDULES, action_of
 from alrs.config import EnvConfig
 from alrs.controller import Controller
 from alrs.env import LREnv
@@ -144,7 +143,7 @@ class Cosine(DecayToZero):
     family = "cosine"
 
     def lr_at(self, step: int) -> float:
-        return self.initial_lr * 0.5 * (1 + math.cos(math.pi * step / self.total_steps))
+        return self.initial_lr * BASE_SCHEDULES["cosine"](step, self.total_steps)
 
 
 class Linear(DecayToZero):
@@ -153,7 +152,7 @@ class Linear(DecayToZero):
     family = "linear"
 
     def lr_at(self, step: int) -> float:
-        return self.initial_lr * max(0.0, 1 - step / self.total_steps)
+        return self.initial_lr * BASE_SCHEDULES["linear"](step, self.total_steps)
 
 
 class Peer(HandMadeSchedule):
@@ -243,8 +242,15 @@ class Learned(Schedule):
         if self.controller.action_spec != wanted:
             raise UserError(
                 f"the controller's actions are {self.controller.action_spec} but this env takes {wanted}; "
-                "use the controller's own --discrete/--action-range settings"
+                "use the controller's own --discrete/--action-range/--action-set settings"
             )
+        trained = self.metadata.get("env", {})
+        for name in ("action_set", "base_schedule"):
+            if name in trained and trained[name] != getattr(env.config, name):
+                raise UserError(
+                    f"the controller was trained with {name} {trained[name]}, this env has "
+                    f"{getattr(env.config, name)}; test it with --{name.replace('_', '-')} {trained[name]}"
+                )
 
     def start(self, seed: int) -> None:
         if self.policy == "sample":

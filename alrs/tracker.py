@@ -68,7 +68,7 @@ class EpisodeTracker:
 
     def _start_episode(self, lr: float) -> None:
         """The state of an episode before its first optimizer step, starting at ``lr``."""
-        self.lr = self.initial_lr = lr
+        self.lr = self.initial_lr = self.level = lr
         self.optimizer_steps = 0
         self.diverged = False
         self.best_val_loss = math.inf
@@ -84,10 +84,13 @@ class EpisodeTracker:
         return obs, info
 
     def next_lr(self, action: Any) -> float:
-        """The LR after ``action``: the factor, the optional noise, the bounds (:meth:`alrs.actions.Action.next_lr`)."""
+        """The LR after ``action``: the level moved by the factor, the optional noise and the bounds
+        (:meth:`alrs.actions.Action.next_level`), times the base schedule at this step
+        (:meth:`alrs.actions.Action.lr`)."""
         cfg = self.config
         log_noise = cfg.lr_noise * float(self.np_random.normal()) if cfg.lr_noise else 0.0
-        return self.action.next_lr(self.lr, action, log_noise)
+        self.level = self.action.next_level(self.level, action, log_noise)
+        return self.action.lr(self.level, self.optimizer_steps, cfg.num_train_steps)
 
     def start_step(self, lr: float) -> None:
         """Check that the episode goes on, and take ``lr`` as the LR of the coming optimizer steps."""

@@ -161,6 +161,8 @@ OPTION_SETS = {
     "paper": {},
     "log-lr+time": {"lr_feature": "log-lr", "time_feature": True},
     "continuous": {"discrete": False, "action_range": 1.3},
+    "lhopt+linear": {"action_set": "lhopt", "base_schedule": "linear", "time_feature": True},
+    "continuous+warmup-linear": {"discrete": False, "action_range": 2.0, "base_schedule": "warmup-linear"},
 }
 
 
@@ -172,6 +174,8 @@ OPTION_SETS = {
         ("paper", "before", False),
         ("log-lr+time", "evaluate", False),
         ("continuous", "evaluate", False),
+        ("lhopt+linear", "evaluate", False),
+        ("continuous+warmup-linear", "after", False),
         ("paper", "after", True),
     ],
 )
@@ -259,12 +263,13 @@ def test_a_state_saved_with_the_action_settings_as_entries_of_their_own_loads(sm
     first = _Loop(config, checkpoint, 7, 1e-3)
     first.run(12)
     state = first.scheduler.state_dict()
-    older = {key: value for key, value in state.items() if key != "action_settings"}
+    older = {key: value for key, value in state.items() if key not in ("action_settings", "level")}
     older.update(discrete=True, action_range=1.05, lr_min=1e-5, lr_max=0.1)
     second = _Loop(config, checkpoint, 7, 1e-3).scheduler
     second.load_state_dict(older)
-    assert second.lr == first.scheduler.lr and second.action_settings == state["action_settings"]
-    assert "discrete" not in vars(second)
+    assert second.lr == first.scheduler.lr == second.level  # before base schedules the level was the LR
+    assert second.action_settings == state["action_settings"]
+    assert second.action_settings["base_schedule"] == "constant" and "discrete" not in vars(second)
     older["action_range"] = 1.3
     assert "the state was saved by a scheduler with action_settings=" in _error(lambda: second.load_state_dict(older))
 
