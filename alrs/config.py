@@ -69,6 +69,11 @@ class EnvConfig:
     )
     lr_noise: float = setting(0.0, "std of Gaussian noise on log(LR) after each update (seed's option; 0 = off).")
     initial_lr_noise: float = setting(0.0, "std of Gaussian noise on log(initial LR) (0 = off).")
+    initial_lr_spread: float = setting(
+        1.0,
+        "draw each training episode's initial LR log-uniformly in [initial LR / spread, initial LR x "
+        "spread], within the LR bounds, so the policy learns to correct a bad LR (ours; LHOPT: 100); 1 = off.",
+    )
     lr_min: float = setting(1e-5, "bounds of the LR the controller can set (seed: [1e-5, 1e-1]).")
     lr_max: float = setting(1e-1, "bounds of the LR the controller can set (seed: [1e-5, 1e-1]).")
     val_size: int | None = setting(
@@ -87,6 +92,11 @@ class EnvConfig:
     )
     lr_feature: str = setting("lr", "lr (the paper's raw LR) or log-lr (ours: log10(lr / 1e-3)).")
     time_feature: bool = setting(False, "add the fraction of the episode's optimizer steps still to come (ours).")
+    trend_features: bool = setting(
+        False,
+        "add the log ratio of the train loss to its previous value and of the validation to the train loss "
+        "(ours, after LHOPT: signs that the LR level is wrong).",
+    )
     feature_scale: str = setting(
         "raw",
         "raw (the paper's features as measured) or relative (ours: scale-free, the same meaning on "
@@ -123,7 +133,15 @@ class EnvConfig:
         from alrs.models import ALIASES, check_architecture
         from alrs.optim import check_optimizer
 
-        for name in ("action_range", "lr_noise", "initial_lr_noise", "lr_min", "lr_max", "divergence_loss"):
+        for name in (
+            "action_range",
+            "lr_noise",
+            "initial_lr_noise",
+            "initial_lr_spread",
+            "lr_min",
+            "lr_max",
+            "divergence_loss",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise UserError(f"{name} must be a finite number, got {value!r}")
@@ -146,6 +164,10 @@ class EnvConfig:
         action_of(self)  # the action kind checks its settings
         if self.lr_noise < 0 or self.initial_lr_noise < 0:
             raise UserError("lr_noise and initial_lr_noise must be >= 0 (0 turns the noise off)")
+        if not self.initial_lr_spread >= 1:
+            raise UserError(
+                f"initial_lr_spread must be >= 1 (1 turns it off, 100 is LHOPT's), got {self.initial_lr_spread}"
+            )
         if not 0 < self.lr_min < self.lr_max:
             raise UserError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
         if self.initial_lr != "random" and not self.lr_min <= self.initial_lr <= self.lr_max:
@@ -158,7 +180,7 @@ class EnvConfig:
         check_optimizer(**self.optimizer_settings)
         if self.instance_set is not None and not Path(self.instance_set).is_file():
             raise UserError(f"instance_set {self.instance_set!r}: no such file; name a JSON file of tasks")
-        feature_names(self.lr_feature, self.time_feature, self.feature_scale)  # checks both
+        feature_names(self.lr_feature, self.time_feature, self.feature_scale)  # checks the names
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise UserError(f"device must be cpu, cuda or auto, got {self.device!r}")
 
@@ -179,11 +201,12 @@ class EnvConfig:
         """The names of the observation's features, in order."""
         from alrs.features import feature_names
 
-        return feature_names(self.lr_feature, self.time_feature, self.feature_scale)
+        return feature_names(self.lr_feature, self.time_feature, self.feature_scale, self.trend_features)
 
     def for_evaluation(self) -> EnvConfig:
-        """This configuration as every evaluation runs it: without LR noise, so a seed fixes the episode."""
-        return dataclasses.replace(self, lr_noise=0.0, initial_lr_noise=0.0)
+        """This configuration as every evaluation runs it: without LR noise or a drawn initial LR, so a seed
+        and an initial LR fix the episode."""
+        return dataclasses.replace(self, lr_noise=0.0, initial_lr_noise=0.0, initial_lr_spread=1.0)
 
 
 MAX_WIDTH = 65_536

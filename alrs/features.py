@@ -21,6 +21,9 @@ by one config value and recorded in every controller checkpoint:
   the two prediction variances over ``1/C - 1/C^2``, their value for one-hot predictions (so
   0 = uniform, 1 = certain); the output weights' mean over their initial std and their
   variance over their initial variance (which depend on the layer's width).
+- ``trend_features=True``: two scale-free signs that the LR level is wrong (after LHOPT, Almeida et
+  al. 2021): the log ratio of the train loss to its value at the previous observation (its recent
+  slope relative to its level; 0 at the first) and the log ratio of the validation to the train loss.
 """
 
 from __future__ import annotations
@@ -57,6 +60,12 @@ FEATURE_SCALES: tuple[str, ...] = ("raw", "relative")
 LR_FEATURES: tuple[str, ...] = ("lr", "log-lr")
 """How the current LR is observed: raw (the paper's), or ``log10(lr / 1e-3)`` (ours)."""
 
+TREND_FEATURES: tuple[str, ...] = (
+    "train_loss_trend",  # log(train loss / its value at the previous observation); 0 at the first
+    "val_train_gap",  # log(validation loss / train loss)
+)
+"""The features of ``trend_features=True`` (ours), after the LR and the time left."""
+
 FIXED_SCALE_FEATURES: frozenset[str] = frozenset({"log_lr", "budget_left"})
 """Features already on a unit scale by a fixed transform: a controller does not normalize them
 by running statistics, so what it sees for a given LR or time never drifts during training."""
@@ -74,8 +83,11 @@ LOG_LR_REFERENCE = 1e-3
 """The LR that the ``log-lr`` feature maps to 0."""
 
 
-def feature_names(lr_feature: str = "lr", time_feature: bool = False, feature_scale: str = "raw") -> tuple[str, ...]:
-    """The observation's features, in order: the child's six, the LR, and optionally the time left.
+def feature_names(
+    lr_feature: str = "lr", time_feature: bool = False, feature_scale: str = "raw", trend_features: bool = False
+) -> tuple[str, ...]:
+    """The observation's features, in order: the child's six, the LR, and optionally the time left and the
+    two :data:`TREND_FEATURES`.
 
     ``feature_names()`` is the paper's 7 (Sec. 3.1).
     """
@@ -84,7 +96,19 @@ def feature_names(lr_feature: str = "lr", time_feature: bool = False, feature_sc
     if feature_scale not in FEATURE_SCALES:
         raise UserError(f"feature_scale must be one of {', '.join(FEATURE_SCALES)}, got {feature_scale!r}")
     child = CHILD_FEATURES if feature_scale == "raw" else RELATIVE_CHILD_FEATURES
-    return (*child, "lr" if lr_feature == "lr" else "log_lr", *(("budget_left",) if time_feature else ()))
+    time = ("budget_left",) if time_feature else ()
+    return (*child, "lr" if lr_feature == "lr" else "log_lr", *time, *(TREND_FEATURES if trend_features else ()))
+
+
+def producible_feature_sets() -> list[tuple[str, ...]]:
+    """Every feature set :func:`feature_names` produces (what a saved controller may observe)."""
+    return [
+        feature_names(lr, time, scale, trend)
+        for lr in LR_FEATURES
+        for time in (False, True)
+        for scale in FEATURE_SCALES
+        for trend in (False, True)
+    ]
 
 
 def relative_child_features(child: list[float], first: list[float], num_classes: int) -> list[float]:
@@ -106,11 +130,28 @@ PAPER_FEATURES: tuple[str, ...] = feature_names()
 """The paper's 7 state features (Sec. 3.1)."""
 
 
-def observation_tail(names: tuple[str, ...], lr: float, steps_done: int, total_steps: int) -> list[float]:
-    """The features after the child's six: the LR (raw or log) and, if asked for, the budget left."""
+def _log(x: float) -> float:
+    """The log of a loss, -inf for 0 (a non-finite feature ends an episode as divergence), nan for nan."""
+    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+
+
+def observation_tail(
+    names: tuple[str, ...],
+    lr: float,
+    steps_done: int,
+    total_steps: int,
+    child: list[float] | None = None,
+    prev_train_loss: float | None = None,
+) -> list[float]:
+    """The features after the child's six: the LR (raw or log) and, if asked for, the budget left and the
+    trend features of the child's raw ``child`` features and the previous observation's train loss."""
     tail = [lr if names[len(CHILD_FEATURES)] == "lr" else math.log10(lr / LOG_LR_REFERENCE)]
     if "budget_left" in names:
         tail.append(1.0 - steps_done / total_steps)
+    if TREND_FEATURES[0] in names:
+        train, val = child[0], child[1]
+        tail.append(0.0 if prev_train_loss is None else _log(train) - _log(prev_train_loss))
+        tail.append(_log(val) - _log(train))
     return tail
 
 

@@ -46,6 +46,8 @@ ENV_ADDED_LATER: dict[str, Any] = {
     "instance_set": None,
     "action_set": "scale",
     "base_schedule": "constant",
+    "initial_lr_spread": 1.0,
+    "trend_features": False,
 }
 """Environment settings added after the first runs, with the value every run before them used (the paper's)."""
 

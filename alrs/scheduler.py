@@ -42,11 +42,10 @@ from alrs.controller import Controller
 from alrs.controllers import controller_file
 from alrs.errors import UserError
 from alrs.features import (
-    FEATURE_SCALES,
-    LR_FEATURES,
     child_features,
     feature_names,
     observation_tail,
+    producible_feature_sets,
     relative_child_features,
 )
 from alrs.formats import ENV_ADDED_LATER, read_controller
@@ -62,6 +61,8 @@ _ENV_SETTINGS = (
     *ACTION_SETTINGS,
     "lr_feature",
     "time_feature",
+    "feature_scale",
+    "trend_features",
 )  # what the scheduler reads from a checkpoint's metadata["env"]
 
 _FIRST_ACTION_SETTINGS = ("discrete", "action_range", "lr_min", "lr_max")  # a state's own entries before alrs.actions
@@ -101,20 +102,15 @@ def _checked_settings(checkpoint: dict[str, Any], controller: Controller, source
             f"(metadata['env'] lacks {', '.join(missing)})"
         )
     features = metadata.get("features")
-    producible = [
-        feature_names(lr, time, scale) for lr in LR_FEATURES for time in (False, True) for scale in FEATURE_SCALES
-    ]
-    if not isinstance(features, (list, tuple)) or tuple(features) not in producible:
+    if not isinstance(features, (list, tuple)) or tuple(features) not in producible_feature_sets():
         raise UserError(
             f"{source}: the controller observes features {features}, not a feature set that "
             "alrs.features.feature_names produces"
         )
-    if tuple(features) != feature_names(env["lr_feature"], env["time_feature"], env["feature_scale"]):
-        raise UserError(
-            f"{source}: features {list(features)} contradict the checkpoint's lr_feature="
-            f"{env['lr_feature']!r}, time_feature={env['time_feature']!r} and feature_scale="
-            f"{env['feature_scale']!r}"
-        )
+    names = ("lr_feature", "time_feature", "feature_scale", "trend_features")
+    if tuple(features) != feature_names(*(env[name] for name in names)):
+        recorded = ", ".join(f"{name}={env[name]!r}" for name in names)
+        raise UserError(f"{source}: features {list(features)} contradict the checkpoint's {recorded}")
     if controller.obs_dim != len(features):
         raise UserError(
             f"{source}: the controller takes {controller.obs_dim} features, its metadata names {len(features)}"
@@ -214,6 +210,7 @@ class LearnedLRScheduler(LRScheduler):
         self._seen: dict[str, float] | None = None  # last_validation's fields (plain data: state_dict loads safely)
         self._prev_probs: torch.Tensor | None = None
         self._first_child: list[float] | None = None
+        self._prev_train_loss: float | None = None  # the last observation's, for the trend features
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
         self._pending: tuple[torch.Tensor, ...] | None = None  # validation reported before its step()
@@ -400,7 +397,8 @@ class LearnedLRScheduler(LRScheduler):
         if self.features[0] == "train_loss_rel":  # feature_scale=relative: against the untrained model's
             self._first_child = self._first_child or child
             child = relative_child_features(child, self._first_child, probs.shape[1])
-        tail = observation_tail(self.features, self.lr, steps, self.num_train_steps)
+        tail = observation_tail(self.features, self.lr, steps, self.num_train_steps, values[:-1], self._prev_train_loss)
+        self._prev_train_loss = values[0]
         obs = np.asarray([*child, *tail], dtype=np.float32)
         self._prev_probs, self._last_obs = probs, torch.from_numpy(obs)
         if np.all(np.isfinite(obs)):

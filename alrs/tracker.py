@@ -43,6 +43,7 @@ class EpisodeTracker:
         self._last_obs: np.ndarray | None = None
         self._num_classes = check_dataset(config.dataset).num_classes
         self._first_child: list[float] | None = None  # the untrained child's features, for feature_scale=relative
+        self._prev_train_loss: float | None = None  # the last observation's, for trend_features
         self._start_episode(math.nan)
 
     def begin(self, np_random: np.random.Generator, options: dict[str, Any] | None) -> int:
@@ -55,14 +56,17 @@ class EpisodeTracker:
         child_seed = int(np_random.integers(2**62))
         drawn_lr = RANDOM_INITIAL_LRS[int(np_random.integers(len(RANDOM_INITIAL_LRS)))]
         lr_noise = float(np_random.normal())
+        # Drawn only where asked for, so that runs without the spread keep every later draw (the LR noise).
+        log_spread = math.log(cfg.initial_lr_spread)
+        spread = float(np_random.uniform(-log_spread, log_spread)) if cfg.initial_lr_spread > 1 else 0.0
         if options and "initial_lr" in options:
             lr = float(options["initial_lr"])
             if not (lr > 0 and math.isfinite(lr)):
                 raise UserError(f"initial_lr must be a positive finite number, got {lr}")
         else:
             lr = drawn_lr if cfg.initial_lr == "random" else float(cfg.initial_lr)
-            if cfg.initial_lr_noise:
-                lr = float(np.clip(lr * math.exp(cfg.initial_lr_noise * lr_noise), cfg.lr_min, cfg.lr_max))
+            if cfg.initial_lr_noise or spread:
+                lr = float(np.clip(lr * math.exp(cfg.initial_lr_noise * lr_noise + spread), cfg.lr_min, cfg.lr_max))
         self._start_episode(lr)
         return child_seed
 
@@ -78,7 +82,7 @@ class EpisodeTracker:
 
     def first_observation(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
         """Observation and info of the untrained child."""
-        self._first_child = None
+        self._first_child = self._prev_train_loss = None
         obs, info = self._observe(features, val_acc)
         self.best_val_loss = self.val_loss = info["val_loss"]
         return obs, info
@@ -135,10 +139,11 @@ class EpisodeTracker:
         if cfg.feature_scale == "relative":
             self._first_child = self._first_child or child
             observed = relative_child_features(child, self._first_child, self._num_classes)
-        obs = np.asarray(
-            [*observed, *observation_tail(cfg.features, self.lr, self.optimizer_steps, cfg.num_train_steps)],
-            dtype=np.float32,
+        tail = observation_tail(
+            cfg.features, self.lr, self.optimizer_steps, cfg.num_train_steps, child, self._prev_train_loss
         )
+        self._prev_train_loss = child[0]
+        obs = np.asarray([*observed, *tail], dtype=np.float32)
         info = {
             "train_loss": child[0],
             "val_loss": child[1],

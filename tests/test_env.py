@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from gymnasium.utils.seeding import np_random
 
 from alrs.config import EnvConfig
 from alrs.data import BatchSampler
 from alrs.env import FEATURES, make_env
-from alrs.tracker import RANDOM_INITIAL_LRS
+from alrs.errors import UserError
+from alrs.tracker import RANDOM_INITIAL_LRS, EpisodeTracker
 
 
 def test_observation_shape_dtype_order_and_reward(small_env_options: dict) -> None:
@@ -88,6 +91,28 @@ def test_random_initial_lr_draws_from_the_paper_set(small_env_options: dict) -> 
     env = make_env(**small_env_options, initial_lr="random")
     seen = {env.reset(seed=s)[1]["lr"] for s in range(30)}
     assert seen == set(RANDOM_INITIAL_LRS)
+
+
+def test_the_initial_lr_spread_is_log_uniform_deterministic_by_seed_and_inside_the_bounds() -> None:
+    config = EnvConfig(initial_lr=1e-3, initial_lr_spread=100.0, lr_min=1e-6, lr_max=1.0)
+
+    def draw(seed: int, config: EnvConfig = config, options: dict | None = None) -> tuple[float, int]:
+        tracker = EpisodeTracker(config)
+        child_seed = tracker.begin(np_random(seed)[0], options)
+        return tracker.initial_lr, child_seed
+
+    decades = np.log10([draw(seed)[0] for seed in range(400)]) + 3  # log-uniform in [-2, 2]: x0.01 to x100
+    assert decades.min() > -2 and decades.max() < 2 and min(-decades.min(), decades.max()) > 1.9
+    assert abs(decades.mean()) < 0.2 and abs(decades.std() - 4 / math.sqrt(12)) < 0.1
+    assert draw(3) == draw(3) and draw(3) != draw(4)
+    # the child (its seed) is the one without the spread, so a spread run stays paired with a plain one
+    assert draw(3, replace(config, initial_lr_spread=1.0)) == (1e-3, draw(3)[1])
+    narrow = replace(config, lr_min=5e-4, lr_max=2e-3)
+    assert all(5e-4 <= draw(seed, narrow)[0] <= 2e-3 for seed in range(50))
+    assert draw(3, options={"initial_lr": 0.02})[0] == 0.02  # an evaluation's initial LR is not spread
+    assert config.for_evaluation().initial_lr_spread == 1.0
+    with pytest.raises(UserError, match="initial_lr_spread must be >= 1"):
+        EnvConfig(initial_lr_spread=0.5)
 
 
 def test_same_seed_same_everything(small_env_options: dict) -> None:
@@ -253,6 +278,19 @@ def test_log_lr_and_time_features(small_env_options: dict) -> None:
     for _ in range(3):
         obs, *_ = env.step(2)
     assert obs[7] == 0.0
+
+
+def test_trend_features_are_the_log_ratios_of_the_losses(small_env_options: dict) -> None:
+    env = make_env(**small_env_options, trend_features=True, feature_scale="relative")
+    assert env.config.features[-2:] == ("train_loss_trend", "val_train_gap") and env.observation_space.shape == (9,)
+    obs, info = env.reset(seed=0)
+    assert obs[7] == 0.0 and obs[8] == 0.0  # before any step the validation loss stands in for the train loss
+    prev_train = info["val_loss"]
+    for action in (0, 0, 1):
+        obs, _, _, _, info = env.step(action)
+        assert obs[7] == pytest.approx(math.log(info["train_loss"] / prev_train), rel=1e-5, abs=1e-7)
+        assert obs[8] == pytest.approx(math.log(info["val_loss"] / info["train_loss"]), rel=1e-5, abs=1e-7)
+        prev_train = info["train_loss"]
 
 
 @pytest.mark.parametrize("field,value", [("reward", "accuracy"), ("lr_feature", "sqrt-lr")])

@@ -57,8 +57,8 @@ def _checkpoint(config: EnvConfig, seed: int = 0) -> dict[str, Any]:
         torch.manual_seed(seed)
         controller = Controller(len(features), action_of(config).spec(), fixed_scale=fixed_scale_indices(features))
     # typical values of the features of this fake data (the log-LR and time features are not normalized)
-    mean = torch.tensor([1.8, 1.7, 5e-3, 2e-3, 0.0, 3e-3, 3e-3, 0.5], dtype=torch.float64)[: len(features)]
-    std = torch.tensor([0.5, 0.5, 1e-2, 2e-3, 5e-3, 5e-4, 3e-3, 1.0], dtype=torch.float64)[: len(features)]
+    mean = torch.tensor([1.8, 1.7, 5e-3, 2e-3, 0.0, 3e-3, 3e-3, 0.5, -0.05, 0.0], dtype=torch.float64)[: len(features)]
+    std = torch.tensor([0.5, 0.5, 1e-2, 2e-3, 5e-3, 5e-4, 3e-3, 1.0, 0.05, 0.05], dtype=torch.float64)[: len(features)]
     controller.obs_rms.mean.copy_(mean)
     controller.obs_rms.var.copy_(std**2)
     controller.obs_rms.count.fill_(1000.0)
@@ -161,7 +161,12 @@ OPTION_SETS = {
     "paper": {},
     "log-lr+time": {"lr_feature": "log-lr", "time_feature": True},
     "continuous": {"discrete": False, "action_range": 1.3},
-    "lhopt+linear": {"action_set": "lhopt", "base_schedule": "linear", "time_feature": True},
+    "lhopt+linear+trend": {
+        "action_set": "lhopt",
+        "base_schedule": "linear",
+        "time_feature": True,
+        "trend_features": True,
+    },
     "continuous+warmup-linear": {"discrete": False, "action_range": 2.0, "base_schedule": "warmup-linear"},
 }
 
@@ -174,7 +179,7 @@ OPTION_SETS = {
         ("paper", "before", False),
         ("log-lr+time", "evaluate", False),
         ("continuous", "evaluate", False),
-        ("lhopt+linear", "evaluate", False),
+        ("lhopt+linear+trend", "evaluate", False),
         ("continuous+warmup-linear", "after", False),
         ("paper", "after", True),
     ],
