@@ -88,7 +88,8 @@ class EnvConfig:
     )
     reward: str = setting(
         "val-loss",
-        ("val-loss (the paper's: minus the validation loss), log-best or log-val (ours; see alrs.features)."),
+        "val-loss (the paper's: minus the validation loss), or ours (alrs.features): log-best, log-val, or "
+        "relative (log-best less that of a reference run of the base schedule on the same child).",
     )
     lr_feature: str = setting("lr", "lr (the paper's raw LR) or log-lr (ours: log10(lr / 1e-3)).")
     time_feature: bool = setting(False, "add the fraction of the episode's optimizer steps still to come (ours).")
@@ -205,8 +206,11 @@ class EnvConfig:
 
     def for_evaluation(self) -> EnvConfig:
         """This configuration as every evaluation runs it: without LR noise or a drawn initial LR, so a seed
-        and an initial LR fix the episode."""
-        return dataclasses.replace(self, lr_noise=0.0, initial_lr_noise=0.0, initial_lr_spread=1.0)
+        and an initial LR fix the episode, and without the relative reward's reference run (evaluations
+        rank by losses, not returns; its ``log-best`` differs from it by the reference's, the same for
+        every schedule run on a seed)."""
+        reward = "log-best" if self.reward == "relative" else self.reward
+        return dataclasses.replace(self, lr_noise=0.0, initial_lr_noise=0.0, initial_lr_spread=1.0, reward=reward)
 
 
 MAX_WIDTH = 65_536

@@ -11,6 +11,7 @@ A :class:`TaskEnv` trains, each episode, a task drawn from an instance set (:mod
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -124,11 +125,9 @@ class LREnv(gym.Env):
         super().reset(seed=seed)
         settings = self._episode_optimizer(options)
         child_seed = self.episode.begin(self.np_random, options)
-        cfg = self.config
-        self.model = init_child(cfg, child_seed).to(self.device, memory_format=self._memory_format)
-        self.optimizer = build_optimizer(self.model.parameters(), self.lr, **settings)
-        self._averager = make_averager(self.model, settings["weight_average"])
-        self._sampler = BatchSampler(len(self.data.train_x), cfg.batch_size, child_seed, self.device)
+        if self.config.reward == "relative":
+            self.episode.reference_best = self._reference_run(child_seed, settings)
+        self._start_child(child_seed, settings)
         with evaluation_weights(self.optimizer):
             model = self._evaluated_model
             val_loss, val_acc, probs = self._evaluate(model, self.val_x, self.val_y, keep_probs=True)
@@ -141,6 +140,30 @@ class LREnv(gym.Env):
         obs, info = self.episode.first_observation(features[0], val_acc)
         info["effective_lr"] = effective_lr(self.optimizer)
         return obs, info
+
+    def _start_child(self, child_seed: int, settings: dict[str, Any]) -> None:
+        """A fresh child of ``child_seed`` (its weights and batch order), its optimizer at the episode's LR."""
+        cfg = self.config
+        self.model = init_child(cfg, child_seed).to(self.device, memory_format=self._memory_format)
+        self.optimizer = build_optimizer(self.model.parameters(), self.lr, **settings)
+        self._averager = make_averager(self.model, settings["weight_average"])
+        self._sampler = BatchSampler(len(self.data.train_x), cfg.batch_size, child_seed, self.device)
+
+    def _reference_run(self, child_seed: int, settings: dict[str, Any]) -> list[float]:
+        """The best validation loss so far, untrained and after each controller step, of the same child (weights,
+        batches, initial LR) under the base schedule alone: the reference of ``reward="relative"``."""
+        self._start_child(child_seed, settings)
+        cfg, base_lr = self.config, self.episode.action.lr  # the base schedule: a policy that always keeps
+        best: list[float] = []
+        for step in range(0, cfg.num_train_steps + 1, cfg.update_freq):
+            if step:
+                self._train_steps(base_lr(self.episode.initial_lr, step - cfg.update_freq, cfg.num_train_steps))
+            with evaluation_weights(self.optimizer):
+                val_loss = float(self._evaluate(self._evaluated_model, self.val_x, self.val_y, keep_probs=False)[0])
+            if not math.isfinite(val_loss):  # the reference diverged: its best stays for the steps left
+                return best + [best[-1]] * (cfg.decisions + 1 - len(best))
+            best.append(min(best[-1], val_loss) if best else val_loss)
+        return best
 
     def _episode_optimizer(self, options: dict[str, Any] | None) -> dict[str, Any]:
         """The optimizer settings of the coming episode: the config's, with ``options["optimizer"]`` over them."""
@@ -173,21 +196,8 @@ class LREnv(gym.Env):
         if self.model is None:
             raise RuntimeError("call reset() before step()")
         self.episode.start_step(lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        model, optimizer, cfg = self.model, self.optimizer, self.config
-        model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        for _ in range(cfg.update_freq):
-            idx = self._sampler.next()
-            xb = self.data.train_x[idx].contiguous(memory_format=self._memory_format)
-            loss = F.cross_entropy(model(xb), self.data.train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if self._averager is not None:
-                self._averager.update_parameters(model)
-            loss_sum += loss.detach()  # stays on the device: no host sync inside the optimizer steps
+        loss_sum = self._train_steps(lr)
+        optimizer, cfg = self.optimizer, self.config
 
         # The features, the reward and the best-validation copy all see the evaluation weights.
         with evaluation_weights(optimizer):
@@ -207,6 +217,25 @@ class LREnv(gym.Env):
                     self._best_state[name].copy_(value)
         info["effective_lr"] = effective_lr(optimizer)
         return obs, reward, terminated, truncated, info
+
+    def _train_steps(self, lr: float) -> torch.Tensor:
+        """``update_freq`` optimizer steps at ``lr``; the sum of their losses, on the device."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        model, optimizer = self.model, self.optimizer
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(self.config.update_freq):
+            idx = self._sampler.next()
+            xb = self.data.train_x[idx].contiguous(memory_format=self._memory_format)
+            loss = F.cross_entropy(model(xb), self.data.train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if self._averager is not None:
+                self._averager.update_parameters(model)
+            loss_sum += loss.detach()  # stays on the device: no host sync inside the optimizer steps
+        return loss_sum
 
     # ------------------------------------------------------------------ test set
     def evaluate_test(self, which: str = "best") -> tuple[float, float]:

@@ -15,6 +15,11 @@ by one config value and recorded in every controller checkpoint:
   (the best-validation checkpoint), and comparable across initial LRs.
 - ``reward="log-val"``: ``log L_{t-1} - log L_t``, a potential-based shaping with potential
   ``-log L``; with gamma = 1 the return is ``log(L_0 / L_T)``, the final network's loss.
+- ``reward="relative"``: the ``log-best`` reward minus that of a reference run of the same child (the
+  same initial weights, batches and initial LR) under the base schedule alone (the env runs it at
+  reset); with gamma = 1 the return is ``log(R_T / B_T)``, R the reference's best validation loss: how
+  much better than the base schedule, with the task's difficulty taken out (after LHOPT's reward,
+  Almeida et al. 2021).
 - ``feature_scale="relative"``: the six child features in a scale-free form, so that they mean the
   same on any dataset and network (for a controller trained across tasks, :mod:`alrs.tasks`):
   the losses over the untrained child's validation loss ``L_0`` (about ``log C`` for C classes);
@@ -76,8 +81,8 @@ def fixed_scale_indices(features: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(i for i, name in enumerate(features) if name in FIXED_SCALE_FEATURES)
 
 
-REWARDS: tuple[str, ...] = ("val-loss", "log-best", "log-val")
-"""Reward options: the paper's minus validation loss, and two log-ratio rewards (ours)."""
+REWARDS: tuple[str, ...] = ("val-loss", "log-best", "log-val", "relative")
+"""Reward options: the paper's minus validation loss, and three log-ratio rewards (ours)."""
 
 LOG_LR_REFERENCE = 1e-3
 """The LR that the ``log-lr`` feature maps to 0."""
@@ -165,7 +170,7 @@ def step_reward(reward: str, prev_val: float, val: float, prev_best: float, best
     """The reward of one controller step that ended with validation loss ``val`` (best so far ``best``)."""
     if reward == "val-loss":
         return -val
-    if reward == "log-best":
+    if reward in ("log-best", "relative"):  # relative: less the reference's own (EpisodeTracker)
         return math.log(prev_best) - math.log(best)
     return math.log(prev_val) - math.log(val)
 
@@ -179,7 +184,7 @@ def divergence_reward(reward: str, prev_val: float, prev_best: float, steps_left
     """
     if reward == "val-loss":
         return -divergence_loss * steps_left
-    return math.log(prev_best if reward == "log-best" else prev_val) - math.log(divergence_loss)
+    return math.log(prev_val if reward == "log-val" else prev_best) - math.log(divergence_loss)
 
 
 def child_features(

@@ -42,6 +42,7 @@ class EpisodeTracker:
         self.np_random: np.random.Generator | None = None
         self._last_obs: np.ndarray | None = None
         self._num_classes = check_dataset(config.dataset).num_classes
+        self.reference_best: list[float] | None = None  # reward=relative: the reference run's (LREnv.reset)
         self._first_child: list[float] | None = None  # the untrained child's features, for feature_scale=relative
         self._prev_train_loss: float | None = None  # the last observation's, for trend_features
         self._start_episode(math.nan)
@@ -120,7 +121,7 @@ class EpisodeTracker:
             reward = divergence_reward(
                 cfg.reward, self.val_loss, self.best_val_loss, steps_left_before, cfg.divergence_loss
             )
-            return obs, reward, True, False, info
+            return obs, reward - self._reference_gain(cfg.num_train_steps), True, False, info
 
         prev_val, prev_best = self.val_loss, self.best_val_loss
         self.val_loss = info["val_loss"]
@@ -128,7 +129,18 @@ class EpisodeTracker:
             self.best_val_loss, self.best_step, self.improved = info["val_loss"], self.optimizer_steps, True
         terminated = self.optimizer_steps >= cfg.num_train_steps
         reward = step_reward(cfg.reward, prev_val, self.val_loss, prev_best, self.best_val_loss)
-        return obs, reward, terminated, False, info
+        return obs, reward - self._reference_gain(self.optimizer_steps), terminated, False, info
+
+    def _reference_gain(self, to_step: int) -> float:
+        """With ``reward="relative"``, the reference run's ``log-best`` reward over the optimizer steps just
+        ended (to ``to_step``, or to the end where the child diverged); 0 for the other rewards."""
+        if self.config.reward != "relative":
+            return 0.0
+        if self.reference_best is None:
+            raise RuntimeError("reward=relative needs the reference run's losses (LREnv.reset makes them)")
+        k = self.config.update_freq
+        before = (self.optimizer_steps - k) // k
+        return math.log(self.reference_best[before]) - math.log(self.reference_best[to_step // k])
 
     def _observe(self, features: torch.Tensor, val_acc: torch.Tensor) -> tuple[np.ndarray, dict]:
         """One host sync: the six child features and the accuracy come back together; the LR (and the

@@ -46,6 +46,8 @@ def check_batchable(config: EnvConfig) -> None:
         )
     if config.instance_set is not None:
         raise UserError("the batched children train one task; drop --batched-envs to train on an instance set")
+    if config.reward == "relative":
+        raise UserError("the batched children run no reference child; drop --batched-envs for the relative reward")
     # The batched step is plain Adam at torch's defaults (ADAM_BETAS), the config's defaults for these fields.
     batchable = ("optimizer", "beta1", "beta2", "weight_decay", "weight_average")
     if differ := [k for k in batchable if config.optimizer_settings[k] != getattr(EnvConfig, k)]:

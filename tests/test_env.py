@@ -12,7 +12,9 @@ from gymnasium.utils.seeding import np_random
 from alrs.config import EnvConfig
 from alrs.data import BatchSampler
 from alrs.env import FEATURES, make_env
+from alrs.episodes import run_episode
 from alrs.errors import UserError
+from alrs.schedules import Constant, Linear
 from alrs.tracker import RANDOM_INITIAL_LRS, EpisodeTracker
 
 
@@ -254,6 +256,41 @@ def test_each_reward_on_an_episode_computed_by_hand(small_env_options: dict, rew
     if reward == "log-best":
         assert sum(rewards) == pytest.approx(math.log(losses[0] / min(losses)))
         assert min(rewards) >= 0  # the best loss so far never rises
+
+
+@pytest.mark.parametrize("base", ["constant", "linear"])
+def test_the_relative_reward_is_the_log_ratio_of_the_reference_runs_loss_to_the_childs(
+    small_env_options: dict, base: str
+) -> None:
+    """The reference is the base schedule alone on the same child: a hand-made run of it on the same seed."""
+    options = {**small_env_options, "initial_lr": 0.02, "base_schedule": base}
+    env = make_env(**options, reward="relative")
+    _, info = env.reset(seed=4)
+    best, rewards = [info["val_loss"]], []
+    for action in (0, 0, 1, 0):
+        _, r, *_, info = env.step(action)
+        best.append(info["best_val_loss"])
+        rewards.append(r)
+    hand_made = Constant(0.02) if base == "constant" else Linear(0.02, 20)
+    reference = run_episode(make_env(**options), hand_made, seed=4, test=False)
+    assert env.episode.reference_best[-1] == reference.best_val_loss
+    assert sum(rewards) == pytest.approx(math.log(reference.best_val_loss / best[-1]), rel=1e-9, abs=1e-12)
+    # step by step: the child's log-best reward less the reference's
+    ref = env.episode.reference_best
+    own = [math.log(best[t - 1] / best[t]) - math.log(ref[t - 1] / ref[t]) for t in range(1, 5)]
+    assert rewards == pytest.approx(own, rel=1e-9, abs=1e-12)
+    # a policy that always keeps is the reference: nothing to win or lose, exactly
+    env.reset(seed=4)
+    assert [env.step(2)[1] for _ in range(4)] == [0.0] * 4
+    # a diverging child is charged as log-best charges it, less the reference's whole gain
+    env.reset(seed=4)
+    (_, r, terminated, _, info), ref = env.step_lr(1e30), env.episode.reference_best
+    assert info["diverged"] and terminated
+    assert r == pytest.approx(math.log(info["best_val_loss"] / 5.0) - math.log(ref[0] / ref[-1]))
+    # a diverging reference keeps its best (the untrained child's here) for the steps left
+    env.reset(seed=4, options={"initial_lr": 1e30})
+    assert env.episode.reference_best == [best[0]] * 5
+    assert EnvConfig(reward="relative").for_evaluation().reward == "log-best"  # evaluations run no reference
 
 
 def test_divergence_rewards_never_pay() -> None:

@@ -197,6 +197,8 @@ def test_the_batched_children_refuse_another_optimizer(small_env_options: dict) 
         check_batchable(EnvConfig(**small_env_options, optimizer="schedulefree-adamw"))
     with pytest.raises(UserError, match="weight_average differ"):
         check_batchable(EnvConfig(**small_env_options, weight_average="uniform"))
+    with pytest.raises(UserError, match="no reference child; drop --batched-envs for the relative reward"):
+        check_batchable(EnvConfig(**small_env_options, reward="relative"))
 
 
 def test_the_scheduler_observes_schedule_free_evaluation_weights(small_env_options: dict) -> None:
