@@ -212,6 +212,12 @@ def build_parser(script: str) -> argparse.ArgumentParser:
     if script == "test":
         g.add_argument("--test-id", help="run to test: an id under --out-dir, or a run folder")
         g.add_argument(
+            "--controller",
+            metavar="NAME",
+            help="controller to test instead of a run: a released one by name (alrs.controllers: "
+            f"{', '.join(released_names())}) or the path of a best.pt; its settings are its checkpoint's",
+        )
+        g.add_argument(
             "--replot", metavar="FOLDER", help="redraw a finished test's curves.png from its summary.json; runs nothing"
         )
         g.add_argument(
@@ -240,16 +246,24 @@ def parse_args(script: str, argv: Sequence[str] | None = None) -> argparse.Names
             if changed:
                 parser.error(f"--resume continues a run with its own settings; drop --{changed[0].replace('_', '-')}")
         config_file = read_config_file(given["config"]) if "config" in given else {}
+        if "test_id" in given and "controller" in given:
+            parser.error("--test-id and --controller each name the controller to test; give one")
+        env_keys = {key for key, s in ALL.items() if s.owner is EnvConfig} - RUNTIME_KEYS
         if "test_id" in given:
             run = resolve_run(given["test_id"], given.get("out_dir", config_file.get("out_dir", DEFAULTS["out_dir"])))
-            env_keys = {key for key, s in ALL.items() if s.owner is EnvConfig}
-            settings.update({k: v for k, v in read_run_config(run).items() if k in env_keys - RUNTIME_KEYS})
+            settings.update({k: v for k, v in read_run_config(run).items() if k in env_keys})
             settings["run_dir"] = str(run)
+        if "controller" in given:
+            checkpoint, trained = released_checkpoint(given["controller"])
+            # Its training tasks' file stays where it was trained: a suite names the tasks to test on.
+            settings.update({k: v for k, v in trained.items() if k in env_keys - {"instance_set"}})
+            settings["run_dir"] = str(checkpoint.parent)
         settings.update(config_file)
     except UserError as exc:
         parser.error(str(exc))
     settings.update(given)
-    for name in ("config", "resume", "replot", "suite", "run_dir"):  # the files a command was given; None: none
+    # The files a command was given; None: none.
+    for name in ("config", "resume", "replot", "suite", "run_dir", "controller"):
         settings.setdefault(name, None)
     try:  # domains a type cannot say: the seed's range (the test seeds add up to 1000 + the seed count)
         check_seed(settings["seed"], "--seed")
@@ -284,6 +298,31 @@ def _check_types(settings: dict[str, Any], path: str | os.PathLike) -> None:
             raise UserError(f"{path}: {key} = {value!r} should be a finite number")
         if isinstance(value, str) and "\x00" in value:
             raise UserError(f"{path}: {key} = {value!r} holds a NUL character, which no name or path may hold")
+
+
+def released_names() -> list[str]:
+    """The names of the released controllers (:data:`alrs.controllers.CONTROLLERS`)."""
+    from alrs.controllers import CONTROLLERS
+
+    return list(CONTROLLERS)
+
+
+def released_checkpoint(controller: str) -> tuple[Path, dict[str, Any]]:
+    """The best.pt of a released controller's name or of a path, and the env settings it was trained with."""
+    from alrs.controllers import controller_file
+    from alrs.formats import read_controller
+    from alrs.io import load_torch
+
+    path = controller_file(controller)
+    if path.name != "best.pt" or not path.is_file():
+        raise UserError(
+            f"--controller {controller}: give a released controller's name ({', '.join(released_names())}) or "
+            "the path of a best.pt (for a run folder, --test-id)"
+        )
+    metadata = read_controller(load_torch(path)).get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("env"), dict):
+        raise UserError(f"{path}: the controller does not record the settings it was trained with")
+    return path, metadata["env"]
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:

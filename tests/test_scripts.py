@@ -148,6 +148,22 @@ def test_test_id_is_found_under_the_config_files_out_dir(trained_run: Path, tmp_
     assert args.run_dir == str(trained_run) and args.architecture == "mlp" and args.batch_size == 50
 
 
+def test_a_released_controller_is_tested_by_name_with_its_own_settings() -> None:
+    from alrs.cli import parse_args
+    from alrs.controllers import CONTROLLERS
+
+    args = parse_args("test", ["--controller", "generalist", "--suite", "configs/suites/fa-mnist-small.json"])
+    assert Path(args.run_dir) == CONTROLLERS["generalist"].checkpoint.parent and args.controller == "generalist"
+    assert args.feature_scale == "relative" and args.lr_feature == "log-lr" and args.action_range == 1.2
+    assert args.instance_set is None  # the suite names the tasks; the training tasks' file may not be here
+    for flags, message in [
+        (["--controller", "nope"], "no released controller named 'nope': the names are generalist, quick-mlp"),
+        (["--controller", "generalist", "--test-id", "x"], "--test-id and --controller each name the controller"),
+    ]:
+        result = run_script("test.py", *flags)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_missing_baselines_give_the_command(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
     result = run_test_py(trained_run, data_dir, tmp_path)
     assert result.returncode == 2

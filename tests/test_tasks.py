@@ -378,6 +378,12 @@ def test_test_py_suite_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     assert all(("(sampled actions)" in key) == (policy == "sample") for key, policy in controller.items())
     assert (out / f"{run.name}_sample.md").is_file() and "(sampled actions)" in sampled.stdout
 
+    # The same controller by its best.pt (as a released one by name): the same runs, reused, the same report.
+    by_file = [*suite[:2], "--controller", str(run / "best.pt"), *suite[4:]]
+    again = run_script("test.py", *by_file)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split("written:")[0] == result.stdout.split("written:")[0]
+
 
 def test_training_on_an_instance_set_on_workers_equals_the_sequential_run(data_dir: Path, tmp_path: Path) -> None:
     from test_parallel import _train

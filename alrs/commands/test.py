@@ -17,6 +17,7 @@ from alrs.config import EnvConfig
 from alrs.env import LREnv
 from alrs.errors import UserError
 from alrs.evaluator import evaluation_seeds, training_initial_lrs
+from alrs.formats import read_controller
 from alrs.grid import (
     baseline_file,
     baseline_grid_search,
@@ -26,7 +27,7 @@ from alrs.grid import (
     load_grid,
     missing_grid_error,
 )
-from alrs.io import FolderLock, save_json
+from alrs.io import FolderLock, load_torch, save_json
 from alrs.parallel import ParallelConfig, make_pool
 from alrs.plotting import plot_comparison, plot_suite
 from alrs.protocol import (
@@ -117,12 +118,16 @@ def check_flags(args: Namespace) -> None:
             f"--reuse-baselines {args.reuse_baselines}: no summary.json there; name an earlier test's folder"
         )
     if args.baselines_only == (args.run_dir is not None):
-        raise UserError("give either --test-id <run> or --baselines-only")
+        raise UserError("give either --test-id <run> (or --controller NAME) or --baselines-only")
+    if args.controller is not None and args.checkpoint != "best":
+        raise UserError("--controller tests a best.pt; --checkpoint picks another controller of a run (--test-id)")
 
 
 def chosen_on(args: Namespace) -> list[int]:
     """The seeds the tested controller was chosen on: best.pt and iter-N on the run's evaluation seeds (when it
     ran them); none for last.pt."""
+    if args.controller is not None:  # a best.pt outside its run: its metadata names them
+        return list(read_controller(load_torch(Path(args.run_dir) / "best.pt"))["metadata"].get("eval_seeds", []))
     run = read_run_config(args.run_dir) if args.checkpoint != "last" else {}
     return evaluation_seeds(run.get("eval_seeds", 0)) if run.get("eval_every") else []
 
