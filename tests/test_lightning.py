@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -87,16 +88,15 @@ def _plain_loop(controller: Path, val_x: torch.Tensor, val_y: torch.Tensor) -> l
     return lrs
 
 
-def test_the_callback_sets_the_plain_loops_lrs(small_env_options: dict, tmp_path: Path) -> None:
-    config = EnvConfig(**{**small_env_options, "num_train_steps": STEPS, "update_freq": UPDATE_FREQ})
-    save_torch(_checkpoint(config), tmp_path / "best.pt")
+def _fit(
+    controller: Path, root: Path, max_steps: int, ckpt_path: Path | None = None, **options: Any
+) -> tuple[Classifier, LearnedLR, Any]:
     train_x, train_y, val_x = _data()
-    val_y = torch.arange(64) % 10
-    module = Classifier(val_x, val_y)
-    callback = LearnedLR(tmp_path / "best.pt", "model.output_layer", update_freq=UPDATE_FREQ)
+    module = Classifier(val_x, torch.arange(64) % 10)
+    callback = LearnedLR(controller, "model.output_layer", update_freq=UPDATE_FREQ, **options)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train_x, train_y), batch_size=BATCH)
     trainer = lightning.Trainer(
-        max_steps=STEPS,
+        max_steps=max_steps,
         accumulate_grad_batches=ACCUMULATE,
         callbacks=[callback],
         accelerator="cpu",
@@ -104,12 +104,30 @@ def test_the_callback_sets_the_plain_loops_lrs(small_env_options: dict, tmp_path
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=tmp_path,
+        default_root_dir=root,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice on num_workers
-        trainer.fit(module, loader)
-    expected = _plain_loop(tmp_path / "best.pt", val_x, val_y)
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return module, callback, trainer
+
+
+def test_the_callback_sets_the_plain_loops_lrs_and_resumes_from_a_checkpoint(
+    small_env_options: dict, tmp_path: Path
+) -> None:
+    config = EnvConfig(**{**small_env_options, "num_train_steps": STEPS, "update_freq": UPDATE_FREQ})
+    save_torch(_checkpoint(config), tmp_path / "best.pt")
+    module, callback, _ = _fit(tmp_path / "best.pt", tmp_path, STEPS)
+    expected = _plain_loop(tmp_path / "best.pt", _data()[2], torch.arange(64) % 10)
     assert len(module.lrs) == STEPS and len(set(expected)) >= 2  # the controller changes the LR
     assert module.lrs == expected
     assert callback.scheduler.num_train_steps == STEPS and callback.scheduler.last_validation.step == STEPS
+
+    # Stopped after an epoch (10 optimizer steps, between two observations), then fit(ckpt_path=...): the same LRs.
+    first, _, trainer = _fit(tmp_path / "best.pt", tmp_path, 10, num_train_steps=STEPS)
+    trainer.save_checkpoint(tmp_path / "stop.ckpt")
+    second, resumed, _ = _fit(tmp_path / "best.pt", tmp_path, STEPS, tmp_path / "stop.ckpt")
+    assert first.lrs + second.lrs == expected
+    # (Lightning's own resume at an epoch's end runs the next epoch's first batch twice, so the weights,
+    # unlike the LRs, differ a little from the uninterrupted run's.)
+    assert resumed.scheduler.last_validation.step == STEPS == resumed.scheduler.last_epoch

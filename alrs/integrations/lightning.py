@@ -13,7 +13,8 @@ The callback drives :class:`alrs.scheduler.LearnedLRScheduler` on the module's o
 steps (with gradient accumulation, one per ``accumulate_grad_batches`` batches; the train loss of a step is
 the mean of its batches'), takes the horizon from the trainer (``max_steps``) and calls the module's
 validation hook, in ``eval()`` mode, every ``update_freq`` steps. Automatic optimization, one optimizer,
-and no other LR scheduler on it.
+and no other LR scheduler on it. Its state is saved in Lightning's checkpoints, so ``fit(ckpt_path=...)``
+continues the same schedule.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ class LearnedLR(lightning.pytorch.Callback):
         self.scheduler: LearnedLRScheduler | None = None
         self._loss: torch.Tensor | None = None  # the sum of the (normalized) losses since the last optimizer step
         self._steps = 0
+        self._restored: dict[str, Any] | None = None  # a checkpoint's state, loaded when training starts
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's state and the loss of a partial optimizer step, saved in Lightning's checkpoints."""
+        if self.scheduler is None:
+            return {}
+        return {"scheduler": self.scheduler.state_dict(), "loss": self._loss}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's state for the scheduler made when training starts (Lightning restores first)."""
+        self._restored = state_dict or None
 
     def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
@@ -83,6 +95,9 @@ class LearnedLR(lightning.pytorch.Callback):
         layer = pl_module.get_submodule(self.output_layer)
         self.scheduler = LearnedLRScheduler(trainer.optimizers[0], self.controller, layer, evaluate=evaluate, **options)
         self._steps, self._loss = trainer.global_step, None
+        if self._restored is not None:  # fit(ckpt_path=...): the schedule goes on where the checkpoint left it
+            self.scheduler.load_state_dict(self._restored["scheduler"])
+            self._loss, self._restored = self._restored["loss"], None
 
     def on_train_batch_end(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, outputs: Any, batch: Any, batch_idx: int
