@@ -3,8 +3,10 @@
 For every held-out task of an instance set (:mod:`alrs.tasks`) and every test seed, the suite runs:
 
 - the controller, from the task's initial LR;
-- untuned defaults a user would type: Adam at 1e-3, constant and cosine to 0; Schedule-Free AdamW
-  and Prodigy at their packages' defaults (lr 0.0025 without warm-up; lr 1, d_coef 1);
+- untuned defaults a user would type: Adam at 1e-3, constant and cosine to 0; Adam at the task's own
+  LR with a linear decay to 0 (the untuned base of a residual controller); Schedule-Free AdamW and
+  Prodigy at their packages' defaults (lr 0.0025 without warm-up; lr 1, d_coef 1), and Prodigy with a
+  linear decay to 0;
 - per-task tuned Adam schedules, each the best of a small grid on the grid seed by final validation
   loss (the baselines' rule): linear decay to 0 from {0.1, 0.03, 0.01, 0.003, 0.001, 0.0001}, and step
   decay from {0.03, 0.01, 0.003, 0.001} by x0.9 or x0.99 every controller step.
@@ -51,7 +53,14 @@ SUITE_SEEDS = 5
 LINEAR_LRS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4)
 STEP_DECAY_LRS, STEP_DECAY_FACTORS = (3e-2, 1e-2, 3e-3, 1e-3), (0.9, 0.99)
 
-DEFAULTS = ("adam 1e-3", "adam 1e-3 cosine", "schedule-free adamw default", "prodigy default")
+DEFAULTS = (
+    "adam 1e-3",
+    "adam 1e-3 cosine",
+    "adam task lr linear",
+    "schedule-free adamw default",
+    "prodigy default",
+    "prodigy linear",
+)
 TUNED = ("linear, tuned", "step decay, tuned")
 
 
@@ -60,8 +69,10 @@ def default_schedules(task: Task) -> dict[str, HandMadeSchedule]:
     return {
         "adam 1e-3": Constant(1e-3),
         "adam 1e-3 cosine": Cosine(1e-3, task.num_train_steps),
+        "adam task lr linear": Linear(task.initial_lr, task.num_train_steps),
         "schedule-free adamw default": schedule_free(0.0025, 0),
         "prodigy default": prodigy(1.0, "constant", task.num_train_steps),
+        "prodigy linear": prodigy(1.0, "linear", task.num_train_steps),
     }
 
 

@@ -264,15 +264,17 @@ def test_a_suite_runs_resumes_and_reports(data_dir: Path, tmp_path: Path, monkey
         _suite(data_dir, tmp_path, pool, "store.json")
     monkeypatch.setattr(episodes, "run_episode", lambda *a: calls.append(a[1].name) or real(*a))
     whole = _suite(data_dir, tmp_path, pool, "store.json")
-    per_task = 14 + 2 * 6  # the grid on the grid seed; 4 defaults and 2 tuned schedules on 2 test seeds
+    per_task = 14 + 2 * 8  # the grid on the grid seed; 6 defaults and 2 tuned schedules on 2 test seeds
     assert len(calls) == 2 * per_task  # nothing ran twice
     assert set(whole) == {Task(**t).name for t in HELDOUT}
     labels = set(next(iter(whole.values())))
     assert labels == {
         "adam 1e-3",
         "adam 1e-3 cosine",
+        "adam task lr linear",
         "schedule-free adamw default",
         "prodigy default",
+        "prodigy linear",
         "linear, tuned",
         "step decay, tuned",
     }
