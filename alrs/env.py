@@ -30,6 +30,7 @@ from alrs.features import (
     child_features,
 )
 from alrs.models import build_model
+from alrs.models.mlp import SeededDropout
 from alrs.optim import (
     OPTIMIZER_FIELDS,
     build_optimizer,
@@ -277,7 +278,11 @@ def init_child(config: EnvConfig, child_seed: int) -> nn.Module:
     """A fresh child network of ``config``, its initialization fixed by ``child_seed`` alone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(child_seed)
-        return build_model(config.architecture, config.dataset)
+        model = build_model(config.architecture, config.dataset)
+    # Dropout masks from generators of the child's own (alrs.models.mlp.SeededDropout): a seed fixes the episode.
+    for i, module in enumerate(m for m in model.modules() if isinstance(m, SeededDropout)):
+        module.manual_seed((child_seed + i + 1) % 2**63)
+    return model
 
 
 def make_env(dataset: str = "fa-mnist", architecture: str = "cnn", **options: Any) -> LREnv:

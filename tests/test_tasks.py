@@ -16,9 +16,10 @@ from torch import nn
 
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
 from alrs.data import DatasetError, apply_variant, check_dataset, load_dataset, parse_variant
-from alrs.env import LREnv, TaskEnv
+from alrs.env import LREnv, TaskEnv, make_env
 from alrs.errors import UserError
 from alrs.models import architecture_spec, build_model
+from alrs.models.mlp import SeededDropout
 from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import Learned
@@ -52,10 +53,45 @@ def test_architecture_specs_build_the_right_shapes() -> None:
     assert build_model("mlp:64:gelu", "fa-mnist:classes=0-4:14x14")(torch.zeros(2, 1, 14, 14)).shape == (2, 5)
     assert architecture_spec({"family": "mlp", "hidden": [256, 128], "activation": "tanh"}) == "mlp:256-128:tanh"
     assert architecture_spec({"family": "convnet", "channels": [16], "batch_norm": True}) == "convnet:16:fc64:bn"
+    ln = build_model("mlp:64-32:gelu:ln:drop0.25", "fa-mnist")
+    assert [m.normalized_shape for m in ln.modules() if isinstance(m, nn.LayerNorm)] == [(64,), (32,)]
+    assert [m.p for m in ln.modules() if isinstance(m, SeededDropout)] == [0.25, 0.25]
+    spec = {"family": "mlp", "hidden": [64, 32], "activation": "gelu", "layer_norm": True, "dropout": 0.25}
+    assert architecture_spec(spec) == "mlp:64-32:gelu:ln:drop0.25"
+
+
+def test_dropout_masks_follow_the_childs_seed_whatever_else_draws(small_env_options: dict) -> None:
+    """A seed fixes a dropout child's episode: its masks come from its own generators, not torch's global one."""
+    env = make_env(**{**small_env_options, "architecture": "mlp:64:drop0.5"})
+
+    def episode() -> list[float]:
+        env.reset(seed=3)
+        torch.manual_seed(int(torch.randint(1000, ()).item()) + 1)  # the global generator moves on between runs
+        return [env.step(2)[4]["train_loss"] for _ in range(3)]
+
+    first, second = episode(), episode()
+    assert first == second
+    env.reset(seed=3)
+    env.model.eval()
+    x = env.data.val_x[:8]
+    assert torch.equal(env.model(x), env.model(x))  # no dropout in evaluation
+    env.model.train()
+    assert not torch.equal(env.model(x), env.model(x))  # fresh masks at every training forward
 
 
 @pytest.mark.parametrize(
-    "spec", ["mlp:", "mlp:0", "mlp:64:swish", "convnet:1-2-3-4", "convnet:8:fc", "vgg", {"family": "rnn"}]
+    "spec",
+    [
+        "mlp:",
+        "mlp:0",
+        "mlp:64:swish",
+        "mlp:64:drop1",
+        "mlp:64:dropx",
+        "convnet:1-2-3-4",
+        "convnet:8:fc",
+        "vgg",
+        {"family": "rnn"},
+    ],
 )
 def test_a_bad_architecture_spec_is_one_line(spec: object) -> None:
     _one_line(lambda: build_model(architecture_spec(spec), "fa-mnist"), "architecture .*an architecture is")

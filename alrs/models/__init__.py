@@ -6,13 +6,15 @@ whose weight mean and variance are two of the controller's features (paper Sec. 
 Besides the named architectures, a spec (ours) builds a family member, for tasks the controller
 never saw (:mod:`alrs.tasks`):
 
-- ``mlp:W1-W2-...[:ACT]``: an MLP with those hidden widths and activation ``relu`` (default),
-  ``tanh`` or ``gelu``; e.g. ``mlp:256-128:tanh``.
+- ``mlp:W1-W2-...[:ACT][:ln][:dropP]``: an MLP with those hidden widths and activation ``relu``
+  (default), ``tanh`` or ``gelu``, optionally LayerNorm before each activation and dropout of
+  probability P after it; e.g. ``mlp:256-128:tanh`` or ``mlp:256-128:gelu:ln:drop0.2``.
 - ``convnet:C1[-C2[-C3]][:fcH][:bn]``: 1 to 3 conv layers of 5x5 kernels with those channels,
   each max-pooled, optionally batch-normalized, then a hidden layer of H units (default 64);
   e.g. ``convnet:16-32:fc64``.
 
-A dict gives the same: ``{"family": "mlp", "hidden": [256, 128], "activation": "tanh"}`` or
+A dict gives the same: ``{"family": "mlp", "hidden": [256, 128], "activation": "tanh", "layer_norm": true,
+"dropout": 0.2}`` or
 ``{"family": "convnet", "channels": [16, 32], "hidden": 64, "batch_norm": true}``
 (:func:`architecture_spec` turns it into the string).
 """
@@ -46,7 +48,7 @@ ALIASES: dict[str, str] = {"lenet5": "cnn"}
 LeNet-5, which the committed configs and results use)."""
 
 
-SPECS = f"mlp:W1-W2-...[:{'|'.join(ACTIVATIONS)}] or convnet:C1[-C2[-C3]][:fcH][:bn]"
+SPECS = f"mlp:W1-W2-...[:{'|'.join(ACTIVATIONS)}][:ln][:dropP] or convnet:C1[-C2[-C3]][:fcH][:bn]"
 """The forms of an architecture spec."""
 
 
@@ -72,6 +74,15 @@ def _widths(name: str, text: str, low: int, high: int) -> tuple[int, ...]:
     return widths
 
 
+def _probability(text: str) -> float | None:
+    """The dropout probability of ``dropP``'s P, a number in (0, 1), or None."""
+    try:
+        p = float(text)
+    except ValueError:
+        return None
+    return p if 0 < p < 1 else None
+
+
 def parse_architecture(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
     """The model class of an architecture name or spec string, and its keyword arguments."""
     if not isinstance(name, str):
@@ -83,9 +94,14 @@ def parse_architecture(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
     if family == "mlp" and parts:
         kwargs: dict[str, Any] = {"hidden_sizes": _widths(name, parts[0], 1, 8)}
         for part in parts[1:]:
-            if part not in ACTIVATIONS:
-                raise _spec_error(name, f"unknown activation {part!r} (one of {', '.join(ACTIVATIONS)})")
-            kwargs["activation"] = part
+            if part in ACTIVATIONS:
+                kwargs["activation"] = part
+            elif part == "ln":
+                kwargs["layer_norm"] = True
+            elif part.startswith("drop") and _probability(part[4:]) is not None:
+                kwargs["dropout"] = _probability(part[4:])
+            else:
+                raise _spec_error(name, f"cannot read {part!r} (an activation, {', '.join(ACTIVATIONS)}; ln; or dropP)")
         return MLP, kwargs
     if family == "convnet" and parts:
         kwargs = {"channels": _widths(name, parts[0], 1, 3)}
@@ -104,15 +120,19 @@ def architecture_spec(spec: str | dict[str, Any]) -> str:
     """The spec string of an architecture given as a string or a dict (see the module's docs); checked."""
     if isinstance(spec, dict):
         family = spec.get("family")
-        if family == "mlp" and set(spec) <= {"family", "hidden", "activation"}:
+        if family == "mlp" and set(spec) <= {"family", "hidden", "activation", "layer_norm", "dropout"}:
             text = "mlp:" + "-".join(str(w) for w in spec.get("hidden", ())) + f":{spec.get('activation', 'relu')}"
+            text += (":ln" if spec.get("layer_norm") else "") + (
+                f":drop{spec['dropout']:g}" if spec.get("dropout") else ""
+            )
         elif family == "convnet" and set(spec) <= {"family", "channels", "hidden", "batch_norm"}:
             text = "convnet:" + "-".join(str(c) for c in spec.get("channels", ())) + f":fc{spec.get('hidden', 64)}"
             text += ":bn" if spec.get("batch_norm") else ""
         else:
             raise _spec_error(
                 spec,
-                "a dict spec is {family: mlp, hidden, activation} or {family: convnet, channels, hidden, batch_norm}",
+                "a dict spec is {family: mlp, hidden, activation, layer_norm, dropout} or "
+                "{family: convnet, channels, hidden, batch_norm}",
             )
         spec = text
     parse_architecture(spec)
