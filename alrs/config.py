@@ -33,6 +33,10 @@ def check_seed(seed: object, name: str = "seed") -> None:
         raise UserError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
 
 
+TASK_SPLITS: tuple[str, ...] = ("train", "validation")
+"""The tasks of an instance set an episode can draw: training, or validation (the evaluations choosing best.pt)."""
+
+
 def _registry_help(module: str, function: str) -> Callable[[], str]:
     """A help built from a registry by ``module.function()`` when the parser is built (imported then, not here)."""
     return lambda: getattr(importlib.import_module(module), function)()
@@ -122,6 +126,11 @@ class EnvConfig:
         " tasks, and each task sets the dataset, architecture, batch size, horizon, initial LR and "
         "validation subset (the fields above are then only defaults). Unset: one task.",
     )
+    task_split: str = setting(
+        "train",
+        "the instance set's tasks an episode draws: train, or validation (what the evaluations that choose "
+        "best.pt draw, where the set has validation tasks; else its training tasks).",
+    )
     eval_batch_size: int = setting(500, "chunk size of evaluation passes (speed only).", runtime=True)
     data_dir: str = setting("./data", "where the dataset files are, in torchvision's layout.", runtime=True)
     device: str = setting("auto", "cpu, cuda or auto.", runtime=True)
@@ -134,24 +143,31 @@ class EnvConfig:
         from alrs.models import ALIASES, check_architecture
         from alrs.optim import check_optimizer
 
-        for name in (
-            "action_range",
-            "lr_noise",
-            "initial_lr_noise",
-            "initial_lr_spread",
-            "lr_min",
-            "lr_max",
-            "divergence_loss",
-        ):
+        self._check_numbers()
+        check_dataset(self.dataset)
+        check_architecture(self.architecture)
+        # "lenet5" is stored as "cnn", so results and configs of either name are one and the same.
+        object.__setattr__(self, "architecture", ALIASES.get(self.architecture, self.architecture))
+        action_of(self)  # the action kind checks its settings
+        check_reward(self.reward)
+        check_optimizer(**self.optimizer_settings)
+        if self.task_split not in TASK_SPLITS:
+            raise UserError(f"task_split must be one of {', '.join(TASK_SPLITS)}, got {self.task_split!r}")
+        if self.instance_set is not None and not Path(self.instance_set).is_file():
+            raise UserError(f"instance_set {self.instance_set!r}: no such file; name a JSON file of tasks")
+        feature_names(self.lr_feature, self.time_feature, self.feature_scale)  # checks the names
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise UserError(f"device must be cpu, cuda or auto, got {self.device!r}")
+
+    def _check_numbers(self) -> None:
+        """One-line errors for the numeric settings: finite, positive where counts, the LR inside its bounds."""
+        numbers = ("action_range", "lr_noise", "initial_lr_noise", "initial_lr_spread", "lr_min", "lr_max")
+        for name in (*numbers, "divergence_loss"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise UserError(f"{name} must be a finite number, got {value!r}")
         if not self.divergence_loss > 0:
             raise UserError(f"divergence_loss must be positive (a loss), got {self.divergence_loss}")
-        check_dataset(self.dataset)
-        check_architecture(self.architecture)
-        # "lenet5" is stored as "cnn", so results and configs of either name are one and the same.
-        object.__setattr__(self, "architecture", ALIASES.get(self.architecture, self.architecture))
         for name in ("batch_size", "update_freq", "num_train_steps", "eval_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -162,7 +178,6 @@ class EnvConfig:
             )
         if self.initial_lr != "random" and not (isinstance(self.initial_lr, (int, float)) and 0 < self.initial_lr <= 1):
             raise UserError(f"initial_lr must be a number in (0, 1] or 'random', got {self.initial_lr!r}")
-        action_of(self)  # the action kind checks its settings
         if self.lr_noise < 0 or self.initial_lr_noise < 0:
             raise UserError("lr_noise and initial_lr_noise must be >= 0 (0 turns the noise off)")
         if not self.initial_lr_spread >= 1:
@@ -177,13 +192,6 @@ class EnvConfig:
             )
         if self.val_size is not None and (not isinstance(self.val_size, int) or self.val_size <= 0):
             raise UserError(f"val_size must be a positive integer or None (the whole split), got {self.val_size!r}")
-        check_reward(self.reward)
-        check_optimizer(**self.optimizer_settings)
-        if self.instance_set is not None and not Path(self.instance_set).is_file():
-            raise UserError(f"instance_set {self.instance_set!r}: no such file; name a JSON file of tasks")
-        feature_names(self.lr_feature, self.time_feature, self.feature_scale)  # checks the names
-        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise UserError(f"device must be cpu, cuda or auto, got {self.device!r}")
 
     @property
     def decisions(self) -> int:

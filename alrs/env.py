@@ -304,7 +304,7 @@ class TaskEnv(gym.Env):
             if config.instance_set is None:
                 raise UserError("a TaskEnv needs tasks, or a config with an instance_set")
             instance_set = load_instance_set(config.instance_set)
-            tasks, decisions = instance_set.train, instance_set.decisions
+            tasks, decisions = instance_set.split(config.task_split), instance_set.decisions
         self.config, self.tasks, self.decisions = config, tuple(tasks), int(decisions)
         self.configs = [task.env_config(config, self.decisions) for task in self.tasks]
         self._envs: dict[int, LREnv] = {}

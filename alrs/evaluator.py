@@ -6,6 +6,7 @@ the lowest final validation loss: the seed reimplementation's rule.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,7 +108,8 @@ class Evaluator:
         metadata: dict[str, Any],
     ) -> None:
         self.run_dir, self.eval_every, self.pool, self.metadata = run_dir, eval_every, pool, metadata
-        self.config = env_config.for_evaluation()
+        # An instance set's evaluations draw its validation tasks (its training tasks where it has none).
+        self.config = dataclasses.replace(env_config.for_evaluation(), task_split="validation")
         self.initial_lrs = training_initial_lrs(env_config)
         self.seeds = evaluation_seeds(eval_seeds)
 

@@ -48,6 +48,7 @@ ENV_ADDED_LATER: dict[str, Any] = {
     "base_schedule": "constant",
     "initial_lr_spread": 1.0,
     "trend_features": False,
+    "task_split": "train",
 }
 """Environment settings added after the first runs, with the value every run before them used (the paper's)."""
 

@@ -14,6 +14,10 @@ tasks for training and a disjoint held-out set for testing (``test.py --suite``)
                              "num_train_steps": 300, "initial_lr": 0.003}]}
     }
 
+An optional ``"validation"`` set (the same forms), disjoint from both, is where the deterministic
+evaluations that choose ``best.pt`` draw their tasks (ours; without one they draw training tasks), so
+that neither the training nor the held-out tasks choose the released controller.
+
 ``decisions`` fixes the controller steps of every episode, whatever its horizon: a task of
 ``num_train_steps`` optimizer steps has ``update_freq = num_train_steps / decisions`` (ours: the
 paper's K = 10 is for one horizon; with the time feature the controller sees the fraction left).
@@ -33,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from alrs.config import EnvConfig
+from alrs.config import TASK_SPLITS, EnvConfig
 from alrs.data import check_dataset
 from alrs.errors import UserError
 from alrs.io import load_json
@@ -106,17 +110,26 @@ class Task:
 
 @dataclass(frozen=True)
 class InstanceSet:
-    """Training tasks and disjoint held-out tasks, and the controller steps of every episode."""
+    """Training tasks, disjoint held-out and validation tasks, and the controller steps of every episode."""
 
     train: tuple[Task, ...]
     heldout: tuple[Task, ...]
     decisions: int
+    validation: tuple[Task, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.train:
             raise UserError("an instance set needs at least one training task")
-        if clash := sorted({t.name for t in self.train} & {t.name for t in self.heldout}):
-            raise UserError(f"task {clash[0]!r} is both a training and a held-out task; they must be disjoint")
+        splits = {"training": self.train, "held-out": self.heldout, "validation": self.validation}
+        for (a, tasks_a), (b, tasks_b) in itertools.combinations(splits.items(), 2):
+            if clash := sorted({t.name for t in tasks_a} & {t.name for t in tasks_b}):
+                raise UserError(f"task {clash[0]!r} is both a {a} and a {b} task; they must be disjoint")
+
+    def split(self, name: str) -> tuple[Task, ...]:
+        """The tasks of ``name`` (:data:`TASK_SPLITS`): ``validation`` falls back to the training tasks."""
+        if name not in TASK_SPLITS:
+            raise UserError(f"task_split must be one of {', '.join(TASK_SPLITS)}, got {name!r}")
+        return self.validation or self.train if name == "validation" else self.train
 
 
 def _task(record: Any, where: str) -> Task:
@@ -183,17 +196,21 @@ def _read_instance_set(path: str, version: tuple[int, int] | None) -> InstanceSe
         <= {
             "train",
             "heldout",
+            "validation",
             "decisions",
             "note",
         }
     ):
-        raise UserError(f'{path}: an instance set is an object with "decisions", "train" and "heldout" (optional)')
+        raise UserError(
+            f'{path}: an instance set is an object with "decisions", "train", and optionally "heldout" and "validation"'
+        )
     decisions = data["decisions"]
     if isinstance(decisions, bool) or not isinstance(decisions, int) or decisions <= 0:
         raise UserError(f"{path}: decisions must be a positive integer, got {decisions!r}")
     heldout = _tasks(data["heldout"], f"{path}: heldout") if "heldout" in data else ()
-    train = _tasks(data["train"], f"{path}: train", exclude=heldout)
-    return InstanceSet(train, heldout, decisions)
+    validation = _tasks(data["validation"], f"{path}: validation", exclude=heldout) if "validation" in data else ()
+    train = _tasks(data["train"], f"{path}: train", exclude=(*heldout, *validation))
+    return InstanceSet(train, heldout, decisions, validation)
 
 
 def episode_decisions(config: EnvConfig) -> int:
@@ -209,6 +226,7 @@ def task_metadata(config: EnvConfig) -> dict[str, Any]:
     return {
         "tasks": [dataclasses.asdict(t) for t in instance_set.train],
         "heldout_tasks": [dataclasses.asdict(t) for t in instance_set.heldout],
+        "validation_tasks": [dataclasses.asdict(t) for t in instance_set.validation],
         "decisions": instance_set.decisions,
     }
 

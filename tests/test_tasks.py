@@ -3,6 +3,7 @@ held-out suite (resumable, and equal on local workers and on a two-node Ray clus
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -24,7 +25,7 @@ from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import Learned
 from alrs.suite import run_suite, suite_key, suite_settings, summarize_suite
-from alrs.tasks import InstanceSet, Task, load_instance_set
+from alrs.tasks import InstanceSet, Task, load_instance_set, task_metadata
 from alrs.training import train_controller
 from alrs.workers import node_id
 
@@ -181,6 +182,36 @@ def test_instance_set_sampling_is_deterministic_and_disjoint(tmp_path: Path) -> 
     _one_line(lambda: load_instance_set(_write_set(tmp_path / "big.json", HELDOUT, count=16)), "only 15 distinct")
     _one_line(lambda: InstanceSet(first.heldout, first.heldout, 4), "both a training and a held-out task")
     _one_line(lambda: load_instance_set(tmp_path / "missing.json"), "missing.json")
+
+
+def test_validation_tasks_are_disjoint_and_what_the_evaluations_draw(data_dir: Path, tmp_path: Path) -> None:
+    validation = [{**HELDOUT[1], "initial_lr": 0.003}, {**HELDOUT[1], "architecture": "mlp:16", "batch_size": 32}]
+    path = _write_set(tmp_path / "set.json", HELDOUT, count=14)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "validation": {"tasks": validation}}))
+    instance_set = load_instance_set(path)
+    names = {split: {t.name for t in getattr(instance_set, split)} for split in ("train", "heldout", "validation")}
+    assert len(names["validation"]) == 2 and len(names["train"]) == 14
+    assert not names["train"] & names["validation"] and not names["heldout"] & names["validation"]
+    assert (
+        instance_set.split("validation") == instance_set.validation
+        and instance_set.split("train") == instance_set.train
+    )
+    _one_line(
+        lambda: InstanceSet(instance_set.train, (), 4, instance_set.train[:1]), "both a training and a validation"
+    )
+    # The evaluations that choose best.pt draw the validation tasks; training draws the training tasks.
+    config = EnvConfig(data_dir=str(data_dir), device="cpu", instance_set=str(path), feature_scale="relative")
+    for split in ("train", "validation"):
+        env = TaskEnv(dataclasses.replace(config, task_split=split))
+        assert {env.reset(seed=s)[1]["task"] for s in range(12)} <= names[split]
+    from alrs.evaluator import Evaluator
+
+    evaluator = Evaluator(tmp_path, config, 1, 2, None, {})  # type: ignore[arg-type]
+    assert evaluator.config.task_split == "validation" and config.task_split == "train"
+    assert [t["architecture"] for t in task_metadata(config)["validation_tasks"]] == ["convnet:4:fc8", "mlp:16"]
+    # Without validation tasks the evaluations draw training tasks, as before.
+    assert load_instance_set(_write_set(tmp_path / "plain.json", HELDOUT)).split("validation")[0].num_train_steps
 
 
 def test_task_configs_read_no_data_and_the_env_takes_at_most_the_split(monkeypatch: pytest.MonkeyPatch) -> None:
