@@ -343,7 +343,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(small_env_
 
 def test_two_resumes_of_one_run_at_once_never_duplicate_an_episode(tmp_path: Path, data_dir: Path) -> None:
     run = _trainrun_script(data_dir, tmp_path / "runs")
-    cmd = [sys.executable, str(ROOT / "train.py"), "--resume", str(run), "--episodes", "80", "--no-progress"]
+    cmd = [sys.executable, str(ROOT / "train.py"), "--resume", str(run), "--episodes", "40", "--no-progress"]
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]
@@ -353,7 +353,7 @@ def test_two_resumes_of_one_run_at_once_never_duplicate_an_episode(tmp_path: Pat
     refused = next(err for code, err in results if code == 2)
     assert "in use by process" in refused.strip().splitlines()[-1]
     episodes = [int(r["episode"]) for r in csv.DictReader(open(run / "metrics.csv"))]
-    assert episodes == list(range(1, 81))
+    assert episodes == list(range(1, 41))
 
 
 _DRIVER = """
