@@ -58,7 +58,8 @@ ACTION_SETS: tuple[str, ...] = ("scale", "lhopt")
 seven factors of Almeida et al. 2021 (arXiv 2106.00958), :data:`LHOPT_FACTORS` (ours)."""
 
 LHOPT_FACTORS: tuple[float, ...] = (0.5, 1 / math.sqrt(2), 0.9, 1.0, 1.1, math.sqrt(2), 2.0)
-"""LHOPT's relative LR actions (Almeida et al. 2021, Sec. 3): halve, /sqrt 2, x0.9, keep, x1.1, x sqrt 2, x2."""
+"""LHOPT's relative LR actions (Almeida et al. 2021, arXiv 2106.00958): halve, /sqrt 2, x0.9, keep, x1.1,
+x sqrt 2, x2."""
 
 
 def check_base_schedule(name: object) -> None:
