@@ -24,7 +24,7 @@ from alrs.peers import PEER_FAMILIES, PeerFamily, peer_grid, register_peer_famil
 from alrs.protocol import plan_test
 from alrs.results import ResultStore
 from alrs.schedules import Constant, Learned, Peer
-from alrs.suite import run_suite, suite_settings
+from alrs.suite import DEFAULTS, TUNED, run_suite, suite_settings
 from alrs.tasks import InstanceSet, Task
 
 
@@ -110,7 +110,7 @@ def test_a_registered_optimizer_and_dataset_run_a_suite(registered: None, tmp_pa
     pool = WorkerPool(ParallelConfig(workers=1), 1, EnvConfig())
     results = run_suite(instance_set, base, learned, store, pool, seed=0, num_seeds=1, progress=False)
     (by_label,) = results.values()
-    assert len(by_label) == 7 and len(by_label["radam controller"]) == 1
+    assert len(by_label) == len(DEFAULTS) + len(TUNED) + 1 and len(by_label["radam controller"]) == 1
     assert by_label["radam controller"][0].curves["lr"][0] == 0.001
 
 

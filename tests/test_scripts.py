@@ -131,7 +131,9 @@ def test_a_test_on_the_grids_seed_is_refused() -> None:
 def test_test_needs_a_run_or_baselines_only(trained_run: Path) -> None:
     for args in ([], ["--test-id", str(trained_run), "--baselines-only"]):
         result = run_script("test.py", *args)
-        assert result.returncode != 0 and "give either --test-id <run> or --baselines-only" in result.stderr
+        assert result.returncode != 0 and "give either --test-id <run> (or --controller NAME) or --baselines-only" in (
+            result.stderr
+        )
 
 
 def test_unknown_test_id_lists_the_runs(trained_run: Path) -> None:
