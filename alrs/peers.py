@@ -15,7 +15,7 @@ from itertools import product
 from typing import Any
 
 from alrs.errors import UserError
-from alrs.schedules import Constant, Cosine, Peer
+from alrs.schedules import Constant, Cosine, Linear, Peer
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,16 @@ def schedule_free(lr: float, warmup_steps: int) -> Peer:
 
 
 def prodigy(d_coef: float, shape: str, total_steps: int) -> Peer:
-    """Prodigy (the ``prodigyopt`` package) at its default LR 1, held ``constant`` or ``cosine``-decayed."""
-    lr_shape = Constant(1.0) if shape == "constant" else Cosine(1.0, total_steps)
+    """Prodigy (the ``prodigyopt`` package) at its default LR 1, held ``constant`` or ``cosine``- or
+    ``linear``-decayed to 0."""
+    shapes = {
+        "constant": Constant,
+        "cosine": lambda lr: Cosine(lr, total_steps),
+        "linear": lambda lr: Linear(lr, total_steps),
+    }
+    if shape not in shapes:
+        raise UserError(f"prodigy's LR shape must be one of {', '.join(shapes)}, got {shape!r}")
+    lr_shape = shapes[shape](1.0)
     label = f"prodigy (d_coef={d_coef:g}, {shape})"
     return Peer("prodigy", lr_shape, label, optimizer="prodigy", d_coef=float(d_coef))
 

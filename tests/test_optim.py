@@ -139,9 +139,19 @@ def test_the_peers_grid_and_their_records(small_env_options: dict) -> None:
     assert {(p.optimizer["d_coef"], p.shape.family) for p in peers if p.family == "prodigy"} == {
         (d, s) for d in (0.5, 1.0, 2.0) for s in ("constant", "cosine")
     }
-    for peer in (schedule_free(0.01, 10), prodigy(2.0, "cosine", 200), adam_ema(0.03, 0.99)):
+    for peer in (
+        schedule_free(0.01, 10),
+        prodigy(2.0, "cosine", 200),
+        prodigy(1.0, "linear", 200),
+        adam_ema(0.03, 0.99),
+    ):
         rebuilt = schedule_from_record(json.loads(json.dumps(peer.describe())))
         assert (rebuilt.label, rebuilt.optimizer, rebuilt.lr_at(100)) == (peer.label, peer.optimizer, peer.lr_at(100))
+    # each shape is the one it names (the suite's "prodigy linear" once ran a cosine)
+    assert [prodigy(1.0, shape, 200).lr_at(150) for shape in ("constant", "linear")] == [1.0, 0.25]
+    assert prodigy(1.0, "cosine", 200).lr_at(150) == pytest.approx(0.5 * (1 + math.cos(0.75 * math.pi)))
+    with pytest.raises(UserError, match="prodigy's LR shape must be one of constant, cosine, linear"):
+        prodigy(1.0, "step", 200)
 
 
 def test_a_grid_file_from_before_the_peers_gains_them(
