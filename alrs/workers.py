@@ -181,7 +181,10 @@ def _serve(conn: multiprocessing.connection.Connection, threads: int) -> None:
             except Exception:
                 exc = RuntimeError(f"{type(exc).__name__}: {exc}")
             reply = ("error", (exc, trace))
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, ConnectionError, EOFError):
+            return  # the driver died while this worked (killed, say): its answer has nobody to go to
 
 
 class RayWorker:

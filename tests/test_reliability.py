@@ -278,7 +278,12 @@ def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 120) -> str:
     while not ready() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=240)  # generous: a loaded CI machine runs several times slower
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        raise AssertionError(f"still running 240 s after Ctrl-C; its stderr:\n{stderr}") from None
     return stderr
 
 
@@ -642,21 +647,40 @@ def test_a_driver_killed_at_many_points_loses_at_most_the_iteration_in_flight(tm
     assert all(torch.equal(ours["state_dict"][k], v) for k, v in theirs["state_dict"].items())
 
 
+def test_a_worker_whose_driver_died_mid_call_exits_quietly() -> None:
+    """The driver killed while a worker computes: the worker's answer meets a closed pipe, and the worker
+    ends without a traceback (the chaos soak counts tracebacks in the logs)."""
+    import multiprocessing
+
+    from alrs.workers import _serve
+
+    driver, worker = multiprocessing.Pipe()
+    driver.send(("ping", ()))
+    driver.close()  # gone before the answer
+    sigint, threads = signal.getsignal(signal.SIGINT), torch.get_num_threads()
+    try:
+        assert _serve(worker, threads) is None  # returns, where it used to raise BrokenPipeError
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------- chaos soak
 def test_a_short_chaos_soak_loses_nothing_and_ends_as_the_undisturbed_run(tmp_path: Path, data_dir: Path) -> None:
-    """benchmarks/chaos.py for 1.2 minutes (about 2 with its undisturbed run): workers killed every 15 to
-    30 s, the driver killed and resumed twice; every episode once, the undisturbed run's figures and controller."""
+    """benchmarks/chaos.py for 0.75 minutes (and on until the driver has been killed and resumed twice, each
+    time after an iteration since its start), workers killed every 8 to 16 s: every episode once, the
+    undisturbed run's figures and controller."""
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "chaos.py"),
         "--minutes",
-        "1.2",
+        "0.75",
         "--worker-kills-every",
-        "15",
-        "30",
+        "8",
+        "16",
     ]
     result = subprocess.run(
-        [*cmd, "--out", str(tmp_path), "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=480
+        [*cmd, "--out", str(tmp_path), "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=1200
     )
     figures = json.loads((tmp_path / "chaos.json").read_text())
     assert result.returncode == 0 and figures["passed"], (figures, result.stderr[-2000:])
