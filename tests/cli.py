@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import io
+import os
 import signal
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +30,35 @@ def run_script(script: str, *args: str, timeout: int = 300) -> subprocess.Comple
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
     )
+
+
+def call_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` run in this process, as click's ``CliRunner`` runs a command: the same
+    command code (``alrs.commands.<script>.cli``), exit status, stdout and stderr, without the 3 to 6 s a new
+    interpreter spends importing torch and torchvision. For tests of what a command does and says; tests of
+    signals, kills, Ray and the script files themselves start a process (:func:`run_script`).
+
+    The process-wide state a command may change (argv, working folder, torch's threads, the SIGTERM
+    handler) is put back after it.
+    """
+    module = importlib.import_module(f"alrs.commands.{Path(script).stem}")
+    argv, cwd, threads, sigterm = sys.argv, os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = [str(ROOT / script), *args]
+    os.chdir(ROOT)
+    code: Any = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            module.cli()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+        signal.signal(signal.SIGTERM, sigterm)
+    returncode = 0 if code is None else code if isinstance(code, int) else 1
+    return subprocess.CompletedProcess([script, *args], returncode, out.getvalue(), err.getvalue())
 
 
 def start_script(script: str, *args: str) -> subprocess.Popen:

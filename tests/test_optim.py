@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from cli import run_script, small_flags
+from cli import call_script, small_flags
 from test_scheduler import _checkpoint
 
 from alrs.cli import config_of, parse_args
@@ -63,7 +63,7 @@ def test_optimizer_settings_come_from_flags_and_config_files(tmp_path: Path) -> 
     ],
 )
 def test_a_bad_optimizer_setting_is_one_line(flag: str, value: str, message: str, data_dir: Path) -> None:
-    result = run_script("train.py", *small_flags(data_dir), flag, value, "--episodes", "2")
+    result = call_script("train.py", *small_flags(data_dir), flag, value, "--episodes", "2")
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -121,7 +121,7 @@ def test_prodigy_records_its_effective_lr(small_env_options: dict) -> None:
 
 def test_training_records_prodigys_effective_lr(data_dir: Path, tmp_path: Path) -> None:
     flags = ["--optimizer", "prodigy", "--initial-lr", "1", "--lr-max", "2", "--num-envs", "2", "--episodes", "2"]
-    result = run_script("train.py", *small_flags(data_dir), *flags, "--out-dir", str(tmp_path), "--eval-every", "0")
+    result = call_script("train.py", *small_flags(data_dir), *flags, "--out-dir", str(tmp_path), "--eval-every", "0")
     assert result.returncode == 0, result.stderr
     (run,) = tmp_path.iterdir()
     with open(run / "metrics.csv", newline="") as f:

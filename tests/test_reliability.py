@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import ROOT, run_script, small_flags, start_script
+from cli import ROOT, call_script, small_flags, start_script
 
 from alrs import commands, parallel
 from alrs.actions import action_of
@@ -51,7 +51,7 @@ def _one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
 
 
 def _trainrun_script(data_dir: Path, out: Path, *flags: str) -> Path:
-    result = run_script(
+    result = call_script(
         "train.py",
         *_small(data_dir),
         "--num-envs",
@@ -91,7 +91,7 @@ def test_a_bad_config_file_is_refused_naming_the_file_and_the_setting(
         config.mkdir()
     else:
         config.write_text(content)
-    result = run_script("train.py", *_small(data_dir), "--config", str(config), "--out-dir", str(tmp_path / "runs"))
+    result = call_script("train.py", *_small(data_dir), "--config", str(config), "--out-dir", str(tmp_path / "runs"))
     _one_line_error(result, str(config), *words)
     assert not (tmp_path / "runs").exists()
 
@@ -101,7 +101,7 @@ def test_a_run_config_with_a_wrongly_typed_setting_is_refused_on_resume(tmp_path
     config = json.loads((run / "config.json").read_text())
     config["settings"]["num_envs"] = "1"
     (run / "config.json").write_text(json.dumps(config))
-    _one_line_error(run_script("train.py", "--resume", str(run), "--episodes", "6"), "config.json", "num_envs")
+    _one_line_error(call_script("train.py", "--resume", str(run), "--episodes", "6"), "config.json", "num_envs")
 
 
 def test_last_pt_of_another_run_is_refused_and_best_pt_survives(tmp_path: Path, data_dir: Path) -> None:
@@ -110,7 +110,10 @@ def test_last_pt_of_another_run_is_refused_and_best_pt_survives(tmp_path: Path, 
     best = (mlp / "best.pt").read_bytes()
     (mlp / "last.pt").write_bytes((other / "last.pt").read_bytes())
     _one_line_error(
-        run_script("train.py", "--resume", str(mlp), "--episodes", "8"), "last.pt", "other settings", "env.action_range"
+        call_script("train.py", "--resume", str(mlp), "--episodes", "8"),
+        "last.pt",
+        "other settings",
+        "env.action_range",
     )
     assert (mlp / "best.pt").read_bytes() == best
 
@@ -129,7 +132,7 @@ def test_a_damaged_metrics_csv_is_refused_on_resume_and_left_as_it_is(
     run = _trainrun_script(data_dir, tmp_path / "runs")
     damage(run / "metrics.csv")
     before = (run / "metrics.csv").read_bytes() if (run / "metrics.csv").exists() else None
-    _one_line_error(run_script("train.py", "--resume", str(run), "--episodes", "6"), *words)
+    _one_line_error(call_script("train.py", "--resume", str(run), "--episodes", "6"), *words)
     after = (run / "metrics.csv").read_bytes() if (run / "metrics.csv").exists() else None
     assert after == before
 
@@ -205,12 +208,12 @@ def test_a_poisoned_last_pt_is_refused_on_resume_and_test(tmp_path: Path, data_d
     saved = load_torch(run / "last.pt")
     saved["controller"]["state_dict"]["obs_rms.var"].fill_(math.nan)
     save_torch(saved, run / "last.pt")
-    _one_line_error(run_script("train.py", "--resume", str(run), "--episodes", "6"), "last.pt", "obs_rms.var", "NaN")
+    _one_line_error(call_script("train.py", "--resume", str(run), "--episodes", "6"), "last.pt", "obs_rms.var", "NaN")
     best = load_torch(run / "best.pt")
     best["state_dict"]["actor.0.weight"].fill_(math.inf)
     save_torch(best, run / "best.pt")
     _one_line_error(
-        run_script("test.py", "--test-id", str(run), "--data-dir", str(data_dir), "--results-dir", str(tmp_path)),
+        call_script("test.py", "--test-id", str(run), "--data-dir", str(data_dir), "--results-dir", str(tmp_path)),
         "best.pt",
         "actor.0.weight",
     )
@@ -243,13 +246,13 @@ def test_bad_numbers_and_paths_are_refused_before_any_run_folder(
     tmp_path: Path, data_dir: Path, flags: list[str], words: list[str]
 ) -> None:
     out = ["--out-dir", str(tmp_path / "runs")] if "--out-dir" not in flags else []
-    _one_line_error(run_script("train.py", *_small(data_dir), *out, *flags), *words)
+    _one_line_error(call_script("train.py", *_small(data_dir), *out, *flags), *words)
     assert not (tmp_path / "runs").exists()
 
 
 def test_an_out_dir_that_is_a_file_is_a_one_line_error(tmp_path: Path, data_dir: Path) -> None:
     (tmp_path / "file").write_text("x")
-    _one_line_error(run_script("train.py", *_small(data_dir), "--out-dir", str(tmp_path / "file")), "is a file")
+    _one_line_error(call_script("train.py", *_small(data_dir), "--out-dir", str(tmp_path / "file")), "is a file")
 
 
 @pytest.mark.parametrize("lr", [math.inf, math.nan, -1.0, 0.0])
@@ -268,7 +271,7 @@ def test_env_refuses_a_nan_continuous_action(small_env_options: dict) -> None:
 
 def test_test_py_refuses_a_nan_start_lr(tmp_path: Path) -> None:
     _one_line_error(
-        run_script("test.py", "--baselines-only", "--start-lr", "nan", "--results-dir", str(tmp_path)), "--start-lr"
+        call_script("test.py", "--baselines-only", "--start-lr", "nan", "--results-dir", str(tmp_path)), "--start-lr"
     )
 
 
@@ -296,7 +299,7 @@ def test_ctrl_c_in_baselines_exits_130_without_traceback_and_the_rerun_loses_not
     assert proc.returncode == 130 and "Traceback" not in stderr and "Rerun the same command" in stderr
     kept = json.loads(path.read_text())["results"]
     assert 3 <= len(kept) < 87
-    result = run_script("baselines.py", *_small(data_dir), "--results-dir", str(tmp_path))
+    result = call_script("baselines.py", *_small(data_dir), "--results-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     final = json.loads(path.read_text())["results"]
     assert len(final) == 87 and all(final[k] == v for k, v in kept.items())
@@ -329,7 +332,7 @@ def test_resuming_a_run_without_last_pt_says_there_is_nothing_to_resume(tmp_path
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"settings": {"architecture": "mlp"}}))
-    _one_line_error(run_script("train.py", "--resume", str(run)), "nothing to resume")
+    _one_line_error(call_script("train.py", "--resume", str(run)), "nothing to resume")
 
 
 # ---------------------------------------------------------------------------------------------- one writer
@@ -505,7 +508,7 @@ def test_a_stray_tmp_file_from_a_killed_write_is_cleared_by_the_next_write(tmp_p
 def test_checkpoint_of_a_run_is_loadable_after_resume(tmp_path: Path, data_dir: Path) -> None:
     """The checks on resume accept the run's own last.pt (the normal case)."""
     run = _trainrun_script(data_dir, tmp_path / "runs")
-    result = run_script("train.py", "--resume", str(run), "--episodes", "6")
+    result = call_script("train.py", "--resume", str(run), "--episodes", "6")
     assert result.returncode == 0, result.stderr
     assert load_torch(run / "last.pt")["progress"]["episodes_done"] == 6
     assert torch.load(run / "best.pt", weights_only=True)["format"]
@@ -533,7 +536,7 @@ def test_a_file_size_limit_during_training_is_one_line_and_the_last_state_resume
     assert not list(run.glob(".*.tmp"))  # the failed write left no temporary file
     kept = load_torch(run / "last.pt")["progress"]["episodes_done"]
     assert 2 <= kept < 16
-    resumed = run_script("train.py", "--resume", str(run), "--no-progress")
+    resumed = call_script("train.py", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     episodes = [int(row["episode"]) for row in csv.DictReader(open(run / "metrics.csv"))]
     assert episodes == list(range(1, 17))  # every episode exactly once
@@ -619,7 +622,7 @@ def test_a_driver_killed_at_many_points_loses_at_most_the_iteration_in_flight(tm
     eval.csv, evals/, best.pt, last.pt and the figures), resume after each: every episode is recorded exactly
     once, and the run ends with the undisturbed run's controller."""
     flags = [*_small(data_dir), "--num-envs", "2", "--episodes", "24", "--eval-every", "2", "--eval-seeds", "1"]
-    whole = run_script("train.py", *flags, "--out-dir", str(tmp_path / "whole"))
+    whole = call_script("train.py", *flags, "--out-dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed"
     proc = start_script("train.py", *flags, "--out-dir", str(out))

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli import run_script, small_flags
+from cli import call_script, small_flags
 
 from alrs.errors import UserError
 from alrs.protocol import check_test_seeds, stored_curves
@@ -16,7 +16,8 @@ from alrs.protocol import check_test_seeds, stored_curves
 @pytest.fixture(scope="module")
 def trained_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    result = run_script("train.py", *small_flags(data_dir), "--num-envs", "2", "--episodes", "4", "--out-dir", str(out))
+    flags = [*small_flags(data_dir), "--num-envs", "2", "--episodes", "4", "--out-dir", str(out)]
+    result = call_script("train.py", *flags)
     assert result.returncode == 0, result.stderr
     (run,) = out.iterdir()
     return run
@@ -25,12 +26,12 @@ def trained_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def run_test_py(run: Path, data_dir: Path, results_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     """test.py on ``run`` with small data on the CPU, its results written under ``results_dir``."""
     flags = ["--test-id", str(run), "--data-dir", str(data_dir), "--device", "cpu", "--results-dir", str(results_dir)]
-    return run_script("test.py", *flags, *extra)
+    return call_script("test.py", *flags, *extra)
 
 
 def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
     flags = [*small_flags(data_dir), "--results-dir", str(tmp_path)]
-    result = run_script("baselines.py", *flags)
+    result = call_script("baselines.py", *flags)
     assert result.returncode == 0, result.stderr
     grid = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
     data = json.loads(grid.read_text())
@@ -81,11 +82,11 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     assert title == f"fa-mnist / mlp: {trained_run.name}, 3 seeds"
     stored = (out / "summary.json").read_bytes()
     (out / "curves.png").unlink()
-    replotted = run_script("test.py", "--replot", str(out))
+    replotted = call_script("test.py", "--replot", str(out))
     assert replotted.returncode == 0, replotted.stderr
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG" and (out / "summary.json").read_bytes() == stored
 
-    alone = run_script("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
+    alone = call_script("test.py", "--baselines-only", "--num-seeds", "2", *flags, "--no-progress")
     assert alone.returncode == 0, alone.stderr
     table = (tmp_path / "fa-mnist_mlp" / "baselines_bs50_steps20_k5_val500" / "table.md").read_text()
     assert table.count("\n| ") == 8 and "learned" not in table and "Welch" not in table
@@ -111,7 +112,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     # chose best.pt, or an evaluated controller (the run's last iteration, 2, is one).
     for checkpoint in ("best", "iter-2"):
         chosen = ["--checkpoint", checkpoint, "--seed", "1000"]
-        clash = run_script("test.py", "--test-id", str(trained_run), *chosen, *flags)
+        clash = call_script("test.py", "--test-id", str(trained_run), *chosen, *flags)
         assert clash.returncode == 2 and "an evaluation seed the controller was chosen on" in clash.stderr
         assert len(clash.stderr.strip().splitlines()) == 1
 
@@ -130,14 +131,14 @@ def test_a_test_on_the_grids_seed_is_refused() -> None:
 
 def test_test_needs_a_run_or_baselines_only(trained_run: Path) -> None:
     for args in ([], ["--test-id", str(trained_run), "--baselines-only"]):
-        result = run_script("test.py", *args)
+        result = call_script("test.py", *args)
         assert result.returncode != 0 and "give either --test-id <run> (or --controller NAME) or --baselines-only" in (
             result.stderr
         )
 
 
 def test_unknown_test_id_lists_the_runs(trained_run: Path) -> None:
-    result = run_script("test.py", "--test-id", "nope", "--out-dir", str(trained_run.parent))
+    result = call_script("test.py", "--test-id", "nope", "--out-dir", str(trained_run.parent))
     assert result.returncode == 2 and trained_run.name in result.stderr and "Traceback" not in result.stderr
 
 
@@ -162,7 +163,7 @@ def test_a_released_controller_is_tested_by_name_with_its_own_settings() -> None
         (["--controller", "nope"], "no released controller named 'nope': the names are generalist, quick-mlp"),
         (["--controller", "generalist", "--test-id", "x"], "--test-id and --controller each name the controller"),
     ]:
-        result = run_script("test.py", *flags)
+        result = call_script("test.py", *flags)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -188,9 +189,9 @@ def test_reuse_of_a_folder_without_results_is_refused(trained_run: Path, data_di
 
 
 def test_replot_needs_a_finished_test(tmp_path: Path) -> None:
-    missing = run_script("test.py", "--replot", str(tmp_path))
+    missing = call_script("test.py", "--replot", str(tmp_path))
     assert missing.returncode == 2 and "no summary.json there" in missing.stderr
     (tmp_path / "summary.json").write_text(json.dumps({"settings": {}, "results": {}}))
-    unfinished = run_script("test.py", "--replot", str(tmp_path))
+    unfinished = call_script("test.py", "--replot", str(tmp_path))
     assert unfinished.returncode == 2 and "not a finished test" in unfinished.stderr
     assert len(unfinished.stderr.strip().splitlines()) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import ROOT, run_script
+from cli import ROOT, call_script
 from test_scheduler import _checkpoint, _Loop
 from torch import nn
 
@@ -401,7 +401,7 @@ def test_the_suite_on_local_workers_and_a_two_node_ray_cluster_equals_the_sequen
 def test_test_py_suite_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     path = _write_set(tmp_path / "set.json", HELDOUT)
     flags = ["--data-dir", str(data_dir), "--device", "cpu", "--no-progress", "--feature-scale", "relative"]
-    train = run_script(
+    train = call_script(
         "train.py",
         "--instance-set",
         str(path),
@@ -432,14 +432,14 @@ def test_test_py_suite_end_to_end(data_dir: Path, tmp_path: Path) -> None:
         "--results-dir",
         str(tmp_path / "results"),
     ]
-    result = run_script("test.py", *suite)
+    result = call_script("test.py", *suite)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "results" / "suites" / "set"
     assert (out / f"{run.name}.md").is_file() and (out / f"{run.name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "controller's rank" in result.stdout and "sign test p" in result.stdout
 
     # Sampled actions are other runs than the mode's: their own keys in the store, and their own report.
-    sampled = run_script("test.py", *suite, "--policy", "sample")
+    sampled = call_script("test.py", *suite, "--policy", "sample")
     assert sampled.returncode == 0, sampled.stderr
     stored = json.loads((out / "results.json").read_text())["results"]
     controller = {key: r["schedule"]["policy"] for key, r in stored.items() if " | controller " in key}
@@ -449,7 +449,7 @@ def test_test_py_suite_end_to_end(data_dir: Path, tmp_path: Path) -> None:
 
     # The same controller by its best.pt (as a released one by name): the same runs, reused, the same report.
     by_file = [*suite[:2], "--controller", str(run / "best.pt"), *suite[4:]]
-    again = run_script("test.py", *by_file)
+    again = call_script("test.py", *by_file)
     assert again.returncode == 0, again.stderr
     assert again.stdout.split("written:")[0] == result.stdout.split("written:")[0]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import run_script, small_flags
+from cli import call_script, small_flags
 
 from alrs import evaluator
 from alrs.cli import parse_args
@@ -64,7 +64,7 @@ def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_two_episode_run_writes_every_file(data_dir: Path, tmp_path: Path) -> None:
-    result = run_script(
+    result = call_script(
         "train.py", *small_flags(data_dir), "--num-envs", "2", "--episodes", "2", "--out-dir", str(tmp_path)
     )
     assert result.returncode == 0, result.stderr
@@ -219,13 +219,13 @@ def test_a_checkpoint_that_is_not_there_names_the_ones_that_are(tmp_path: Path, 
 
 
 def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
-    result = run_script("train.py", "--resume", str(tmp_path / "nope"))
+    result = call_script("train.py", "--resume", str(tmp_path / "nope"))
     assert result.returncode == 2 and "no such run folder" in result.stderr
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"settings": {"architecture": "mlp"}}))
     (run / "last.pt").write_bytes(b"\x00" * 10)
-    result = run_script(
+    result = call_script(
         "train.py", "--resume", str(run), "--device", "cpu", "--data-dir", str(tmp_path), "--no-progress"
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -233,7 +233,7 @@ def test_missing_or_corrupt_resume_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_unbatchable_child_fails_before_making_a_run_folder(data_dir: Path, tmp_path: Path) -> None:
-    result = run_script(
+    result = call_script(
         "train.py",
         *small_flags(data_dir),
         "--architecture",
