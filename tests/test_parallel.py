@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import ROOT, small_flags, start_script
+from cli import ROOT, call_script, run_script, small_flags, start_script
 
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
 from alrs.env import LREnv
@@ -189,25 +189,10 @@ def test_parallel_jobs_equal_sequential_and_an_interrupted_store_resumes(
 def test_bad_parallel_settings_are_one_line_errors_before_any_run_folder(
     data_dir: Path, tmp_path: Path, flags: list[str], message: str
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "--data-dir",
-            str(data_dir),
-            "--architecture",
-            "mlp",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--out-dir",
-            str(tmp_path / "runs"),
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
+    args = [*small_flags(data_dir), "--out-dir", str(tmp_path / "runs"), *flags]
+    # In this process, but for the Ray cluster it tries to join (it would meet this process's own Ray).
+    result = (
+        run_script("train.py", *args) if "--backend" in flags and "ray" in flags else call_script("train.py", *args)
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and message in result.stderr.strip().splitlines()[-1]
