@@ -115,6 +115,9 @@ class EnvConfig:
     )
     warmup_steps: int = setting(0, "schedulefree-adamw's linear LR warm-up, in optimizer steps.")
     d_coef: float = setting(1.0, "prodigy's coefficient of its step-size estimate d.")
+    safeguard_warmup: bool = setting(
+        False, "prodigy's safeguard_warmup (its authors advise it with an LR warm-up: d does not grow too fast)."
+    )
     weight_average: str | None = setting(
         None,
         "evaluate averaged weights (ours): ema:DECAY (e.g. ema:0.95) or uniform; the features, "

@@ -41,6 +41,7 @@ ENV_ADDED_LATER: dict[str, Any] = {
     "weight_decay": 0.0,
     "warmup_steps": 0,
     "d_coef": 1.0,
+    "safeguard_warmup": False,
     "weight_average": None,
     "feature_scale": "raw",
     "instance_set": None,

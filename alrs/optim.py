@@ -38,6 +38,7 @@ OPTIMIZER_FIELDS: tuple[str, ...] = (
     "weight_decay",
     "warmup_steps",
     "d_coef",
+    "safeguard_warmup",
     "weight_average",
 )
 """The :class:`~alrs.config.EnvConfig` fields that decide the child's optimizer and its evaluation weights."""
@@ -131,7 +132,12 @@ def _build_prodigy(params: Iterable[torch.Tensor], lr: float, settings: dict[str
     import prodigyopt
 
     return prodigyopt.Prodigy(
-        params, lr=lr, betas=_betas(settings), weight_decay=settings["weight_decay"], d_coef=settings["d_coef"]
+        params,
+        lr=lr,
+        betas=_betas(settings),
+        weight_decay=settings["weight_decay"],
+        d_coef=settings["d_coef"],
+        safeguard_warmup=settings["safeguard_warmup"],
     )
 
 
@@ -164,7 +170,7 @@ register_optimizer(
         "the LR multiplies its estimate d, 1 is its default, and the LR recorded is lr x d",
         "prodigyopt.Prodigy",
         _build_prodigy,
-        (*_ADAM_SETTINGS, "d_coef"),
+        (*_ADAM_SETTINGS, "d_coef", "safeguard_warmup"),
         step_size=_prodigy_step_size,
     )
 )
@@ -183,6 +189,7 @@ def check_optimizer(
     weight_decay: float,
     warmup_steps: int,
     d_coef: float,
+    safeguard_warmup: bool,
     weight_average: str | None,
 ) -> None:
     """A one-line error naming the first optimizer setting outside its domain."""
@@ -196,6 +203,8 @@ def check_optimizer(
         raise UserError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
     if isinstance(d_coef, bool) or not isinstance(d_coef, (int, float)) or not 0 < d_coef < math.inf:
         raise UserError(f"d_coef must be a finite number > 0, got {d_coef!r}")
+    if not isinstance(safeguard_warmup, bool):
+        raise UserError(f"safeguard_warmup must be true or false, got {safeguard_warmup!r}")
     parse_weight_average(weight_average)
 
 

@@ -15,7 +15,7 @@ from itertools import product
 from typing import Any
 
 from alrs.errors import UserError
-from alrs.schedules import Constant, Cosine, Linear, Peer
+from alrs.schedules import Constant, Cosine, Linear, Peer, WarmupLinear
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,13 @@ class PeerFamily:
     best_key: str
 
     def points(self, total_steps: int) -> list[Peer]:
-        """The family's grid for episodes of ``total_steps`` optimizer steps."""
-        return [
-            self.make(dict(zip(self.grid, values, strict=True)), total_steps) for values in product(*self.grid.values())
-        ]
+        """The family's grid for episodes of ``total_steps`` optimizer steps; points that coincide on so few
+        steps (warm-ups of 5 and 10% of 10 steps are both 1 step) are one point, the first."""
+        unique: dict[str, Peer] = {}
+        for values in product(*self.grid.values()):
+            peer = self.make(dict(zip(self.grid, values, strict=True)), total_steps)
+            unique.setdefault(peer.name, peer)
+        return list(unique.values())
 
 
 PEER_FAMILIES: dict[str, PeerFamily] = {}
@@ -57,25 +60,33 @@ def register_peer_family(family: PeerFamily) -> PeerFamily:
     return family
 
 
-def schedule_free(lr: float, warmup_steps: int) -> Peer:
-    """Schedule-Free AdamW (the ``schedulefree`` package) at a constant ``lr`` after its own warm-up."""
-    label = f"schedule-free adamw (lr={lr:g}, warm-up {warmup_steps})"
-    return Peer("schedule-free", Constant(lr), label, optimizer="schedulefree-adamw", warmup_steps=warmup_steps)
+def schedule_free(lr: float, warmup_steps: int, beta1: float = 0.9) -> Peer:
+    """Schedule-Free AdamW (the ``schedulefree`` package) at a constant ``lr`` after its own warm-up; a
+    ``beta1`` other than Adam's 0.9 (its authors also use 0.95) is named in the label."""
+    beta = "" if beta1 == 0.9 else f", beta1 {beta1:g}"
+    label = f"schedule-free adamw (lr={lr:g}, warm-up {warmup_steps}{beta})"
+    changed = {} if beta1 == 0.9 else {"beta1": float(beta1)}
+    return Peer(
+        "schedule-free", Constant(lr), label, optimizer="schedulefree-adamw", warmup_steps=warmup_steps, **changed
+    )
 
 
 def prodigy(d_coef: float, shape: str, total_steps: int) -> Peer:
-    """Prodigy (the ``prodigyopt`` package) at its default LR 1, held ``constant`` or ``cosine``- or
-    ``linear``-decayed to 0."""
+    """Prodigy (the ``prodigyopt`` package) at its default LR 1, held ``constant``, ``cosine``- or
+    ``linear``-decayed to 0, or ``warmup-linear`` (a 5% warm-up, then linear to 0) with the
+    ``safeguard_warmup`` its authors advise for a warm-up."""
     shapes = {
         "constant": Constant,
         "cosine": lambda lr: Cosine(lr, total_steps),
         "linear": lambda lr: Linear(lr, total_steps),
+        "warmup-linear": lambda lr: WarmupLinear(lr, total_steps),
     }
     if shape not in shapes:
         raise UserError(f"prodigy's LR shape must be one of {', '.join(shapes)}, got {shape!r}")
     lr_shape = shapes[shape](1.0)
     label = f"prodigy (d_coef={d_coef:g}, {shape})"
-    return Peer("prodigy", lr_shape, label, optimizer="prodigy", d_coef=float(d_coef))
+    safeguard = {"safeguard_warmup": True} if shape == "warmup-linear" else {}
+    return Peer("prodigy", lr_shape, label, optimizer="prodigy", d_coef=float(d_coef), **safeguard)
 
 
 def adam_ema(lr: float, decay: float) -> Peer:
@@ -83,23 +94,30 @@ def adam_ema(lr: float, decay: float) -> Peer:
     return Peer("adam-ema", Constant(lr), f"adam + ema {decay:g} (lr={lr:g})", weight_average=f"ema:{decay:g}")
 
 
-# Schedule-Free AdamW's LR x warm-up (a fraction of the episode's steps).
+# Schedule-Free AdamW's LR x warm-up (a fraction of the episode's steps) x beta1, as widely as its authors
+# tune it (warm-ups of 0 to 20%, beta1 0.9 and 0.95).
 register_peer_family(
     PeerFamily(
         "schedule-free",
-        {"lr": (1e-3, 3e-3, 1e-2, 3e-2), "warmup_fraction": (0.0, 0.05)},
+        {"lr": (1e-3, 3e-3, 1e-2, 3e-2), "warmup_fraction": (0.0, 0.05, 0.1, 0.2), "beta1": (0.9, 0.95)},
         lambda point, steps: schedule_free(
-            point["lr"], max(1, round(point["warmup_fraction"] * steps)) if point["warmup_fraction"] else 0
+            point["lr"],
+            max(1, round(point["warmup_fraction"] * steps)) if point["warmup_fraction"] else 0,
+            point["beta1"],
         ),
-        lambda record: schedule_free(record["shape"]["initial_lr"], record["optimizer"].get("warmup_steps", 0)),
+        lambda record: schedule_free(
+            record["shape"]["initial_lr"],
+            record["optimizer"].get("warmup_steps", 0),
+            record["optimizer"].get("beta1", 0.9),
+        ),
         "best_schedule_free",
     )
 )
-# Prodigy's d_coef at its default LR 1, held constant or cosine-decayed.
+# Prodigy's d_coef at its default LR 1, held constant, decayed (cosine, linear) or warmed up then decayed.
 register_peer_family(
     PeerFamily(
         "prodigy",
-        {"d_coef": (0.5, 1.0, 2.0), "shape": ("constant", "cosine")},
+        {"d_coef": (0.5, 1.0, 2.0), "shape": ("constant", "cosine", "linear", "warmup-linear")},
         lambda point, steps: prodigy(point["d_coef"], point["shape"], steps),
         lambda record: prodigy(
             record["optimizer"].get("d_coef", 1.0), record["shape"]["family"], record["shape"].get("total_steps", 0)

@@ -155,6 +155,16 @@ class Linear(DecayToZero):
         return self.initial_lr * BASE_SCHEDULES["linear"](step, self.total_steps)
 
 
+class WarmupLinear(DecayToZero):
+    """A linear warm-up over the first 5% of ``total_steps`` (:data:`~alrs.actions.WARMUP_FRACTION`), then a
+    linear decay to 0 (ours: the shape of a warm-up for a peer whose authors advise one)."""
+
+    family = "warmup-linear"
+
+    def lr_at(self, step: int) -> float:
+        return self.initial_lr * BASE_SCHEDULES["warmup-linear"](step, self.total_steps)
+
+
 class Peer(HandMadeSchedule):
     """An optimizer a user would pick instead of a schedule (ours), run at a hand-made LR ``shape``.
 

@@ -19,7 +19,7 @@ from alrs.env import make_env
 from alrs.episodes import run_episode
 from alrs.errors import UserError
 from alrs.grid import baseline_grid_search, best_keys, schedule_from_record
-from alrs.optim import OPTIMIZERS, evaluation_weights
+from alrs.optim import OPTIMIZERS, build_optimizer, evaluation_weights
 from alrs.peers import PEER_FAMILIES, adam_ema, peer_grid, prodigy, schedule_free
 from alrs.scheduler import LearnedLRScheduler
 from alrs.schedules import Constant, Learned
@@ -134,15 +134,24 @@ def test_training_records_prodigys_effective_lr(data_dir: Path, tmp_path: Path) 
 
 def test_the_peers_grid_and_their_records(small_env_options: dict) -> None:
     peers = peer_grid(200)
-    assert len(peers) == len({p.name for p in peers}) == 8 + 6 + 9
-    assert {p.optimizer["warmup_steps"] for p in peers if p.family == "schedule-free"} == {0, 10}
-    assert {(p.optimizer["d_coef"], p.shape.family) for p in peers if p.family == "prodigy"} == {
-        (d, s) for d in (0.5, 1.0, 2.0) for s in ("constant", "cosine")
+    assert len(peers) == len({p.name for p in peers}) == 32 + 12 + 9
+    # As widely as their authors tune them: Schedule-Free's warm-ups of 0 to 20% and beta1 0.9 / 0.95, Prodigy's
+    # d_coef held, decayed or warmed up (with its safeguard_warmup) then decayed.
+    sf = {(p.optimizer["warmup_steps"], p.optimizer["beta1"]) for p in peers if p.family == "schedule-free"}
+    assert sf == {(w, b) for w in (0, 10, 20, 40) for b in (0.9, 0.95)}
+    assert {(p.optimizer["d_coef"], p.shape.family, p.optimizer["safeguard_warmup"]) for p in peers[32:44]} == {
+        (d, s, s == "warmup-linear") for d in (0.5, 1.0, 2.0) for s in ("constant", "cosine", "linear", "warmup-linear")
     }
+    # The points that were in the narrower grids keep their labels and records (grid files and stores key on them).
+    assert schedule_free(0.01, 10).label == "schedule-free adamw (lr=0.01, warm-up 10)"
+    assert schedule_free(0.01, 10).describe()["optimizer"] == {"optimizer": "schedulefree-adamw", "warmup_steps": 10}
+    assert prodigy(1.0, "cosine", 200).describe()["optimizer"] == {"optimizer": "prodigy"}
     for peer in (
         schedule_free(0.01, 10),
+        schedule_free(0.003, 20, 0.95),
         prodigy(2.0, "cosine", 200),
         prodigy(1.0, "linear", 200),
+        prodigy(0.5, "warmup-linear", 200),
         adam_ema(0.03, 0.99),
     ):
         rebuilt = schedule_from_record(json.loads(json.dumps(peer.describe())))
@@ -150,7 +159,12 @@ def test_the_peers_grid_and_their_records(small_env_options: dict) -> None:
     # each shape is the one it names (the suite's "prodigy linear" once ran a cosine)
     assert [prodigy(1.0, shape, 200).lr_at(150) for shape in ("constant", "linear")] == [1.0, 0.25]
     assert prodigy(1.0, "cosine", 200).lr_at(150) == pytest.approx(0.5 * (1 + math.cos(0.75 * math.pi)))
-    with pytest.raises(UserError, match="prodigy's LR shape must be one of constant, cosine, linear"):
+    assert [prodigy(1.0, "warmup-linear", 200).lr_at(step) for step in (0, 9, 10, 105)] == [0.1, 1.0, 1.0, 0.5]
+    for shape in ("linear", "warmup-linear"):  # the setting reaches prodigyopt
+        settings = {**EnvConfig(**small_env_options).optimizer_settings, **prodigy(1.0, shape, 200).optimizer}
+        built = build_optimizer([torch.nn.Parameter(torch.zeros(2))], 1.0, **settings)
+        assert built.param_groups[0]["safeguard_warmup"] is (shape == "warmup-linear")
+    with pytest.raises(UserError, match="prodigy's LR shape must be one of constant, cosine, linear, warmup-linear"):
         prodigy(1.0, "step", 200)
 
 
@@ -170,7 +184,7 @@ def test_a_grid_file_from_before_the_peers_gains_them(
     real_run, calls = episodes.run_episode, []
     monkeypatch.setattr(episodes, "run_episode", lambda *a, **k: calls.append(a[1].family) or real_run(*a, **k))
     data = baseline_grid_search(env, seed=0, path=path, progress=False)
-    assert set(calls) == set(PEER_FAMILIES) and len(calls) == 23
+    assert set(calls) == set(PEER_FAMILIES) and len(calls) == 24 + 12 + 9  # on 10 steps, warm-ups 5% = 10%
     assert all(data[key] in data["results"] for key in best_keys().values())
     after = json.loads(path.read_text())["results"]
     assert all(after[k] == v for k, v in before["results"].items())  # the old points are kept, not rerun

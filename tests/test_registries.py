@@ -93,7 +93,8 @@ def test_a_registered_optimizer_peer_family_and_dataset_run_the_grid(registered:
 
     data = baseline_grid_search(env, seed=0, path=tmp_path / "grid.json", progress=False)
     radam = {k for k, r in data["results"].items() if r["schedule"]["family"] == "radam"}
-    assert radam == {"radam lr=0.001", "radam lr=0.01"} and len(data["results"]) == 87 + 2
+    # 101: on 2 steps, warm-ups of 5, 10 and 20% are all 1 step, so 16 of Schedule-Free's 32 points coincide.
+    assert radam == {"radam lr=0.001", "radam lr=0.01"} and len(data["results"]) == 101 + 2
     assert best_keys()["radam"] == "best_radam" and data["best_radam"] in radam
     record = data["results"][data["best_radam"]]["schedule"]
     assert schedule_from_record(record).describe() == record

@@ -111,9 +111,10 @@ def test_grid_search_resumes_after_an_interruption(
     calls.clear()
     monkeypatch.setattr(episodes, "run_episode", counted)
     data = baseline_grid_search(env, seed=0, path=path, progress=False)
-    # 48 step decays, 4 constants, 6 cosine, 6 linear; the peers: 8 schedule-free, 6 prodigy, 9 adam + ema
-    assert len(calls) == 87 - 4 and len(data["results"]) == 87
-    sizes = {"step-decay": 48, "constant": 4, "schedule-free": 8, "adam-ema": 9}
+    # 48 step decays, 4 constants, 6 cosine, 6 linear; the peers: 24 schedule-free (on 10 steps the warm-ups
+    # of 5 and 10% are both 1 step), 12 prodigy, 9 adam + ema
+    assert len(calls) == 109 - 4 and len(data["results"]) == 109
+    sizes = {"step-decay": 48, "constant": 4, "schedule-free": 24, "prodigy": 12, "adam-ema": 9}
     for family, best in best_keys().items():
         finals = {k: r["final_val_loss"] for k, r in data["results"].items() if r["schedule"]["family"] == family}
         assert len(finals) == sizes.get(family, 6)

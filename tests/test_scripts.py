@@ -36,7 +36,7 @@ def test_baselines_then_test_write_summary_table_and_figures(trained_run: Path, 
     grid = tmp_path / "baselines" / "fa-mnist_mlp_bs50_steps20_k5_val500.json"
     data = json.loads(grid.read_text())
     assert (
-        len(data["results"]) == 87
+        len(data["results"]) == 117
         and data["best_step_decay"].startswith("step decay")
         and data["best_cosine"].startswith("cosine")
         and data["best_schedule_free"].startswith("schedule-free adamw")
