@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from alrs.io import atomic_write
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-
-def _figure(**kwargs: Any) -> Figure:
-    """A matplotlib figure, not pyplot's (no global state, no backend chosen). matplotlib loads with the
-    first figure, so the scripts start without it."""
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
@@ -36,7 +25,7 @@ def plot_episode(curves: Mapping[str, Sequence[float]], path: str | os.PathLike,
         path: where the PNG goes.
         title: figure title.
     """
-    fig = _figure(figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))  # not pyplot: no global state, no backend chosen
     axes = fig.subplots(1, 3)
     steps = np.asarray(curves["step"])
     for ax, key, label in zip(
@@ -60,7 +49,7 @@ def plot_comparison(
         title: figure title.
     """
     columns = 3  # legend columns, below the panels and off the curves
-    fig = _figure(figsize=(14, 4 + 0.25 * -(-len(runs) // columns)), layout="constrained")
+    fig = Figure(figsize=(14, 4 + 0.25 * -(-len(runs) // columns)), layout="constrained")
     axes = fig.subplots(1, 3)
     panels = (("val_loss", "validation loss (log)"), ("train_loss", "train loss (log)"), ("lr", "learning rate (log)"))
     for name, seeds in runs.items():
@@ -108,7 +97,7 @@ def plot_training(
             evaluations that choose best.pt, drawn on the loss panel: the first curve solid (the one
             best.pt is chosen on), any others dashed (e.g. one per initial LR).
     """
-    fig = _figure(figsize=(11, 4.6))  # legends below the panels, off the points
+    fig = Figure(figsize=(11, 4.6))  # legends below the panels, off the points
     axes = fig.subplots(1, 2)
     episodes = np.arange(1, len(final_val_losses) + 1)
     labels = ("final validation loss", "final learning rate")
@@ -143,7 +132,7 @@ def plot_suite(summary: Mapping[str, object], path: str | os.PathLike, title: st
     tasks = list(rows)
     labels = [label for label in rows[tasks[0]]["test_loss"] if label != "linear, tuned"]
     controller = summary.get("controller")
-    fig = _figure(figsize=(10, 1.2 + 0.32 * len(tasks)), layout="constrained")
+    fig = Figure(figsize=(10, 1.2 + 0.32 * len(tasks)), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(tasks))
     for label in labels:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from alrs.results import EpisodeResult
 
@@ -24,8 +25,6 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return math.nan  # undefined: too few values, or no spread at all
-    from scipy import stats  # here, not at the top: the scripts' --help and one-line errors need no scipy
-
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
@@ -50,8 +49,6 @@ def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
     diff = a[ok] - b[ok]
     if len(diff) < 2 or np.ptp(diff) == 0:
         return math.nan
-    from scipy import stats
-
     return float(stats.ttest_rel(a[ok], b[ok]).pvalue)
 
 

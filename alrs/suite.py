@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 from tqdm.auto import tqdm
 
 from alrs.config import EnvConfig
@@ -129,8 +130,6 @@ def run_suite(
 def sign_test(wins: int, losses: int) -> float:
     """Two-sided p-value of the sign test (ties dropped); NaN with no decided pair."""
     n = wins + losses
-    from scipy import stats  # here, not at the top: the scripts start without scipy
-
     return float(stats.binomtest(wins, n, 0.5).pvalue) if n else math.nan
 
 
