@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,11 @@ from alrs.runfolder import (
     evaluation_curves,
     truncate_csv,
 )
+
+FIGURE_INTERVAL_S = 30.0
+"""episode.png and training.png are redrawn at most this often, and after the last iteration (ours):
+with small children a PPO iteration takes seconds, and drawing both figures each time cost the driver
+more than its children did."""
 
 
 def require_tensorboard() -> type:
@@ -68,6 +74,7 @@ class Recorder:
     ) -> None:
         self.run_dir, self.evaluations = run_dir, bool(config.eval_every)
         self.title = f"{env_config.dataset} / {env_config.architecture}"
+        self._drawn_at = -math.inf  # the first iteration draws
         self.metrics, self.eval = run_dir / METRICS_FILE, run_dir / EVAL_FILE
         if resumed:
             truncate_csv(self.metrics, METRICS_COLUMNS, progress.episodes_done)
@@ -128,10 +135,12 @@ class Recorder:
             self.writer.add_scalar("eval/mean_best_val_loss", evaluation.mean, progress.episodes_done)
             self.writer.flush()
 
-    def figures(self, step: Iteration, progress: Progress) -> None:
-        """Redraw episode.png and training.png, and move the progress bar."""
+    def figures(self, step: Iteration, progress: Progress, last: bool = False) -> None:
+        """Move the progress bar; redraw episode.png and training.png after the first and the ``last``
+        iteration, and otherwise once :data:`FIGURE_INTERVAL_S` has passed since they were drawn."""
         finished = step.episodes
-        if finished:
+        if finished and (last or time.monotonic() - self._drawn_at >= FIGURE_INTERVAL_S):
+            self._drawn_at = time.monotonic()
             plot_episode(
                 episode_curves(finished[0].infos),
                 self.run_dir / EPISODE_PLOT,
@@ -143,6 +152,7 @@ class Recorder:
                 title=self.title,
                 evaluations=evaluation_curves(self.eval) if self.evaluations else None,
             )
+        if finished:
             best_eval = math.isfinite(progress.best_eval_loss)  # nothing shown for a value not yet measured
             self.bar.set_postfix(
                 ret=f"{np.mean([e.episode_return for e in finished]):.2f}",

@@ -91,7 +91,7 @@ def train_controller(
                     recorder.evaluation(evaluator.evaluate(ppo.controller, ppo.iteration, state), state)
                 checkpoint = ppo.controller.checkpoint(metadata)
                 save_torch(training_state(ppo.state_dict(), state, checkpoint), run_dir / LAST_FILE)
-                recorder.figures(step, state)
+                recorder.figures(step, state, last=ppo.iteration == iterations)
         finally:
             recorder.close()
             envs.close()

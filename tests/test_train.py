@@ -279,3 +279,17 @@ def test_tensorboard_without_the_package_is_a_one_line_error(
             TrainingConfig(num_envs=1, episodes=1, tensorboard=True),
             progress=False,
         )
+
+
+def test_figures_are_drawn_after_the_first_and_the_last_iteration_not_after_each(
+    small_env_options: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drawing both figures each iteration cost a driver of small children more than its children (ours)."""
+    import alrs.recorder as recorder
+
+    drawn: list[int] = []
+    monkeypatch.setattr(recorder, "plot_training", lambda *args, **kwargs: drawn.append(1))
+    monkeypatch.setattr(recorder, "plot_episode", lambda *args, **kwargs: None)
+    training = TrainingConfig(num_envs=1, episodes=4, eval_every=0)
+    train_controller(tmp_path, EnvConfig(**small_env_options), PPOConfig(), training, progress=False)
+    assert len(drawn) == 2  # 4 iterations, all within recorder.FIGURE_INTERVAL_S
