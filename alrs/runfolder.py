@@ -13,7 +13,7 @@ A run folder holds:
     .lock         held by the process writing the folder (an advisory lock; see alrs.io.FolderLock)
     .lock.holder  the host and PID of that process, while it writes (for the message a second writer gets)
     tensorboard/  the same figures as TensorBoard events (with ``tensorboard=True``; metrics.csv stays the record)
-    episode.png   curves of the latest episode, refreshed every iteration
+    episode.png   curves of the latest episode, redrawn at most every 30 s and after the last iteration
     training.png  final validation loss and LR of every episode so far: the controller's learning curve
 """
 
