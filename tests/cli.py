@@ -1,4 +1,4 @@
-"""Running the three scripts in tests: a cheap setting and a subprocess call."""
+"""Running the three scripts in tests: a cheap setting, and a call in this process or in a new one."""
 
 from __future__ import annotations
 
