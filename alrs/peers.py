@@ -15,7 +15,7 @@ from itertools import product
 from typing import Any
 
 from alrs.errors import UserError
-from alrs.schedules import Constant, Cosine, Linear, Peer, WarmupLinear
+from alrs.schedules import PAPER_OPTIMIZER, Constant, Cosine, Linear, Peer, WarmupLinear
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,13 @@ def register_peer_family(family: PeerFamily) -> PeerFamily:
     return family
 
 
-def schedule_free(lr: float, warmup_steps: int, beta1: float = 0.9) -> Peer:
+def schedule_free(lr: float, warmup_steps: int, beta1: float = PAPER_OPTIMIZER["beta1"]) -> Peer:
     """Schedule-Free AdamW (the ``schedulefree`` package) at a constant ``lr`` after its own warm-up; a
     ``beta1`` other than Adam's 0.9 (its authors also use 0.95) is named in the label."""
-    beta = "" if beta1 == 0.9 else f", beta1 {beta1:g}"
+    beta = "" if beta1 == PAPER_OPTIMIZER["beta1"] else f", beta1 {beta1:g}"
     label = f"schedule-free adamw (lr={lr:g}, warm-up {warmup_steps}{beta})"
-    changed = {} if beta1 == 0.9 else {"beta1": float(beta1)}
-    return Peer(
-        "schedule-free", Constant(lr), label, optimizer="schedulefree-adamw", warmup_steps=warmup_steps, **changed
-    )
+    optimizer = {"optimizer": "schedulefree-adamw", "warmup_steps": warmup_steps, "beta1": float(beta1)}
+    return Peer("schedule-free", Constant(lr), label, **optimizer)
 
 
 def prodigy(d_coef: float, shape: str, total_steps: int) -> Peer:
@@ -85,8 +83,8 @@ def prodigy(d_coef: float, shape: str, total_steps: int) -> Peer:
         raise UserError(f"prodigy's LR shape must be one of {', '.join(shapes)}, got {shape!r}")
     lr_shape = shapes[shape](1.0)
     label = f"prodigy (d_coef={d_coef:g}, {shape})"
-    safeguard = {"safeguard_warmup": True} if shape == "warmup-linear" else {}
-    return Peer("prodigy", lr_shape, label, optimizer="prodigy", d_coef=float(d_coef), **safeguard)
+    safeguard = shape == "warmup-linear"
+    return Peer("prodigy", lr_shape, label, optimizer="prodigy", d_coef=float(d_coef), safeguard_warmup=safeguard)
 
 
 def adam_ema(lr: float, decay: float) -> Peer:
@@ -108,7 +106,7 @@ register_peer_family(
         lambda record: schedule_free(
             record["shape"]["initial_lr"],
             record["optimizer"].get("warmup_steps", 0),
-            record["optimizer"].get("beta1", 0.9),
+            record["optimizer"].get("beta1", PAPER_OPTIMIZER["beta1"]),
         ),
         "best_schedule_free",
     )

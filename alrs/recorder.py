@@ -139,20 +139,20 @@ class Recorder:
         """Move the progress bar; redraw episode.png and training.png after the first and the ``last``
         iteration, and otherwise once :data:`FIGURE_INTERVAL_S` has passed since they were drawn."""
         finished = step.episodes
-        if finished and (last or time.monotonic() - self._drawn_at >= FIGURE_INTERVAL_S):
-            self._drawn_at = time.monotonic()
-            plot_episode(
-                episode_curves(finished[0].infos),
-                self.run_dir / EPISODE_PLOT,
-                title=f"{self.title}, episode {progress.first_of_last(len(finished))}",
-            )
-            plot_training(
-                *csv_columns(self.metrics, "final_val_loss", "final_lr"),
-                self.run_dir / TRAINING_PLOT,
-                title=self.title,
-                evaluations=evaluation_curves(self.eval) if self.evaluations else None,
-            )
         if finished:
+            if last or time.monotonic() - self._drawn_at >= FIGURE_INTERVAL_S:
+                self._drawn_at = time.monotonic()
+                plot_episode(
+                    episode_curves(finished[0].infos),
+                    self.run_dir / EPISODE_PLOT,
+                    title=f"{self.title}, episode {progress.first_of_last(len(finished))}",
+                )
+                plot_training(
+                    *csv_columns(self.metrics, "final_val_loss", "final_lr"),
+                    self.run_dir / TRAINING_PLOT,
+                    title=self.title,
+                    evaluations=evaluation_curves(self.eval) if self.evaluations else None,
+                )
             best_eval = math.isfinite(progress.best_eval_loss)  # nothing shown for a value not yet measured
             self.bar.set_postfix(
                 ret=f"{np.mean([e.episode_return for e in finished]):.2f}",
