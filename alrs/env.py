@@ -12,6 +12,7 @@ A :class:`TaskEnv` trains, each episode, a task drawn from an instance set (:mod
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -45,6 +46,13 @@ from alrs.tracker import EpisodeTracker
 FEATURES: tuple[str, ...] = PAPER_FEATURES
 """The paper's observation, in order: its 7 state features (Sec. 3.1). Other feature sets:
 :func:`alrs.features.feature_names`."""
+
+
+REFERENCE_RUNS: OrderedDict[tuple[Any, ...], tuple[Splits, tuple[float, ...]]] = OrderedDict()
+"""The latest reference runs of ``reward="relative"`` in this process, least recently used first, by their key:
+the data, the env's settings, the child's seed, its initial LR and its optimizer settings."""
+REFERENCE_RUNS_KEPT = 16
+"""Reference runs kept: an iteration's children share one (``common_reset_seed``), a few iterations' suffice."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -152,7 +160,23 @@ class LREnv(gym.Env):
 
     def _reference_run(self, child_seed: int, settings: dict[str, Any]) -> list[float]:
         """The best validation loss so far, untrained and after each controller step, of the same child (weights,
-        batches, initial LR) under the base schedule alone: the reference of ``reward="relative"``."""
+        batches, initial LR) under the base schedule alone: the reference of ``reward="relative"``.
+
+        A run is a function of its key alone, so the envs of one process share it (:data:`REFERENCE_RUNS`): with
+        ``common_reset_seed`` every child of a PPO iteration has the same reference, computed once, not once a child.
+        """
+        key = (id(self.data), self.config, child_seed, self.episode.initial_lr, tuple(sorted(settings.items())))
+        if key in REFERENCE_RUNS:
+            REFERENCE_RUNS.move_to_end(key)
+            return list(REFERENCE_RUNS[key][1])
+        best = self._run_reference(child_seed, settings)
+        REFERENCE_RUNS[key] = (self.data, tuple(best))  # the data held: its id stays its own while cached
+        while len(REFERENCE_RUNS) > REFERENCE_RUNS_KEPT:
+            REFERENCE_RUNS.popitem(last=False)
+        return best
+
+    def _run_reference(self, child_seed: int, settings: dict[str, Any]) -> list[float]:
+        """Train the reference child of :meth:`_reference_run`."""
         self._start_child(child_seed, settings)
         cfg, base_lr = self.config, self.episode.action.lr  # the base schedule: a policy that always keeps
         best: list[float] = []

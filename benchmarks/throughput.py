@@ -1,5 +1,9 @@
 """Episodes per hour of controller training: sequential, local worker processes and local Ray.
 
+With ``reward: relative`` (a reference run per child) the variant ``unshared-reference`` is the
+sequential one whose every child trains its own reference run, as before the envs of a process
+shared them (:data:`alrs.env.REFERENCE_RUNS`); the others share them.
+
 Each variant trains a fresh controller for ``--warmup`` PPO iterations and then ``--iterations``
 timed ones of ``--num-envs`` children (no deterministic evaluations) from the same seed, in one run,
 variants interleaved round by round (these machines are shared and noisy). The pool's start
@@ -9,6 +13,8 @@ is reported beside them. Prints a table and, with ``--json``, writes the figures
 
     python benchmarks/throughput.py --config configs/quick-recipe.json --iterations 2 --rounds 2
     python benchmarks/throughput.py --architecture cnn --num-envs 2 --warmup 0     # LeNet-5, paper settings
+    python benchmarks/throughput.py --config configs/generalist-relative.json --variants sequential-1thread \
+        unshared-reference workers --iterations 2 --rounds 2
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from alrs import env as env_module
 from alrs.config import EnvConfig, PPOConfig, TrainingConfig
 from alrs.io import load_json
 from alrs.parallel import ParallelConfig, WorkerPool, available_cores
@@ -37,7 +44,9 @@ VARIANTS = {
     "sequential": lambda cores: ParallelConfig(workers=1, threads=cores),  # torch's intra-op threads on every core
     "workers": lambda cores: ParallelConfig(workers=cores, threads=1),
     "ray": lambda cores: ParallelConfig(workers=cores, backend="ray", threads=1),
+    "unshared-reference": lambda cores: ParallelConfig(workers=1, threads=1),
 }
+REFERENCE_RUNS_KEPT = env_module.REFERENCE_RUNS_KEPT
 
 
 def main() -> None:
@@ -66,7 +75,7 @@ def main() -> None:
     )
     num_envs = args.num_envs or settings.get("num_envs", 2)
     cores = available_cores()
-    ppo = PPOConfig()
+    ppo = PPOConfig(**{k: v for k, v in settings.items() if k in PPOConfig.__dataclass_fields__})
     episodes = num_envs * (args.iterations + args.warmup)
 
     start_s: dict[str, list[float]] = {v: [] for v in args.variants}
@@ -75,6 +84,8 @@ def main() -> None:
         for name in args.variants:
             parallel = VARIANTS[name](cores)
             torch.set_num_threads(cores)  # the driver's threads: the PPO update, and the children when sequential
+            env_module.REFERENCE_RUNS.clear()
+            env_module.REFERENCE_RUNS_KEPT = 0 if name == "unshared-reference" else REFERENCE_RUNS_KEPT
             t0 = time.perf_counter()
             with WorkerPool(parallel, parallel.workers, env) as pool, tempfile.TemporaryDirectory() as run:
                 t1 = time.perf_counter()
@@ -99,12 +110,15 @@ def main() -> None:
     per_hour = {name: 3600 * num_envs * args.iterations / s for name, s in seconds.items()}
     base = per_hour.get("sequential-1thread")
     result = {
+        "instance_set": env.instance_set,
         "dataset": env.dataset,
         "architecture": env.architecture,
         "batch_size": env.batch_size,
         "num_train_steps": env.num_train_steps,
         "val_size": env.val_size,
         "num_envs": num_envs,
+        "reward": env.reward,
+        "common_reset_seed": ppo.common_reset_seed,
         "iterations": args.iterations,
         "rounds": args.rounds,
         "cores": cores,
@@ -114,10 +128,12 @@ def main() -> None:
         "start_seconds": {n: statistics.median(v) for n, v in start_s.items()},
         "train_seconds_all_rounds": train_s,
     }
-    print(
-        f"\n{env.dataset}/{env.architecture}, batch {env.batch_size}, {env.num_train_steps} steps, {num_envs} children "
-        f"per iteration, {cores} cores"
+    setting = (
+        f"the tasks of {env.instance_set}"
+        if env.instance_set
+        else f"{env.dataset}/{env.architecture}, batch {env.batch_size}, {env.num_train_steps} steps"
     )
+    print(f"\n{setting}, reward {env.reward}, {num_envs} children per iteration, {cores} cores")
     print(f"{'variant':<20} {'episodes/hour':>14} {'x sequential, 1 thread':>23} {'start (s)':>10}")
     for name in args.variants:
         ratio = f"{per_hour[name] / base:.2f}" if base else "-"

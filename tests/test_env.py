@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -291,6 +292,37 @@ def test_the_relative_reward_is_the_log_ratio_of_the_reference_runs_loss_to_the_
     env.reset(seed=4, options={"initial_lr": 1e30})
     assert env.episode.reference_best == [best[0]] * 5
     assert EnvConfig(reward="relative").for_evaluation().reward == "log-best"  # evaluations run no reference
+
+
+def test_children_of_one_seed_share_one_reference_run_and_get_the_rewards_of_their_own(
+    small_env_options: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """common_reset_seed gives every child of an iteration the same reference: it is trained once a process."""
+    from alrs import env as env_module
+
+    options = {**small_env_options, "initial_lr": 0.02, "reward": "relative", "initial_lr_spread": 10.0}
+    trained = []
+    run_reference = env_module.LREnv._run_reference
+
+    def counted(self: env_module.LREnv, *args: Any) -> list[float]:
+        trained.append(args)
+        return run_reference(self, *args)
+
+    monkeypatch.setattr(env_module.LREnv, "_run_reference", counted)
+
+    def episode(env: env_module.LREnv, seed: int) -> list[float]:
+        env.reset(seed=seed)
+        return [env.step(action)[1] for action in (0, 1, 0, 2)] + list(env.episode.reference_best)
+
+    env_module.REFERENCE_RUNS.clear()
+    first, second = make_env(**options), make_env(**options)
+    shared = [episode(first, 7), episode(second, 7)]
+    assert len(trained) == 1 and shared[0] == shared[1]
+    env_module.REFERENCE_RUNS.clear()
+    assert episode(make_env(**options), 7) == shared[0]  # trained afresh: the same numbers
+    episode(first, 8)  # another seed (another child and initial LR): its own reference
+    assert len(trained) == 3 and first.episode.reference_best != shared[0][4:]
+    assert len(env_module.REFERENCE_RUNS) == 2
 
 
 def test_divergence_rewards_never_pay() -> None:
