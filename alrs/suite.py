@@ -14,7 +14,9 @@ For every held-out task of an instance set (:mod:`alrs.tasks`) and every test se
 Every run is kept in one result store per suite, keyed by task, schedule and seed, so an interrupted
 suite resumes, and a second controller reuses the baselines' runs. The report: one row per task
 (each schedule's mean test loss, the controller's rank), the controller's win rate against each
-comparator over tasks with a two-sided sign test, and its median test loss relative to the tuned linear.
+comparator over tasks with a two-sided sign test, its median test loss relative to the tuned linear, and
+its speed-up over the tuned linear (:func:`speedup`: the steps each needs to reach the validation loss both
+reach; VeLO and Celo report speed-ups so).
 """
 
 from __future__ import annotations
@@ -133,10 +135,30 @@ def sign_test(wins: int, losses: int) -> float:
     return float(stats.binomtest(wins, n, 0.5).pvalue) if n else math.nan
 
 
+def steps_to_reach(result: EpisodeResult, loss: float) -> float:
+    """The first optimizer step of ``result``'s recorded validation curve at or below ``loss`` (inf: never)."""
+    curves = result.curves
+    return next((s for s, v in zip(curves["step"], curves["val_loss"], strict=False) if v <= loss), math.inf)
+
+
+def speedup(run: EpisodeResult, reference: EpisodeResult) -> float:
+    """How many times fewer optimizer steps ``run`` needs than ``reference`` (the same task and seed) to reach the
+    validation loss both reach, the worse of their two best: above 1 ``run`` gets there sooner.
+
+    Both runs are the task's full horizon; a step count is at least one controller step (the curves' spacing),
+    so two runs that start at or below that loss tie. NaN where either has no finite best or no curves.
+    """
+    level = max(run.best_val_loss, reference.best_val_loss)
+    if not math.isfinite(level) or not all("val_loss" in r.curves for r in (run, reference)):
+        return math.nan
+    floor = run.curves["step"][1] if len(run.curves["step"]) > 1 else 1
+    return max(steps_to_reach(reference, level), floor) / max(steps_to_reach(run, level), floor)
+
+
 def summarize_suite(results: dict[str, dict[str, list[EpisodeResult]]], controller: str | None) -> dict[str, Any]:
     """Per task, each schedule's mean test loss (best-validation checkpoint) and the controller's rank; and,
     over tasks, the controller's wins and losses against each comparator with the sign test, and its test
-    loss relative to the tuned linear (median and per task)."""
+    loss relative to the tuned linear and :func:`speedup` over it (median and per task)."""
     rows: dict[str, Any] = {}
     for task, by_label in results.items():
         # A diverged run (no test loss) counts as an infinite loss: a schedule that diverges never wins.
@@ -149,6 +171,10 @@ def summarize_suite(results: dict[str, dict[str, list[EpisodeResult]]], controll
             order = sorted(means, key=means.get)
             row["controller_rank"] = order.index(controller) + 1
             row["relative_to_linear"] = means[controller] / means["linear, tuned"] - 1
+            # paired by seed; the geometric mean over seeds, as speed-ups multiply
+            ratios = [speedup(c, t) for c, t in zip(by_label[controller], by_label["linear, tuned"], strict=True)]
+            finite = [r for r in ratios if math.isfinite(r)]
+            row["speedup_vs_linear"] = float(np.exp(np.mean(np.log(finite)))) if finite else math.nan
         row["diverged"] = {label: sum(r.diverged for r in runs) for label, runs in by_label.items()}
         rows[task] = row
     summary: dict[str, Any] = {"tasks": rows}
@@ -170,9 +196,16 @@ def summarize_suite(results: dict[str, dict[str, list[EpisodeResult]]], controll
         controller=controller,
         against=against,
         median_relative_to_linear=float(np.median(relative)),
+        median_speedup_vs_linear=float(np.median(measured))
+        if (measured := _finite(rows, "speedup_vs_linear"))
+        else math.nan,
         mean_rank=float(np.mean([row["controller_rank"] for row in rows.values()])),
     )
     return summary
+
+
+def _finite(rows: dict[str, Any], key: str) -> list[float]:
+    return [row[key] for row in rows.values() if math.isfinite(row[key])]
 
 
 def format_suite(summary: dict[str, Any], title: str) -> str:
@@ -181,8 +214,8 @@ def format_suite(summary: dict[str, Any], title: str) -> str:
     labels = list(next(iter(rows.values()))["test_loss"]) if rows else []
     controller = summary.get("controller")
     lines = [f"### {title}", "", "Test loss of the best-validation checkpoint, mean over the test seeds.", ""]
-    head = "| task | " + " | ".join(labels) + (" | controller's rank |" if controller else " |")
-    lines += [head, "|" + "---|" * (len(labels) + 1 + bool(controller))]
+    head = "| task | " + " | ".join(labels) + (" | controller's rank | speed-up |" if controller else " |")
+    lines += [head, "|" + "---|" * (len(labels) + 1 + 2 * bool(controller))]
     for task, row in rows.items():
         best = min(row["test_loss"].values())
         cells = [
@@ -191,7 +224,7 @@ def format_suite(summary: dict[str, Any], title: str) -> str:
             else f"{row['test_loss'][label]:.4f}"
             for label in labels
         ]
-        rank = f" | {row['controller_rank']} of {len(labels)}" if controller else ""
+        rank = f" | {row['controller_rank']} of {len(labels)} | x{row['speedup_vs_linear']:.2f}" if controller else ""
         lines.append(f"| {task} | " + " | ".join(cells) + rank + " |")
     if controller:
         lines += [
@@ -207,6 +240,13 @@ def format_suite(summary: dict[str, Any], title: str) -> str:
             "",
             f"Median test loss relative to the tuned linear: {summary['median_relative_to_linear']:+.2%}; "
             f"mean rank {summary['mean_rank']:.2f} of {len(labels)}.",
+        ]
+        faster = sum(row["speedup_vs_linear"] > 1 for row in rows.values())
+        lines += [
+            "",
+            f"Speed-up over the tuned linear (the steps each needs to reach the validation loss both reach, "
+            f"geometric mean over seeds): median x{summary['median_speedup_vs_linear']:.2f}; faster on {faster} "
+            f"of {len(rows)} tasks.",
         ]
     return "\n".join(lines) + "\n"
 

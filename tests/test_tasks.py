@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from argparse import Namespace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from alrs.models.mlp import SeededDropout
 from alrs.parallel import ParallelConfig, WorkerPool
 from alrs.results import EpisodeResult, ResultStore
 from alrs.schedules import Learned
-from alrs.suite import run_suite, suite_key, suite_settings, summarize_suite
+from alrs.suite import format_suite, run_suite, speedup, suite_key, suite_settings, summarize_suite
 from alrs.tasks import InstanceSet, Task, load_instance_set, task_metadata
 from alrs.training import train_controller
 from alrs.workers import node_id
@@ -370,6 +371,30 @@ def test_the_suite_report_counts_wins_with_a_sign_test() -> None:
     }
     assert summary["against"]["adam 1e-3"]["wins"] == 8 and summary["tasks"]["task 0"]["controller_rank"] == 1
     assert summary["median_relative_to_linear"] == pytest.approx(-0.1)
+
+
+def test_the_speedup_counts_the_steps_each_run_needs_to_reach_the_loss_both_reach() -> None:
+    def run(val_losses: list[float], test_loss: float = 1.0) -> EpisodeResult:
+        curves = {"step": [10 * i for i in range(len(val_losses))], "val_loss": val_losses}
+        best = min(val_losses)
+        return EpisodeResult({}, 0, val_losses[-1], best, 0, False, test_loss, 0, test_loss, 0, curves)
+
+    fast, slow = run([2.0, 1.0, 0.6, 0.5, 0.5]), run([2.0, 1.5, 1.2, 0.9, 0.6])
+    assert speedup(fast, slow) == 2.0 and speedup(slow, fast) == 0.5  # 0.6: step 20 against step 40
+    assert speedup(fast, fast) == 1.0
+    assert speedup(run([0.5, 0.4]), run([0.6, 0.45])) == 1.0  # both start below 0.6: one controller step each
+    assert math.isnan(speedup(run([math.nan, math.nan]), slow))
+    assert math.isnan(speedup(EpisodeResult({}, 0, 1, 1, 0, False, 1, 0, 1, 0), slow))  # a record without curves
+    # per task, the geometric mean over the paired seeds; over tasks, the median
+    results = {
+        "a": {"linear, tuned": [slow, fast], "ctrl": [fast, fast]},  # x2 and x1: x1.41
+        "b": {"linear, tuned": [fast, fast], "ctrl": [slow, slow]},  # x0.5
+        "c": {"linear, tuned": [slow, slow], "ctrl": [fast, fast]},  # x2
+    }
+    summary = summarize_suite(results, "ctrl")
+    assert [summary["tasks"][t]["speedup_vs_linear"] for t in "abc"] == pytest.approx([2**0.5, 0.5, 2.0])
+    assert summary["median_speedup_vs_linear"] == pytest.approx(2**0.5)
+    assert "median x1.41; faster on 2 of 3 tasks" in format_suite(summary, "t")
 
 
 def test_the_suite_on_local_workers_and_a_two_node_ray_cluster_equals_the_sequential_run(
