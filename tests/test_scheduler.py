@@ -417,7 +417,7 @@ def test_released_controllers_load_by_name_and_a_path_still_works(small_env_opti
     pairs = zip(by_name.controller.parameters(), by_path.controller.parameters(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     message = _error(lambda: LearnedLRScheduler(optimizer, "quick-cnn", model.output_layer))
-    assert "no released controller named 'quick-cnn'" in message and "generalist, quick-mlp" in message
+    assert "no released controller named 'quick-cnn'" in message and ", ".join(CONTROLLERS) in message
     assert "no such checkpoint" in _error(lambda: LearnedLRScheduler(optimizer, tmp_path / "a.pt", model.output_layer))
     assert "pass num_train_steps" in _error(lambda: LearnedLRScheduler(optimizer, "generalist", model.output_layer))
     generalist = LearnedLRScheduler(optimizer, "generalist", model.output_layer, num_train_steps=300)

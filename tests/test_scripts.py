@@ -160,7 +160,7 @@ def test_a_released_controller_is_tested_by_name_with_its_own_settings() -> None
     assert args.feature_scale == "relative" and args.lr_feature == "log-lr" and args.action_range == 1.2
     assert args.instance_set is None  # the suite names the tasks; the training tasks' file may not be here
     for flags, message in [
-        (["--controller", "nope"], "no released controller named 'nope': the names are generalist, quick-mlp"),
+        (["--controller", "nope"], f"no released controller named 'nope': the names are {', '.join(CONTROLLERS)}"),
         (["--controller", "generalist", "--test-id", "x"], "--test-id and --controller each name the controller"),
     ]:
         result = call_script("test.py", *flags)
