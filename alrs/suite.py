@@ -192,20 +192,15 @@ def summarize_suite(results: dict[str, dict[str, list[EpisodeResult]]], controll
             "sign_p": sign_test(wins, losses),
         }
     relative = [row["relative_to_linear"] for row in rows.values()]
+    speedups = [row["speedup_vs_linear"] for row in rows.values() if math.isfinite(row["speedup_vs_linear"])]
     summary.update(
         controller=controller,
         against=against,
         median_relative_to_linear=float(np.median(relative)),
-        median_speedup_vs_linear=float(np.median(measured))
-        if (measured := _finite(rows, "speedup_vs_linear"))
-        else math.nan,
+        median_speedup_vs_linear=float(np.median(speedups)) if speedups else math.nan,
         mean_rank=float(np.mean([row["controller_rank"] for row in rows.values()])),
     )
     return summary
-
-
-def _finite(rows: dict[str, Any], key: str) -> list[float]:
-    return [row[key] for row in rows.values() if math.isfinite(row[key])]
 
 
 def format_suite(summary: dict[str, Any], title: str) -> str:
